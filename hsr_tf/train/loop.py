@@ -1,0 +1,373 @@
+"""Custom training loop: tf.function step, Adam with per-epoch staircase decay, resumable checkpoints.
+
+Resume contract (tested in tests/test_train_resume.py): the training data of epoch ``e`` is
+``train_dataset_fn(e)``, a tf.data pipeline that must be a deterministic function of
+(seed, e) -- the same batches in the same order every time it is built. The loop keeps the
+global step in the checkpoint; on restart it restores model, optimizer (moments, iteration
+count, hence the learning rate) and step from the newest checkpoint, rebuilds the dataset of
+epoch ``step // steps_per_epoch`` and skips its first ``step % steps_per_epoch`` batches, so
+an interrupted run continues with exactly the batches an uninterrupted run would have seen.
+
+We chose this over checkpointing the tf.data iterator: an iterator checkpoint stores the
+whole shuffle buffer (1024 x 3 floats per buffered frame) and does not work through
+``py_function``/generator stages (h5py readers), whereas (seed, epoch) determinism costs
+only the re-read of the skipped batches of one epoch.
+
+Legend: B batch, N points (1024), V vertices (1305), J joints.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from typing import Callable, Mapping, Optional
+
+import numpy as np
+import tensorflow as tf
+import keras
+
+from hsr_tf.train import summaries as summaries_lib
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_SUBDIR = "checkpoints"
+TENSORBOARD_SUBDIR = "tb"
+MODEL_CONFIG_FILE = "model_config.json"
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Optimisation and bookkeeping settings of one run.
+
+    Attributes:
+      workdir: run directory (checkpoints/, tb/, flags.txt, command.txt, model_config.json).
+      steps_per_epoch: batches per epoch (the learning rate decays once per epoch).
+      num_epochs: epochs to train; the run ends at ``num_epochs * steps_per_epoch`` steps
+        unless ``max_steps`` is smaller.
+      max_steps: optional cap on the total number of steps (counted across restarts).
+      learning_rate: initial Adam learning rate (paper: 1e-3).
+      lr_decay: factor applied once per epoch (paper: 0.9), staircase.
+      checkpoint_every: steps between checkpoints (one is always written at the end).
+      summary_every: steps between scalar summaries (loss terms averaged over the interval, lr).
+      eval_every: steps between held-out evaluations (0 = only at the end).
+      visual_every: steps between mesh / image summaries (0 = never).
+      max_to_keep: checkpoints kept on disk.
+      progress: show a tqdm progress bar.
+    """
+
+    workdir: str
+    steps_per_epoch: int
+    num_epochs: int = 1
+    max_steps: Optional[int] = None
+    learning_rate: float = 1e-3
+    lr_decay: float = 0.9
+    checkpoint_every: int = 500
+    summary_every: int = 50
+    eval_every: int = 0
+    visual_every: int = 0
+    max_to_keep: int = 3
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"steps_per_epoch: expected >= 1, found {self.steps_per_epoch}")
+        if self.num_epochs < 1:
+            raise ValueError(f"num_epochs: expected >= 1, found {self.num_epochs}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps: expected >= 1 or None, found {self.max_steps}")
+        if self.checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every: expected >= 1, found {self.checkpoint_every}")
+        if self.summary_every < 1:
+            raise ValueError(f"summary_every: expected >= 1, found {self.summary_every}")
+
+    @property
+    def total_steps(self) -> int:
+        total = self.num_epochs * self.steps_per_epoch
+        return total if self.max_steps is None else min(total, self.max_steps)
+
+
+def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
+    """Adam with lr = learning_rate * lr_decay ** floor(step / steps_per_epoch)."""
+    schedule = keras.optimizers.schedules.ExponentialDecay(
+        initial_learning_rate=config.learning_rate, decay_steps=config.steps_per_epoch,
+        decay_rate=config.lr_decay, staircase=True)
+    return keras.optimizers.Adam(learning_rate=schedule)
+
+
+def save_model_config(model: keras.Model, workdir: str) -> str:
+    """Write the Keras serialisation of ``model`` (class + config, no weights) to the workdir."""
+    path = os.path.join(workdir, MODEL_CONFIG_FILE)
+    with open(path, "w") as f:
+        json.dump(keras.saving.serialize_keras_object(model), f, indent=1, sort_keys=True)
+    return path
+
+
+def load_model_from_workdir(workdir: str, checkpoint: Optional[str] = None,
+                            example_points_shape=(1, 1024, 3)) -> tuple[keras.Model, str]:
+    """Rebuild the model of a run from its model_config.json and restore its newest checkpoint.
+
+    Args:
+      workdir: run directory written by :class:`Trainer`.
+      checkpoint: explicit checkpoint prefix; default the newest in ``workdir/checkpoints``.
+      example_points_shape: shape of the dummy input used to build the variables.
+    Returns:
+      (model with restored weights, checkpoint path).
+    Raises:
+      FileNotFoundError naming what is missing.
+    """
+    cfg_path = os.path.join(workdir, MODEL_CONFIG_FILE)
+    if not os.path.exists(cfg_path):
+        raise FileNotFoundError(f"{cfg_path}: expected the model config written by training, found no file")
+    with open(cfg_path) as f:
+        model = keras.saving.deserialize_keras_object(json.load(f))
+    model(tf.zeros(example_points_shape, tf.float32), training=False)
+    if checkpoint is None:
+        checkpoint = tf.train.latest_checkpoint(os.path.join(workdir, CHECKPOINT_SUBDIR))
+        if checkpoint is None:
+            raise FileNotFoundError(f"{os.path.join(workdir, CHECKPOINT_SUBDIR)}: expected a training checkpoint, "
+                                    "found none")
+    status = tf.train.Checkpoint(model=model).restore(checkpoint)
+    status.expect_partial()  # optimizer slots and the step are not needed for inference
+    status.assert_existing_objects_matched()
+    return model, checkpoint
+
+
+class Trainer:
+    """Runs (and resumes) the optimisation of a Keras model with a custom loss.
+
+    Args:
+      model: Keras model called as ``model(batch[input_key], training=...)`` returning a dict.
+      loss_fn: ``loss_fn(batch, outputs, epoch) -> (total scalar, {term name: scalar})``;
+        ``epoch`` is an int32 scalar tensor (0-based) so schedules inside the loss do not retrace.
+      train_dataset_fn: ``epoch -> tf.data.Dataset`` of batch dicts; deterministic in epoch (see
+        module docstring). It is cut to ``steps_per_epoch`` batches.
+      config: :class:`TrainConfig`.
+      eval_fn: optional ``(model, step) -> {metric name: float}`` run every ``eval_every`` steps and
+        at the end; its results go to TensorBoard ``eval`` and are returned by :meth:`train`.
+      visual_fn: optional ``(model, step, writer) -> None`` writing mesh/image summaries.
+      run_info: optional {"flags": text, "command": text, "hparams": {name: value}} written to
+        the workdir (flags.txt, command.txt) and TensorBoard (text, hparams).
+      input_key: key of the model input in the batch dict.
+      seed: seeds Python/NumPy/TF global generators (model initialisation).
+    """
+
+    def __init__(self, model: keras.Model, loss_fn: Callable, train_dataset_fn: Callable[[int], tf.data.Dataset],
+                 config: TrainConfig, eval_fn: Optional[Callable] = None, visual_fn: Optional[Callable] = None,
+                 run_info: Optional[Mapping] = None, input_key: str = "points", seed: int = 0):
+        self.model = model
+        self.loss_fn = loss_fn
+        self.train_dataset_fn = train_dataset_fn
+        self.config = config
+        self.eval_fn = eval_fn
+        self.visual_fn = visual_fn
+        self.run_info = dict(run_info or {})
+        self.input_key = input_key
+        self.seed = seed
+        os.makedirs(config.workdir, exist_ok=True)
+        self.optimizer = make_optimizer(config)
+        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+        self._built = False
+        self._train_step = None
+        self.history: list[dict] = []  # per-step {"step", "loss", terms...}, this process only
+
+    # ------------------------------------------------------------------ setup
+    def _build(self, example_batch):
+        if self._built:
+            return
+        self.model(example_batch[self.input_key], training=False)
+        self.optimizer.build(self.model.trainable_variables)
+        self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, step=self.step)
+        self.manager = tf.train.CheckpointManager(
+            self.checkpoint, os.path.join(self.config.workdir, CHECKPOINT_SUBDIR), max_to_keep=self.config.max_to_keep,
+            step_counter=self.step, checkpoint_interval=None)
+        self._built = True
+
+    def restore(self) -> int:
+        """Restore the newest checkpoint if any; returns the step to continue from."""
+        latest = self.manager.latest_checkpoint
+        if latest is None:
+            return 0
+        self.checkpoint.restore(latest).assert_existing_objects_matched()
+        step = int(self.step.numpy())
+        if int(self.optimizer.iterations.numpy()) != step:
+            raise RuntimeError(f"{latest}: optimizer iterations {int(self.optimizer.iterations.numpy())} "
+                               f"disagree with the stored step {step}")
+        log.info("Resumed from %s at step %d", latest, step)
+        return step
+
+    def _make_train_step(self):
+        model, optimizer, loss_fn, key = self.model, self.optimizer, self.loss_fn, self.input_key
+
+        @tf.function(reduce_retracing=True)
+        def train_step(batch, epoch):
+            with tf.GradientTape() as tape:
+                outputs = model(batch[key], training=True)
+                total, terms = loss_fn(batch, outputs, epoch)
+            variables = model.trainable_variables
+            grads = tape.gradient(total, variables)
+            missing = [v.path for v, g in zip(variables, grads) if g is None]
+            if missing:
+                raise ValueError(f"loss_fn: expected a gradient for every trainable variable, none for {missing}")
+            optimizer.apply_gradients(zip(grads, variables))
+            return total, terms
+
+        return train_step
+
+    def _write_run_info(self, writer, root_writer):
+        flags_text = self.run_info.get("flags")
+        command = self.run_info.get("command")
+        wd = self.config.workdir
+        if flags_text is not None:
+            path = os.path.join(wd, "flags.txt")
+            if os.path.exists(path):
+                with open(path) as f:
+                    old = f.read()
+                if old != flags_text:
+                    backup = os.path.join(wd, f"flags.{time.strftime('%Y%m%d-%H%M%S')}.txt")
+                    os.replace(path, backup)
+                    log.warning("Flags differ from the previous run in %s; old flags kept in %s", wd, backup)
+            with open(path, "w") as f:
+                f.write(flags_text)
+        if command is not None:
+            with open(os.path.join(wd, "command.txt"), "a") as f:
+                f.write(command + "\n")
+        with writer.as_default(step=int(self.step.numpy())):
+            if flags_text is not None:
+                tf.summary.text("run/flags", summaries_lib.as_markdown_code(flags_text))
+            if command is not None:
+                tf.summary.text("run/command", summaries_lib.as_markdown_code(command))
+        if self.run_info.get("hparams"):
+            # At the TensorBoard root of the run so the plugin finds the metrics in the "eval" sub-run.
+            with root_writer.as_default(step=int(self.step.numpy())):
+                summaries_lib.write_hparams(self.run_info["hparams"], self.run_info.get("hparam_metrics", ()))
+            root_writer.flush()
+
+    # ------------------------------------------------------------------ main loop
+    def train(self, stop_after: Optional[int] = None) -> dict:
+        """Train until ``config.total_steps`` (resuming if checkpoints exist).
+
+        Args:
+          stop_after: test hook simulating a kill: return after this many steps of THIS process
+            without the final checkpoint (only periodic checkpoints survive, as after SIGKILL).
+        Returns:
+          {"step": final step, "eval": last evaluation metrics or {}, "interrupted": bool}.
+        """
+        cfg = self.config
+        keras.utils.set_random_seed(self.seed)
+        spe = cfg.steps_per_epoch
+        first = next(iter(self.train_dataset_fn(0).take(1)), None)
+        if first is None:
+            raise ValueError("train_dataset_fn(0): expected at least one batch, found an empty dataset")
+        self._build(first)
+        start = self.restore()
+        if self._train_step is None:
+            self._train_step = self._make_train_step()
+        tb_dir = os.path.join(cfg.workdir, TENSORBOARD_SUBDIR)
+        train_writer = tf.summary.create_file_writer(os.path.join(tb_dir, "train"))
+        eval_writer = tf.summary.create_file_writer(os.path.join(tb_dir, "eval"))
+        self._write_run_info(train_writer, tf.summary.create_file_writer(tb_dir))
+        total = cfg.total_steps
+        last_eval: dict = {}
+        if start >= total:
+            log.info("Nothing to train: step %d >= total %d", start, total)
+            if self.eval_fn is not None:
+                last_eval = self._evaluate(eval_writer)
+            return {"step": start, "eval": last_eval, "interrupted": False}
+
+        bar = None
+        if cfg.progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, desc="train")
+        step = start
+        done_here = 0
+        acc: dict[str, list] = {}
+        t_interval = time.perf_counter()
+        n_interval = 0
+        samples_interval = 0
+        interrupted = False
+        try:
+            epoch = step // spe
+            while step < total and not interrupted:
+                skip = step - epoch * spe
+                ds = self.train_dataset_fn(epoch).take(spe).skip(skip)
+                epoch_t = tf.constant(epoch, tf.int32)
+                for batch in ds:
+                    loss, terms = self._train_step(batch, epoch_t)
+                    step += 1
+                    done_here += 1
+                    self.step.assign(step)
+                    loss_v = float(loss.numpy())
+                    if not np.isfinite(loss_v):
+                        raise FloatingPointError(f"step {step}: the loss became {loss_v}; terms "
+                                                 f"{ {k: float(v) for k, v in terms.items()} }")
+                    rec = {"step": step, "loss": loss_v, **{k: float(v) for k, v in terms.items()}}
+                    self.history.append(rec)
+                    for k, v in rec.items():
+                        if k != "step":
+                            acc.setdefault(k, []).append(v)
+                    n_interval += 1
+                    samples_interval += int(tf.shape(batch[self.input_key])[0])
+                    if step % cfg.summary_every == 0 or step == total:
+                        dt = max(time.perf_counter() - t_interval, 1e-9)
+                        rate = samples_interval / dt
+                        with train_writer.as_default(step=step):
+                            for k, vals in acc.items():
+                                tf.summary.scalar(("loss/" if k != "loss" else "") + k, float(np.mean(vals)))
+                            tf.summary.scalar("optim/learning_rate", float(self.optimizer.learning_rate.numpy()))
+                            tf.summary.scalar("optim/epoch", float(epoch))
+                            tf.summary.scalar("speed/samples_per_second", rate)
+                            tf.summary.scalar("speed/seconds_per_step", dt / max(n_interval, 1))
+                        train_writer.flush()
+                        acc.clear()
+                        t_interval, n_interval, samples_interval = time.perf_counter(), 0, 0
+                        if bar is not None:
+                            bar.set_postfix(loss=f"{loss_v:.4g}", samples_s=f"{rate:.1f}", epoch=epoch)
+                    if bar is not None:
+                        bar.update(1)
+                    if step % cfg.checkpoint_every == 0:
+                        self.manager.save(checkpoint_number=step)
+                    if self.visual_fn is not None and cfg.visual_every and step % cfg.visual_every == 0:
+                        self.visual_fn(self.model, step, train_writer)
+                        train_writer.flush()
+                    if self.eval_fn is not None and cfg.eval_every and step % cfg.eval_every == 0 and step < total:
+                        last_eval = self._evaluate(eval_writer)
+                    if stop_after is not None and done_here >= stop_after:
+                        interrupted = True
+                        break
+                    if step >= total:
+                        break
+                else:
+                    # The epoch's dataset ran out before steps_per_epoch batches.
+                    if step < (epoch + 1) * spe:
+                        raise ValueError(f"train_dataset_fn({epoch}): expected {spe} batches per epoch "
+                                         f"(steps_per_epoch), the dataset ended after {step - epoch * spe}")
+                epoch += 1
+        finally:
+            if bar is not None:
+                bar.close()
+        if interrupted:
+            train_writer.flush()
+            return {"step": step, "eval": last_eval, "interrupted": True}
+        if self.manager.latest_checkpoint is None or not self.manager.latest_checkpoint.endswith(f"-{step}"):
+            self.manager.save(checkpoint_number=step)
+        if self.visual_fn is not None and cfg.visual_every and step % cfg.visual_every != 0:
+            self.visual_fn(self.model, step, train_writer)
+        if self.eval_fn is not None:
+            last_eval = self._evaluate(eval_writer)
+        train_writer.flush()
+        return {"step": step, "eval": last_eval, "interrupted": False}
+
+    def _evaluate(self, writer) -> dict:
+        step = int(self.step.numpy())
+        t0 = time.perf_counter()
+        metrics = self.eval_fn(self.model, step)
+        with writer.as_default(step=step):
+            for k, v in metrics.items():
+                if np.ndim(v) == 0:
+                    tf.summary.scalar(f"metrics/{k}", float(v))
+            tf.summary.scalar("speed/eval_seconds", time.perf_counter() - t0)
+        writer.flush()
+        log.info("step %d eval: %s", step, {k: v for k, v in metrics.items() if np.ndim(v) == 0})
+        return metrics
