@@ -1,0 +1,191 @@
+"""PointNet++ set-abstraction layers (Qi et al. 2017; Hand PointNet / Point-to-Point variants).
+
+Legend: B batch, N input points, M centroids (``npoint``), S neighbours per centroid (``nsample``),
+C input feature channels, C' output channels (``mlp[-1]``). Coordinates are float32 in whatever unit the
+caller uses (the depth model feeds normalised units; ``radius`` is in the same unit).
+
+``SetAbstraction``: sample M centroids (FPS from index 0, or the first M points when the cloud is already
+FPS-ordered, as Hand PointNet does), group S neighbours per centroid (ball query, or kNN limited to the
+radius where out-of-ball neighbours are replaced by the centroid itself, as Hand PointNet does), express
+neighbour coordinates relative to the centroid (optionally divided by the radius), concatenate the
+neighbours' features, apply a shared MLP (1x1 Conv2D without bias, BatchNorm, ReLU per layer) and
+max-pool over the S neighbours.
+
+``GlobalSetAbstraction``: the same shared MLP over all N points (absolute coordinates, optionally
+concatenated with features) and a max-pool over N, giving ``[B, C']`` (no singleton centroid axis).
+
+Both call ops from :mod:`hsr_tf.ops`; with the compiled backend they cannot be XLA-compiled, so
+``supports_jit`` is False then (it is True with the pure-TF fallback).
+"""
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from hsr_tf import ops
+
+
+def _check_mlp(mlp, cls: str):
+    if not isinstance(mlp, (list, tuple)) or not mlp or any(
+            isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in mlp):
+        raise ValueError(f"{cls}: mlp must be a non-empty list of positive ints, found {mlp!r}")
+    return [int(c) for c in mlp]
+
+
+def _check_inputs(xyz, features, cls: str):
+    xyz = tf.convert_to_tensor(xyz, tf.float32)
+    if xyz.shape.rank != 3 or xyz.shape[-1] != 3:
+        raise ValueError(f"{cls}: xyz must have shape [B,N,3], found {xyz.shape}")
+    if features is not None:
+        features = tf.convert_to_tensor(features, tf.float32)
+        if features.shape.rank != 3:
+            raise ValueError(f"{cls}: features must have shape [B,N,C], found {features.shape}")
+        if xyz.shape[1] is not None and features.shape[1] is not None and xyz.shape[1] != features.shape[1]:
+            raise ValueError(f"{cls}: features must have the same N as xyz ({xyz.shape[1]}), "
+                             f"found {features.shape[1]}")
+    return xyz, features
+
+
+class _SharedMLP(keras.layers.Layer):
+    """1x1 Conv2D (no bias) + BatchNorm + ReLU per width in ``mlp``; input/output [B,M,S,C]."""
+
+    def __init__(self, mlp, **kwargs):
+        super().__init__(**kwargs)
+        self.mlp = list(mlp)
+        self.convs = [keras.layers.Conv2D(c, 1, use_bias=False, name=f"conv{i}") for i, c in enumerate(self.mlp)]
+        self.bns = [keras.layers.BatchNormalization(name=f"bn{i}") for i in range(len(self.mlp))]
+
+    def build(self, input_shape):
+        shape = tuple(input_shape)
+        for conv, bn in zip(self.convs, self.bns):
+            conv.build(shape)
+            shape = shape[:-1] + (conv.filters,)
+            bn.build(shape)
+
+    def call(self, x, training=None):
+        for conv, bn in zip(self.convs, self.bns):
+            x = tf.nn.relu(bn(conv(x), training=training))
+        return x
+
+    def get_config(self):
+        return {**super().get_config(), "mlp": self.mlp}
+
+
+@keras.saving.register_keras_serializable(package="hsr_tf")
+class SetAbstraction(keras.layers.Layer):
+    """One PointNet++ set-abstraction level.
+
+    Args:
+      npoint: M, number of centroids (int >= 1, <= N).
+      radius: grouping radius (float > 0), in the units of ``xyz``.
+      nsample: S, neighbours per centroid (int >= 1; for ``grouping='knn'`` S <= N).
+      mlp: output widths of the shared MLP, e.g. ``[64, 64, 128]``.
+      sampling: ``'fps'`` (farthest point sampling from index 0) or ``'first'`` (the first M points).
+      grouping: ``'ball'`` (ball query) or ``'knn'`` (S nearest, those at distance >= radius replaced by
+        the centroid).
+      normalize_by_radius: divide the centred neighbour coordinates by ``radius``.
+      use_xyz: concatenate the centred coordinates to the features (always used when features is None).
+
+    Call: ``xyz [B,N,3]``, ``features [B,N,C]`` or None, ``training`` ->
+      ``(new_xyz [B,M,3], new_features [B,M,mlp[-1]])``.
+    """
+
+    def __init__(self, npoint, radius, nsample, mlp, sampling="fps", grouping="ball",
+                 normalize_by_radius=False, use_xyz=True, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(npoint, bool) or not isinstance(npoint, int) or npoint < 1:
+            raise ValueError(f"SetAbstraction: npoint must be an int >= 1, found {npoint!r}")
+        if isinstance(nsample, bool) or not isinstance(nsample, int) or nsample < 1:
+            raise ValueError(f"SetAbstraction: nsample must be an int >= 1, found {nsample!r}")
+        if not isinstance(radius, (int, float)) or not radius > 0:
+            raise ValueError(f"SetAbstraction: radius must be a number > 0, found {radius!r}")
+        if sampling not in ("fps", "first"):
+            raise ValueError(f"SetAbstraction: sampling must be 'fps' or 'first', found {sampling!r}")
+        if grouping not in ("ball", "knn"):
+            raise ValueError(f"SetAbstraction: grouping must be 'ball' or 'knn', found {grouping!r}")
+        self.npoint, self.radius, self.nsample = npoint, float(radius), nsample
+        self.mlp = _check_mlp(mlp, "SetAbstraction")
+        self.sampling, self.grouping = sampling, grouping
+        self.normalize_by_radius, self.use_xyz = bool(normalize_by_radius), bool(use_xyz)
+        self.shared_mlp = _SharedMLP(self.mlp, name="mlp")
+        self.supports_jit = ops.backend() != "compiled"
+
+    def build(self, xyz_shape, features_shape=None):
+        c = 3 if (features_shape is None or self.use_xyz) else 0
+        if features_shape is not None:
+            c += int(features_shape[-1])
+        self.shared_mlp.build((None, self.npoint, self.nsample, c))
+        self.built = True
+
+    def call(self, xyz, features=None, training=None):
+        xyz, features = _check_inputs(xyz, features, "SetAbstraction")
+        n = xyz.shape[1]
+        if n is not None and self.npoint > n:
+            raise ValueError(f"SetAbstraction: npoint ({self.npoint}) must be <= N, found N = {n}")
+        if self.sampling == "fps":
+            centre_idx = ops.farthest_point_sample(xyz, self.npoint)  # [B,M]
+        else:
+            centre_idx = tf.broadcast_to(tf.range(self.npoint, dtype=tf.int32)[None], [tf.shape(xyz)[0], self.npoint])
+        new_xyz = tf.gather(xyz, centre_idx, batch_dims=1)  # [B,M,3]
+        if self.grouping == "ball":
+            idx = ops.ball_query(xyz, new_xyz, self.radius, self.nsample)
+        else:
+            sq_dist, idx = ops.knn(xyz, new_xyz, self.nsample)
+            r2 = tf.constant(self.radius, tf.float32) ** 2
+            idx = tf.where(sq_dist < r2, idx, centre_idx[:, :, None])
+        grouped = ops.group_points(xyz, idx) - new_xyz[:, :, None, :]  # [B,M,S,3]
+        if self.normalize_by_radius:
+            grouped = grouped / self.radius
+        if features is not None:
+            gf = ops.group_points(features, idx)
+            grouped = tf.concat([grouped, gf], axis=-1) if self.use_xyz else gf
+        new_features = tf.reduce_max(self.shared_mlp(grouped, training=training), axis=2)
+        return new_xyz, new_features
+
+    def compute_output_shape(self, xyz_shape, features_shape=None):
+        return (xyz_shape[0], self.npoint, 3), (xyz_shape[0], self.npoint, self.mlp[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "npoint": self.npoint, "radius": self.radius, "nsample": self.nsample,
+                "mlp": list(self.mlp), "sampling": self.sampling, "grouping": self.grouping,
+                "normalize_by_radius": self.normalize_by_radius, "use_xyz": self.use_xyz}
+
+
+@keras.saving.register_keras_serializable(package="hsr_tf")
+class GlobalSetAbstraction(keras.layers.Layer):
+    """Global PointNet level: shared MLP over every point, then max-pool over N.
+
+    Args:
+      mlp: output widths, e.g. ``[256, 512, 1024]``.
+      use_xyz: concatenate the (absolute) coordinates to the features (always used when features is None).
+
+    Call: ``xyz [B,N,3]``, ``features [B,N,C]`` or None, ``training`` -> ``[B, mlp[-1]]``.
+    """
+
+    def __init__(self, mlp, use_xyz=True, **kwargs):
+        super().__init__(**kwargs)
+        self.mlp = _check_mlp(mlp, "GlobalSetAbstraction")
+        self.use_xyz = bool(use_xyz)
+        self.shared_mlp = _SharedMLP(self.mlp, name="mlp")
+        self.supports_jit = ops.backend() != "compiled"
+
+    def build(self, xyz_shape, features_shape=None):
+        c = 3 if (features_shape is None or self.use_xyz) else 0
+        if features_shape is not None:
+            c += int(features_shape[-1])
+        self.shared_mlp.build((None, 1, None, c))
+        self.built = True
+
+    def call(self, xyz, features=None, training=None):
+        xyz, features = _check_inputs(xyz, features, "GlobalSetAbstraction")
+        x = xyz
+        if features is not None:
+            x = tf.concat([xyz, features], axis=-1) if self.use_xyz else features
+        y = self.shared_mlp(x[:, None], training=training)  # [B,1,N,C']
+        return tf.reduce_max(y, axis=[1, 2])
+
+    def compute_output_shape(self, xyz_shape, features_shape=None):
+        return (xyz_shape[0], self.mlp[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "mlp": list(self.mlp), "use_xyz": self.use_xyz}
