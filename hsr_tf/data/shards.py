@@ -1,0 +1,242 @@
+"""HDF5 shard schema: atomic writer, validator and loader.
+
+One HDF5 file per shard, ``F`` frames; every dataset has frames as its first axis.
+
+| dataset       | dtype   | shape        | meaning                                                        |
+|---------------|---------|--------------|----------------------------------------------------------------|
+| points        | float32 | [F, P, 3]    | sampled hand points, NORMALISED (see center/scale/rotation)    |
+| joints        | float32 | [F, J, 3]    | dataset joints, mm, camera frame                               |
+| center        | float32 | [F, 3]       | normalisation centre, mm, camera frame                         |
+| scale         | float32 | [F]          | normalisation scale, mm                                        |
+| rotation      | float32 | [F, 3, 3]    | optional; OBB axes (columns); absent = identity                |
+| vertices      | float32 | [F, V, 3]    | optional; ground-truth mesh, mm, camera frame (synthetic)      |
+| uvd           | float32 | [F, J, 3]    | optional; joints projected: u, v pixels (full image), d mm     |
+| depth         | uint16  | [F, S, S]    | optional; depth crop (mm, 0 = missing) resized to S x S        |
+| crop_window   | int32   | [F, 4]       | optional; (u0, v0, u1, v1) full-image window of ``depth``      |
+| theta         | float32 | [F, 21, 3]   | optional; generator pose (axis-angle, theta[:,0] = global rot) |
+| translation   | float32 | [F, 3]       | optional; camera = generator pose(theta) + translation, mm     |
+| subject, pose, view | int32 | [F]      | optional; ids of the generating subject / pose / viewpoint      |
+| frame_id      | int64   | [F]          | optional; unique id of the frame within the dataset            |
+
+normalised = (camera_mm - center) @ rotation / scale  (row vectors);
+camera_mm  = scale * normalised @ rotation^T + center.
+
+File attributes (all required): ``dataset`` (str), ``split`` (str), ``camera``
+(JSON of fx, fy, cx, cy, width, height), ``joint_names`` (list of J str),
+``schema_version`` (int, == SCHEMA_VERSION). Writers may add more attributes.
+
+Legend: F frames, P points, J joints, V vertices, S crop size.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+REQUIRED_ATTRS = ("dataset", "split", "camera", "joint_names", "schema_version")
+
+# name -> (dtype, trailing shape; None = any size, must agree across a dataset's shards; 'J' = len(joint_names))
+FIELDS = {
+    "points": (np.float32, (None, 3)),
+    "joints": (np.float32, ("J", 3)),
+    "center": (np.float32, (3,)),
+    "scale": (np.float32, ()),
+    "rotation": (np.float32, (3, 3)),
+    "vertices": (np.float32, (None, 3)),
+    "uvd": (np.float32, ("J", 3)),
+    "depth": (np.uint16, (None, None)),
+    "crop_window": (np.int32, (4,)),
+    "theta": (np.float32, (None, 3)),
+    "translation": (np.float32, (3,)),
+    "subject": (np.int32, ()),
+    "pose": (np.int32, ()),
+    "view": (np.int32, ()),
+    "frame_id": (np.int64, ()),
+}
+REQUIRED_FIELDS = ("points", "joints", "center", "scale")
+
+
+class ShardError(ValueError):
+    """A shard file is missing, unreadable, truncated, or does not follow the schema."""
+
+
+def _decode(value):
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    return value
+
+
+def write_shard(path: str, arrays: dict, attrs: dict) -> None:
+    """Write a shard atomically: ``path + '.tmp'`` first, then ``os.replace``.
+
+    Args:
+      path: final file name (…/split-00000.h5).
+      arrays: field -> array with frames first (see the table); unknown fields raise.
+      attrs: must contain dataset, split, camera (dict or JSON), joint_names; the
+        schema_version is added. Values must be str/int/float/list of str.
+    Raises:
+      ShardError (naming the field) if arrays violate the schema.
+    """
+    import h5py
+
+    arrays = {k: np.asarray(v) for k, v in arrays.items()}
+    attrs = dict(attrs)
+    attrs["schema_version"] = SCHEMA_VERSION
+    if isinstance(attrs.get("camera"), dict):
+        attrs["camera"] = json.dumps(attrs["camera"], sort_keys=True)
+    _check_arrays(path, arrays, attrs)
+    tmp = path + ".tmp"
+    with h5py.File(tmp, "w") as f:
+        for name, arr in arrays.items():
+            f.create_dataset(name, data=arr.astype(FIELDS[name][0], copy=False))
+        for key, value in attrs.items():
+            if isinstance(value, (list, tuple)):
+                f.attrs[key] = np.array([str(v) for v in value], dtype=h5py.string_dtype())
+            else:
+                f.attrs[key] = value
+    os.replace(tmp, path)
+
+
+def _check_arrays(path, arrays, attrs):
+    """Schema check of in-memory arrays (used by the writer and the loader)."""
+    for key in REQUIRED_ATTRS:
+        if key not in attrs:
+            raise ShardError(f"{path}: attribute '{key}': expected, missing (found {sorted(attrs)})")
+    if int(attrs["schema_version"]) != SCHEMA_VERSION:
+        raise ShardError(f"{path}: attribute 'schema_version': expected {SCHEMA_VERSION}, found {attrs['schema_version']}")
+    num_joints = len(list(attrs["joint_names"]))
+    shapes = {k: tuple(v.shape) for k, v in arrays.items()}
+    dtypes = {k: np.dtype(v.dtype) for k, v in arrays.items()}
+    _check_layout(path, shapes, dtypes, num_joints)
+
+
+def _check_layout(path, shapes: dict, dtypes: dict, num_joints: int) -> int:
+    for name in REQUIRED_FIELDS:
+        if name not in shapes:
+            raise ShardError(f"{path}: field '{name}': expected dataset, missing (found {sorted(shapes)})")
+    num_frames = None
+    for name, shape in shapes.items():
+        if name not in FIELDS:
+            raise ShardError(f"{path}: field '{name}': not in the schema (known: {sorted(FIELDS)})")
+        dtype, trailing = FIELDS[name]
+        if dtypes[name] != np.dtype(dtype):
+            raise ShardError(f"{path}: field '{name}': expected dtype {np.dtype(dtype)}, found {dtypes[name]}")
+        if len(shape) != 1 + len(trailing):
+            raise ShardError(f"{path}: field '{name}': expected rank {1 + len(trailing)} "
+                             f"[F{''.join(', ' + str(t if t is not None else '*') for t in trailing)}], "
+                             f"found shape {shape}")
+        for got, want in zip(shape[1:], trailing):
+            want = num_joints if want == "J" else want
+            if want is not None and got != want:
+                raise ShardError(f"{path}: field '{name}': expected trailing shape "
+                                 f"{tuple(num_joints if t == 'J' else t for t in trailing)}, found shape {shape}")
+        if num_frames is None:
+            num_frames = shape[0]
+        elif shape[0] != num_frames:
+            raise ShardError(f"{path}: field '{name}': expected {num_frames} frames (like the other fields), "
+                             f"found {shape[0]}")
+    return num_frames
+
+
+def read_attrs(path: str) -> dict:
+    """File attributes decoded (camera stays a JSON string; joint_names -> list)."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return _attrs_of(f)
+    except OSError as e:
+        raise ShardError(f"{path}: cannot open as HDF5 (missing, truncated or corrupt): {e}") from e
+
+
+def _attrs_of(f) -> dict:
+    out = {}
+    for key, value in f.attrs.items():
+        if isinstance(value, np.ndarray) and value.dtype.kind in "OSU":
+            out[key] = [_decode(v) for v in value.tolist()]
+        elif isinstance(value, np.generic):
+            out[key] = _decode(value.item())
+        else:
+            out[key] = _decode(value)
+    return out
+
+
+def validate_shard(path: str) -> dict:
+    """Check a shard's structure without reading its data.
+
+    Returns:
+      dict ``num_frames``, ``shapes`` (field -> shape), ``dtypes``, ``attrs``.
+    Raises:
+      ShardError naming the file and the offending field or attribute.
+    """
+    import h5py
+
+    if not os.path.isfile(path):
+        raise ShardError(f"{path}: expected a shard file, not found")
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = _attrs_of(f)
+            shapes, dtypes = {}, {}
+            for name, obj in f.items():
+                if not isinstance(obj, h5py.Dataset):
+                    raise ShardError(f"{path}: field '{name}': expected a dataset, found a group")
+                shapes[name] = tuple(obj.shape)
+                dtypes[name] = np.dtype(obj.dtype)
+    except OSError as e:
+        raise ShardError(f"{path}: cannot open as HDF5 (missing, truncated or corrupt): {e}") from e
+    for key in REQUIRED_ATTRS:
+        if key not in attrs:
+            raise ShardError(f"{path}: attribute '{key}': expected, missing (found {sorted(attrs)})")
+    if int(attrs["schema_version"]) != SCHEMA_VERSION:
+        raise ShardError(f"{path}: attribute 'schema_version': expected {SCHEMA_VERSION}, "
+                         f"found {attrs['schema_version']}")
+    try:
+        json.loads(attrs["camera"])
+    except (TypeError, ValueError) as e:
+        raise ShardError(f"{path}: attribute 'camera': expected JSON of fx, fy, cx, cy, width, height, "
+                         f"found {attrs['camera']!r}") from e
+    if not isinstance(attrs["joint_names"], list):
+        raise ShardError(f"{path}: attribute 'joint_names': expected a list of names, found {attrs['joint_names']!r}")
+    num_frames = _check_layout(path, shapes, dtypes, len(attrs["joint_names"]))
+    return {"num_frames": num_frames, "shapes": shapes, "dtypes": dtypes, "attrs": attrs}
+
+
+def load_shard(path: str, fields=None) -> dict:
+    """Read fields of a shard into memory, checking that the data is readable and finite.
+
+    Args:
+      fields: iterable of field names (default: all present).
+    Returns:
+      field -> numpy array (frames first).
+    Raises:
+      ShardError naming the file (and field) on any failure, including a truncated file.
+    """
+    import h5py
+
+    info = validate_shard(path)
+    names = list(info["shapes"]) if fields is None else list(fields)
+    out = {}
+    try:
+        with h5py.File(path, "r") as f:
+            for name in names:
+                if name not in f:
+                    raise ShardError(f"{path}: field '{name}': requested but missing (found {sorted(f.keys())})")
+                try:
+                    out[name] = f[name][()]
+                except (OSError, RuntimeError, ValueError) as e:
+                    raise ShardError(f"{path}: field '{name}': cannot read data (truncated or corrupt): {e}") from e
+                if out[name].dtype.kind == "f" and not np.all(np.isfinite(out[name])):
+                    raise ShardError(f"{path}: field '{name}': expected finite values, found NaN/Inf")
+    except OSError as e:
+        raise ShardError(f"{path}: cannot open as HDF5 (missing, truncated or corrupt): {e}") from e
+    return out
+
+
+def list_shards(data_dir: str, split: str) -> list:
+    """Sorted finished shard files ``{data_dir}/{split}-*.h5`` (``.tmp`` files ignored)."""
+    if not os.path.isdir(data_dir):
+        raise ShardError(f"{data_dir}: expected a directory of shards, not found")
+    names = sorted(n for n in os.listdir(data_dir) if n.startswith(split + "-") and n.endswith(".h5"))
+    return [os.path.join(data_dir, n) for n in names]
