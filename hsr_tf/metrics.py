@@ -1,0 +1,222 @@
+"""Evaluation metrics of the depth hand-shape network (Deng et al., section IV-A), NumPy.
+
+Streaming accumulators (call ``update`` per batch, ``result`` at the end), all in mm:
+
+* ``JointErrorMetric``: mean 3D joint error over all joints and frames, per-joint mean
+  error, and the fraction of frames whose MAXIMUM joint error is <= each threshold
+  (0..80 mm by default; "percentage of good frames").
+* ``ShapeErrorMetric``: mean vertex error against the ground-truth mesh (synthetic data).
+* ``PointCloudErrorMetric``: mean distance from each input point to its nearest predicted
+  vertex (``scipy.spatial.cKDTree``), no cut-off.
+
+Writers: ``write_threshold_csv``, ``plot_threshold_curve`` (matplotlib Agg, PNG) and
+``write_per_joint_csv``.
+
+Every input is millimetres in a common frame (e.g. camera mm via
+``hsr_tf.models.outputs_to_camera_mm``); errors are Euclidean distances.
+
+Legend: B batch (frames), J joints, V vertices, N input points, T thresholds.
+"""
+from __future__ import annotations
+
+import csv
+import os
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+DEFAULT_THRESHOLDS_MM = np.arange(0.0, 81.0, 1.0)
+
+
+def _as_points(name, x, rank=3):
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != rank or x.shape[-1] != 3:
+        raise ValueError(f"{name}: expected shape [B, M, 3], found {x.shape}")
+    return x
+
+
+def _check_pair(pred, gt, pred_name="pred", gt_name="gt"):
+    pred = _as_points(pred_name, pred)
+    gt = _as_points(gt_name, gt)
+    if pred.shape != gt.shape:
+        raise ValueError(f"{gt_name}: expected shape {pred.shape} like {pred_name}, found {gt.shape}")
+    if not (np.all(np.isfinite(pred)) and np.all(np.isfinite(gt))):
+        raise ValueError(f"{pred_name}/{gt_name}: expected finite values, found NaN or Inf")
+    return pred, gt
+
+
+class JointErrorMetric:
+    """Mean / per-joint joint error and the max-error threshold curve.
+
+    Args:
+      thresholds_mm: [T] thresholds for the fraction of good frames (default 0..80 by 1 mm).
+      joint_names: optional names for the per-joint table.
+    """
+
+    def __init__(self, thresholds_mm=DEFAULT_THRESHOLDS_MM, joint_names=None):
+        self.thresholds = np.asarray(thresholds_mm, dtype=np.float64)
+        if self.thresholds.ndim != 1 or self.thresholds.size == 0:
+            raise ValueError(f"thresholds_mm: expected a non-empty 1-D array, found shape {self.thresholds.shape}")
+        self.joint_names = None if joint_names is None else list(joint_names)
+        self.reset()
+
+    def reset(self):
+        self._sum_per_joint = None
+        self._max_errors = []
+        self.num_frames = 0
+
+    def update(self, pred_joints, gt_joints):
+        """Adds a batch. pred_joints, gt_joints: [B, J, 3] mm. Returns per-frame errors [B, J]."""
+        pred, gt = _check_pair(pred_joints, gt_joints, "pred_joints", "gt_joints")
+        err = np.linalg.norm(pred - gt, axis=-1)  # [B, J]
+        if self._sum_per_joint is None:
+            self._sum_per_joint = np.zeros(err.shape[1])
+            if self.joint_names is not None and len(self.joint_names) != err.shape[1]:
+                raise ValueError(f"joint_names: expected {err.shape[1]} names, found {len(self.joint_names)}")
+        elif err.shape[1] != self._sum_per_joint.shape[0]:
+            raise ValueError(f"pred_joints: expected {self._sum_per_joint.shape[0]} joints like earlier batches, "
+                             f"found {err.shape[1]}")
+        self._sum_per_joint += err.sum(axis=0)
+        self._max_errors.append(err.max(axis=1))
+        self.num_frames += err.shape[0]
+        return err
+
+    def result(self):
+        """dict: ``mean_joint_error_mm``, ``per_joint_error_mm`` [J], ``thresholds_mm`` [T],
+        ``fraction_good_frames`` [T] (max joint error <= threshold), ``num_frames``."""
+        if self.num_frames == 0:
+            raise ValueError("JointErrorMetric: expected at least one update before result(), found 0 frames")
+        per_joint = self._sum_per_joint / self.num_frames
+        max_err = np.concatenate(self._max_errors)
+        good = (max_err[None, :] <= self.thresholds[:, None]).mean(axis=1)
+        return {
+            "mean_joint_error_mm": float(per_joint.mean()),
+            "per_joint_error_mm": per_joint,
+            "thresholds_mm": self.thresholds.copy(),
+            "fraction_good_frames": good,
+            "num_frames": int(self.num_frames),
+        }
+
+
+class ShapeErrorMetric:
+    """Mean vertex error (mm) over all vertices and frames."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self._sum = 0.0
+        self._count = 0
+
+    def update(self, pred_vertices, gt_vertices):
+        """pred_vertices, gt_vertices: [B, V, 3] mm. Returns per-frame mean errors [B]."""
+        pred, gt = _check_pair(pred_vertices, gt_vertices, "pred_vertices", "gt_vertices")
+        err = np.linalg.norm(pred - gt, axis=-1)
+        self._sum += err.sum()
+        self._count += err.size
+        return err.mean(axis=1)
+
+    def result(self):
+        if self._count == 0:
+            raise ValueError("ShapeErrorMetric: expected at least one update before result(), found none")
+        return {"shape_error_mm": float(self._sum / self._count)}
+
+
+class PointCloudErrorMetric:
+    """Mean distance (mm) from each input point to its nearest predicted vertex.
+
+    ``update`` accepts an optional ``point_mask`` [B, N] (True = a real point) for padded clouds.
+    """
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self._sum = 0.0
+        self._count = 0
+
+    def update(self, points, pred_vertices, point_mask=None):
+        """points: [B, N, 3] mm; pred_vertices: [B, V, 3] mm. Returns per-frame mean distances [B]."""
+        pts = _as_points("points", points)
+        verts = _as_points("pred_vertices", pred_vertices)
+        if pts.shape[0] != verts.shape[0]:
+            raise ValueError(f"pred_vertices: expected {pts.shape[0]} frames like points, found {verts.shape[0]}")
+        if point_mask is not None:
+            point_mask = np.asarray(point_mask, dtype=bool)
+            if point_mask.shape != pts.shape[:2]:
+                raise ValueError(f"point_mask: expected shape {pts.shape[:2]}, found {point_mask.shape}")
+        per_frame = np.zeros(pts.shape[0])
+        for b in range(pts.shape[0]):
+            p = pts[b] if point_mask is None else pts[b][point_mask[b]]
+            if p.shape[0] == 0:
+                raise ValueError(f"points: frame {b} of the batch has no valid point")
+            dist, _ = cKDTree(verts[b]).query(p, k=1)
+            self._sum += dist.sum()
+            self._count += dist.size
+            per_frame[b] = dist.mean()
+        return per_frame
+
+    def result(self):
+        if self._count == 0:
+            raise ValueError("PointCloudErrorMetric: expected at least one update before result(), found none")
+        return {"point_cloud_error_mm": float(self._sum / self._count)}
+
+
+def write_threshold_csv(path, thresholds_mm, fractions, label="fraction_good_frames"):
+    """CSV with columns ``threshold_mm`` and ``label`` (one row per threshold)."""
+    thresholds_mm = np.asarray(thresholds_mm)
+    fractions = np.asarray(fractions)
+    if thresholds_mm.shape != fractions.shape:
+        raise ValueError(f"fractions: expected shape {thresholds_mm.shape} like thresholds_mm, "
+                         f"found {fractions.shape}")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["threshold_mm", label])
+        for t, v in zip(thresholds_mm, fractions):
+            w.writerow([f"{t:g}", f"{v:.6f}"])
+
+
+def write_per_joint_csv(path, per_joint_error_mm, joint_names=None):
+    """CSV with columns ``joint``, ``name``, ``mean_error_mm``."""
+    per_joint_error_mm = np.asarray(per_joint_error_mm)
+    if joint_names is None:
+        joint_names = [f"joint_{j}" for j in range(per_joint_error_mm.shape[0])]
+    if len(joint_names) != per_joint_error_mm.shape[0]:
+        raise ValueError(f"joint_names: expected {per_joint_error_mm.shape[0]} names, found {len(joint_names)}")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["joint", "name", "mean_error_mm"])
+        for j, (name, e) in enumerate(zip(joint_names, per_joint_error_mm)):
+            w.writerow([j, name, f"{e:.4f}"])
+
+
+def plot_threshold_curve(path, curves, title="Fraction of frames within distance"):
+    """PNG of one or more threshold curves.
+
+    Args:
+      path: output .png.
+      curves: dict label -> (thresholds_mm [T], fractions [T]) (fractions in [0, 1]).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not curves:
+        raise ValueError("curves: expected at least one (thresholds, fractions) curve, found none")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig, ax = plt.subplots(figsize=(5, 4), dpi=120)
+    for label, (thr, frac) in curves.items():
+        ax.plot(np.asarray(thr), 100.0 * np.asarray(frac), label=label)
+    ax.set_xlabel("Maximum allowed distance to GT (mm)")
+    ax.set_ylabel("Fraction of frames within distance (%)")
+    ax.set_xlim(0, max(float(np.max(t)) for t, _ in curves.values()))
+    ax.set_ylim(0, 100)
+    ax.grid(True, alpha=0.3)
+    ax.set_title(title)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,67 @@
+"""Evaluation metrics against hand-computed values."""
+import csv
+
+import numpy as np
+import pytest
+
+from hsr_tf import metrics
+
+
+def test_joint_error_hand_computed():
+    # two frames, two joints; errors: frame 0 -> (3, 4) mm, frame 1 -> (0, 12) mm
+    gt = np.zeros((2, 2, 3))
+    pred = np.array([[[3.0, 0, 0], [0, 4.0, 0]], [[0, 0, 0], [0, 0, 12.0]]])
+    m = metrics.JointErrorMetric(thresholds_mm=[0, 3, 4, 11.9, 12, 80])
+    m.update(pred[:1], gt[:1])
+    m.update(pred[1:], gt[1:])  # streaming over two batches
+    r = m.result()
+    assert r["mean_joint_error_mm"] == pytest.approx((3 + 4 + 0 + 12) / 4)
+    np.testing.assert_allclose(r["per_joint_error_mm"], [1.5, 8.0])
+    # max errors per frame: 4 and 12
+    np.testing.assert_allclose(r["fraction_good_frames"], [0, 0, 0.5, 0.5, 1.0, 1.0])
+    assert r["num_frames"] == 2
+    m.reset()
+    with pytest.raises(ValueError, match="at least one"):
+        m.result()
+
+
+def test_default_thresholds_cover_0_to_80():
+    m = metrics.JointErrorMetric()
+    assert m.thresholds[0] == 0 and m.thresholds[-1] == 80 and len(m.thresholds) == 81
+
+
+def test_shape_and_point_cloud_error():
+    s = metrics.ShapeErrorMetric()
+    s.update(np.zeros((1, 3, 3)), np.array([[[1.0, 0, 0], [0, 2.0, 0], [0, 0, 6.0]]]))
+    assert s.result()["shape_error_mm"] == pytest.approx(3.0)
+    pc = metrics.PointCloudErrorMetric()
+    verts = np.array([[[0.0, 0, 0], [10.0, 0, 0]]])
+    pts = np.array([[[1.0, 0, 0], [9.0, 0, 0], [5.0, 3.0, 0], [10.0, 0, 4.0]]])
+    per = pc.update(pts, verts)
+    want = (1 + 1 + np.hypot(5, 3) + 4) / 4
+    np.testing.assert_allclose(per, [want])
+    assert pc.result()["point_cloud_error_mm"] == pytest.approx(want)
+    pc.reset()
+    pc.update(pts, verts, point_mask=np.array([[True, True, False, False]]))
+    assert pc.result()["point_cloud_error_mm"] == pytest.approx(1.0)
+
+
+def test_shape_mismatch_errors():
+    with pytest.raises(ValueError, match="gt_joints"):
+        metrics.JointErrorMetric().update(np.zeros((2, 14, 3)), np.zeros((2, 21, 3)))
+    with pytest.raises(ValueError, match="finite"):
+        metrics.ShapeErrorMetric().update(np.full((1, 2, 3), np.nan), np.zeros((1, 2, 3)))
+
+
+def test_writers(tmp_path):
+    thr = np.arange(0, 81.0)
+    frac = np.clip(thr / 40.0, 0, 1)
+    metrics.write_threshold_csv(tmp_path / "curve.csv", thr, frac)
+    rows = list(csv.reader(open(tmp_path / "curve.csv")))
+    assert rows[0] == ["threshold_mm", "fraction_good_frames"] and len(rows) == 82
+    assert float(rows[21][1]) == pytest.approx(0.5)
+    metrics.plot_threshold_curve(tmp_path / "curve.png", {"ours": (thr, frac)})
+    assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    metrics.write_per_joint_csv(tmp_path / "j.csv", [1.0, 2.5], ["wrist", "tip"])
+    rows = list(csv.reader(open(tmp_path / "j.csv")))
+    assert rows[2] == ["1", "tip", "2.5000"]
