@@ -27,6 +27,79 @@ from hsr_tf.hand_model.model import HandModel, default_asset_path
 _VARIABLES = ("mean_shape", "shape_basis", "pose_basis", "joint_regressor", "skinning_weights")
 
 
+class ChainPlan:
+    """Static plan for posing a kinematic tree one depth level at a time.
+
+    Args:
+      parents: [J] parent index per joint, -1 for the root; parents precede children.
+    """
+
+    def __init__(self, parents):
+        self.parents = np.asarray(parents, dtype=np.int32)
+        j = len(self.parents)
+        depth = np.zeros(j, dtype=np.int64)
+        for k in range(1, j):
+            depth[k] = depth[self.parents[k]] + 1
+        self.levels = [np.flatnonzero(depth == d).astype(np.int32) for d in range(depth.max() + 1)]
+        self.inverse_order = np.argsort(np.concatenate(self.levels)).astype(np.int32)
+        self.parent_slot = []  # for each level >= 1: index of each joint's parent inside the previous level
+        for d in range(1, len(self.levels)):
+            prev = {int(jj): i for i, jj in enumerate(self.levels[d - 1])}
+            self.parent_slot.append(np.array([prev[int(self.parents[jj])] for jj in self.levels[d]], np.int32))
+
+    def forward_kinematics(self, rot, rest_joints):
+        """Global rotations [B, J, 3, 3] and posed joints [B, J, 3].
+
+        Args:
+          rot: [B, J, 3, 3] local rotations; rest_joints: [B, J, 3] mm.
+        """
+        root = self.levels[0]
+        level_rot = tf.gather(rot, root, axis=1)
+        level_pos = tf.gather(rest_joints, root, axis=1)
+        rots, poss = [level_rot], [level_pos]
+        for d in range(1, len(self.levels)):
+            idx = self.levels[d]
+            slot = self.parent_slot[d - 1]
+            parent_rot = tf.gather(level_rot, slot, axis=1)
+            parent_pos = tf.gather(level_pos, slot, axis=1)
+            offset = tf.gather(rest_joints, idx, axis=1) - tf.gather(rest_joints, self.parents[idx], axis=1)
+            level_pos = parent_pos + tf.einsum("bkrc,bkc->bkr", parent_rot, offset)
+            level_rot = tf.matmul(parent_rot, tf.gather(rot, idx, axis=1))
+            rots.append(level_rot)
+            poss.append(level_pos)
+        global_rot = tf.gather(tf.concat(rots, axis=1), self.inverse_order, axis=1)
+        posed = tf.gather(tf.concat(poss, axis=1), self.inverse_order, axis=1)
+        return global_rot, posed
+
+
+def pose_and_skin(plan, rest, rest_joints, theta, pose_basis, skinning_weights):
+    """Pose blend (Eq. 1 pose term) and linear blend skinning (Eq. 3).
+
+    Args:
+      plan: :class:`ChainPlan` of the skeleton.
+      rest: [B, V, 3] shaped template T(beta, theta0), mm.
+      rest_joints: [B, J, 3] J0, mm.
+      theta: [B, J, 3] axis-angle, radians.
+      pose_basis: [P, V * 3] pose blend shapes (P = 9 (J - 1)), mm.
+      skinning_weights: [V, J].
+    Returns:
+      (vertices [B, V, 3], joints [B, J, 3]) float32 mm.
+    """
+    num_vertices = rest.shape[1] if rest.shape[1] is not None else tf.shape(rest)[1]
+    num_joints = len(plan.parents)
+    rot = axis_angle_to_matrix(theta)  # [B, J, 3, 3]
+    pose_offsets = tf.matmul(pose_feature(rot), pose_basis)
+    blended = rest + tf.reshape(pose_offsets, [-1, num_vertices, 3])
+    global_rot, posed_joints = plan.forward_kinematics(rot, rest_joints)
+    # G_b(theta) G_b(theta0)^-1: x -> R_b (x - J0_b) + J_b, i.e. [R_b | J_b - R_b J0_b].
+    trans = posed_joints - tf.einsum("bjrc,bjc->bjr", global_rot, rest_joints)
+    affine = tf.concat([tf.reshape(global_rot, [-1, num_joints, 9]), trans], axis=-1)  # [B, J, 12]
+    blended_affine = tf.einsum("vj,bjk->bvk", skinning_weights, affine)
+    vert_rot = tf.reshape(blended_affine[..., :9], [-1, num_vertices, 3, 3])
+    vertices = tf.einsum("bvrc,bvc->bvr", vert_rot, blended) + blended_affine[..., 9:]
+    return vertices, posed_joints
+
+
 @keras.saving.register_keras_serializable(package="hsr_tf")
 class HandModelLayer(keras.layers.Layer):
     """SMPL-style hand model layer.
@@ -90,17 +163,7 @@ class HandModelLayer(keras.layers.Layer):
             if model is not None:
                 var.assign(np.asarray(getattr(model, name), np.float32).reshape(shape))
             setattr(self, "_" + name, var)
-        # Tree levels: joints of equal depth are posed together.
-        depth = np.zeros(j, dtype=np.int64)
-        for k in range(1, j):
-            depth[k] = depth[self.parents[k]] + 1
-        self._levels = [np.flatnonzero(depth == d).astype(np.int32) for d in range(depth.max() + 1)]
-        order = np.concatenate(self._levels)
-        self._inverse_order = np.argsort(order).astype(np.int32)
-        self._parent_slot = []  # for each level >= 1: index of each joint's parent inside the previous level
-        for d in range(1, len(self._levels)):
-            prev = {int(jj): i for i, jj in enumerate(self._levels[d - 1])}
-            self._parent_slot.append(np.array([prev[int(self.parents[jj])] for jj in self._levels[d]], np.int32))
+        self._plan = ChainPlan(self.parents)  # joints of equal depth are posed together
         self.built = True
 
     # ------------------------------------------------------------ weights loading
@@ -127,7 +190,7 @@ class HandModelLayer(keras.layers.Layer):
         self._check_inputs(beta, theta)
         beta = tf.cast(beta, tf.float32)
         theta = tf.cast(theta, tf.float32)
-        v, j = self.num_vertices, self.num_joints
+        v = self.num_vertices
         mean_shape = tf.convert_to_tensor(self._mean_shape)
         shape_basis = tf.convert_to_tensor(self._shape_basis)
         regressor = tf.convert_to_tensor(self._joint_regressor)
@@ -138,39 +201,10 @@ class HandModelLayer(keras.layers.Layer):
         joints_basis = tf.einsum("jv,svc->sjc", regressor, tf.reshape(shape_basis, [-1, v, 3]))
         rest_joints = joints_mean[None] + tf.einsum("bs,sjc->bjc", beta, joints_basis)  # [B, J, 3]
 
-        rot = axis_angle_to_matrix(theta)  # [B, J, 3, 3]
-        pose_offsets = tf.matmul(pose_feature(rot), tf.convert_to_tensor(self._pose_basis))
-        blended = rest + tf.reshape(pose_offsets, [-1, v, 3])
-
-        global_rot, posed_joints = self._kinematic_chain(rot, rest_joints)
-
-        # G_b(theta) G_b(theta0)^-1: x -> R_b (x - J0_b) + J_b, i.e. [R_b | J_b - R_b J0_b].
-        trans = posed_joints - tf.einsum("bjrc,bjc->bjr", global_rot, rest_joints)
-        affine = tf.concat([tf.reshape(global_rot, [-1, j, 9]), trans], axis=-1)  # [B, J, 12]
-        blended_affine = tf.einsum("vj,bjk->bvk", tf.convert_to_tensor(self._skinning_weights), affine)
-        vert_rot = tf.reshape(blended_affine[..., :9], [-1, v, 3, 3])
-        vertices = tf.einsum("bvrc,bvc->bvr", vert_rot, blended) + blended_affine[..., 9:]
-        return {"vertices": vertices, "joints": posed_joints, "rest_vertices": rest}
-
-    def _kinematic_chain(self, rot, rest_joints):
-        """Global rotations [B, J, 3, 3] and posed joints [B, J, 3], one tree level at a time."""
-        root = self._levels[0]
-        level_rot = tf.gather(rot, root, axis=1)
-        level_pos = tf.gather(rest_joints, root, axis=1)
-        rots, poss = [level_rot], [level_pos]
-        for d in range(1, len(self._levels)):
-            idx = self._levels[d]
-            slot = self._parent_slot[d - 1]
-            parent_rot = tf.gather(level_rot, slot, axis=1)
-            parent_pos = tf.gather(level_pos, slot, axis=1)
-            offset = tf.gather(rest_joints, idx, axis=1) - tf.gather(rest_joints, self.parents[idx], axis=1)
-            level_pos = parent_pos + tf.einsum("bkrc,bkc->bkr", parent_rot, offset)
-            level_rot = tf.matmul(parent_rot, tf.gather(rot, idx, axis=1))
-            rots.append(level_rot)
-            poss.append(level_pos)
-        global_rot = tf.gather(tf.concat(rots, axis=1), self._inverse_order, axis=1)
-        posed = tf.gather(tf.concat(poss, axis=1), self._inverse_order, axis=1)
-        return global_rot, posed
+        vertices, joints = pose_and_skin(self._plan, rest, rest_joints, theta,
+                                         tf.convert_to_tensor(self._pose_basis),
+                                         tf.convert_to_tensor(self._skinning_weights))
+        return {"vertices": vertices, "joints": joints, "rest_vertices": rest}
 
     def compute_output_spec(self, beta, theta):
         batch = beta.shape[0]
