@@ -117,7 +117,14 @@ class SetAbstraction(keras.layers.Layer):
         self.shared_mlp.build((None, self.npoint, self.nsample, c))
         self.built = True
 
-    def call(self, xyz, features=None, training=None):
+    def sample_and_group(self, xyz, features=None):
+        """Sampling and grouping without the MLP.
+
+        Returns ``(new_xyz [B,M,3], grouped [B,M,S,C_in], idx int32 [B,M,S])`` where ``grouped`` holds the
+        neighbours' coordinates relative to their centroid (divided by the radius if
+        ``normalize_by_radius``) followed by their features (or only the features when ``use_xyz`` is
+        False and features are given), and ``idx`` the neighbours' indices into N.
+        """
         xyz, features = _check_inputs(xyz, features, "SetAbstraction")
         n = xyz.shape[1]
         if n is not None and self.npoint > n:
@@ -125,20 +132,25 @@ class SetAbstraction(keras.layers.Layer):
         if self.sampling == "fps":
             centre_idx = ops.farthest_point_sample(xyz, self.npoint)  # [B,M]
         else:
-            centre_idx = tf.broadcast_to(tf.range(self.npoint, dtype=tf.int32)[None], [tf.shape(xyz)[0], self.npoint])
+            centre_idx = tf.broadcast_to(tf.range(self.npoint, dtype=tf.int32)[None],
+                                         [tf.shape(xyz)[0], self.npoint])
         new_xyz = tf.gather(xyz, centre_idx, batch_dims=1)  # [B,M,3]
         if self.grouping == "ball":
             idx = ops.ball_query(xyz, new_xyz, self.radius, self.nsample)
         else:
             sq_dist, idx = ops.knn(xyz, new_xyz, self.nsample)
-            r2 = tf.constant(self.radius, tf.float32) ** 2
-            idx = tf.where(sq_dist < r2, idx, centre_idx[:, :, None])
+            r = tf.constant(self.radius, tf.float32)
+            idx = tf.where(sq_dist < r * r, idx, centre_idx[:, :, None])  # same "inside" test as ball_query
         grouped = ops.group_points(xyz, idx) - new_xyz[:, :, None, :]  # [B,M,S,3]
         if self.normalize_by_radius:
             grouped = grouped / self.radius
         if features is not None:
             gf = ops.group_points(features, idx)
             grouped = tf.concat([grouped, gf], axis=-1) if self.use_xyz else gf
+        return new_xyz, grouped, idx
+
+    def call(self, xyz, features=None, training=None):
+        new_xyz, grouped, _ = self.sample_and_group(xyz, features)
         new_features = tf.reduce_max(self.shared_mlp(grouped, training=training), axis=2)
         return new_xyz, new_features
 
