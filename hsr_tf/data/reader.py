@@ -136,8 +136,11 @@ def make_dataset(data_dir: str | None = None, split: str = "train", files=None, 
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
-    ds = ds.interleave(load, cycle_length=max(1, min(cycle_length, len(files))) if shuffle else 1,
-                       num_parallel_calls=tf.data.AUTOTUNE if shuffle else None, deterministic=True)
+    if shuffle:
+        ds = ds.interleave(load, cycle_length=max(1, min(cycle_length, len(files))),
+                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    else:  # file order, frame order
+        ds = ds.interleave(load, cycle_length=1)
     if shuffle:
         ds = ds.shuffle(shuffle_buffer, seed=seed + 1, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=tf.data.AUTOTUNE,

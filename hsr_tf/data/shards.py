@@ -73,7 +73,8 @@ def write_shard(path: str, arrays: dict, attrs: dict) -> None:
 
     Args:
       path: final file name (…/split-00000.h5).
-      arrays: field -> array with frames first (see the table); unknown fields raise.
+      arrays: field -> array with frames first (see the table); unknown fields raise;
+        values are cast to the schema dtypes.
       attrs: must contain dataset, split, camera (dict or JSON), joint_names; the
         schema_version is added. Values must be str/int/float/list of str.
     Raises:
@@ -82,6 +83,10 @@ def write_shard(path: str, arrays: dict, attrs: dict) -> None:
     import h5py
 
     arrays = {k: np.asarray(v) for k, v in arrays.items()}
+    for k, v in arrays.items():
+        if k not in FIELDS:
+            raise ShardError(f"{path}: field '{k}': not in the schema (known: {sorted(FIELDS)})")
+        arrays[k] = v.astype(FIELDS[k][0], copy=False)  # e.g. float64 -> float32 (schema dtypes)
     attrs = dict(attrs)
     attrs["schema_version"] = SCHEMA_VERSION
     if isinstance(attrs.get("camera"), dict):
