@@ -124,7 +124,7 @@ def _face_normals(verts, faces):
 
 
 def render_overlay(points, pred_vertices, faces, gt_vertices=None, pred_joints=None, gt_joints=None,
-                   title: Optional[str] = None, size_px: int = 640) -> np.ndarray:
+                   title: Optional[str] = None, size_px: int = 960) -> np.ndarray:
     """Orthographic front (x-y, as seen by the camera) and side (z-y) views of the predicted mesh over
     the input points, with joints; ground truth mesh in a third panel when given.
 
@@ -150,8 +150,8 @@ def render_overlay(points, pred_vertices, faces, gt_vertices=None, pred_joints=N
     for ax, (name, i, j, dcol) in zip(axes[:2], views):
         depth_v = pred[:, dcol]
         ncol = dcol
-        ax.scatter(points[:, i], points[:, j], s=1.0, c="tab:blue", alpha=0.5, linewidths=0)
         _draw_mesh(ax, pred[:, [i, j]], depth_v, faces, PRED_COLOR, 0.55, normals[:, ncol])
+        ax.scatter(points[:, i], points[:, j], s=1.5, c="tab:blue", alpha=0.6, linewidths=0)
         if gt_joints is not None:
             g = np.asarray(gt_joints)
             ax.scatter(g[:, i], g[:, j], s=10, c="tab:green", marker="o", label="GT joints")
@@ -169,8 +169,8 @@ def render_overlay(points, pred_vertices, faces, gt_vertices=None, pred_joints=N
     if gt_vertices is not None:
         gt = _check("gt_vertices", gt_vertices).astype(np.float64)
         ax = axes[2]
-        ax.scatter(points[:, 0], points[:, 1], s=1.0, c="tab:blue", alpha=0.5, linewidths=0)
         _draw_mesh(ax, gt[:, [0, 1]], gt[:, 2], faces, GT_COLOR, 0.55, _face_normals(gt, faces)[:, 2])
+        ax.scatter(points[:, 0], points[:, 1], s=1.5, c="tab:blue", alpha=0.6, linewidths=0)
         ax.set_title("ground truth (x-y)", fontsize=8)
         ax.set_aspect("equal")
         ax.set_xlim(axes[0].get_xlim())

@@ -1,0 +1,308 @@
+"""Shared flags and the run pipeline of the depth-model experiment programs.
+
+Programs (thin absl wrappers over :func:`run`):
+  python -m experiments.synth_full --flagfile=experiments/flags/demo.flags --workdir=W   (shape loss on)
+  python -m experiments.synth_weak --flagfile=...  --workdir=W                          (no shape loss)
+
+A run: (1) render the synthetic set into --data_dir if it holds no shards and --render_if_empty;
+(2) train with hsr_tf.train.loop.Trainer (resumes from W/checkpoints; same command = same data order);
+(3) evaluate on the test split -> W/eval/{metrics.json, per_joint.csv, threshold_curve.csv|png};
+(4) export a SavedModel -> W/export (fallback ops, in a subprocess so it is traced without the compiled
+    kernels) and (5) predict one rendered depth image -> W/predict/{mesh.ply, joints.json, overlay.png}.
+Steps 3-5 are switched by --evaluate / --export / --predict.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import shlex
+import subprocess
+import sys
+import time
+
+from absl import flags, logging
+
+FLAGS = flags.FLAGS
+
+# ---------------------------------------------------------------------------------------------- data
+flags.DEFINE_string("workdir", None, "Run directory (checkpoints, TensorBoard, flags.txt, eval/, export/).")
+flags.DEFINE_string("data_dir", "data/synth_small", "Shard directory ({train,test}-*.h5).")
+flags.DEFINE_bool("render_if_empty", True, "Render the synthetic set into --data_dir first when it has no shards.")
+flags.DEFINE_integer("synth_num_subjects", 10, "Rendering: subjects (test split = 10% of them, at least 1).")
+flags.DEFINE_integer("synth_poses_per_subject", 100, "Rendering: poses per subject.")
+flags.DEFINE_integer("synth_views_per_pose", 3, "Rendering: views per pose.")
+flags.DEFINE_enum("synth_noise", "kinect", ["kinect", "none"], "Rendering: sensor noise model.")
+flags.DEFINE_integer("synth_seed", 0, "Rendering: seed of subjects, poses and views.")
+flags.DEFINE_integer("synth_workers", 0, "Rendering: worker processes (0 = all cores).")
+flags.DEFINE_bool("augment", True, "Online augmentation of section III-E-1 (rotation, x/y scaling, shift).")
+flags.DEFINE_float("aug_rot_z_deg", 90.0, "Augmentation: in-plane rotation range +-deg (paper prints '[-0, pi/2]').")
+flags.DEFINE_integer("shuffle_buffer", 8192, "Frames in the reader's shuffle buffer.")
+
+# ---------------------------------------------------------------------------------------------- training
+flags.DEFINE_integer("seed", 0, "Seed of initialisation, data order and augmentation.")
+flags.DEFINE_integer("batch_size", 32, "Batch size (paper: 32).")
+flags.DEFINE_float("learning_rate", 1e-3, "Initial Adam learning rate (paper: 1e-3).")
+flags.DEFINE_float("lr_decay", 0.9, "Learning-rate factor per epoch, staircase (paper: 0.9).")
+flags.DEFINE_integer("num_epochs", 50, "Epochs to train.")
+flags.DEFINE_integer("max_steps", 0, "Stop after this many steps in total (0 = num_epochs * steps_per_epoch).")
+flags.DEFINE_integer("checkpoint_every", 500, "Steps between checkpoints (and one at the end).")
+flags.DEFINE_integer("summary_every", 20, "Steps between scalar summaries.")
+flags.DEFINE_integer("eval_every", 1000, "Steps between held-out evaluations (0 = only at the end).")
+flags.DEFINE_integer("eval_batches", 8, "Held-out batches per evaluation during training (0 = whole split).")
+flags.DEFINE_integer("visual_every", 1000, "Steps between mesh / image summaries (0 = never).")
+flags.DEFINE_enum("ops", "auto", ["auto", "compiled", "fallback"], "PointNet++ ops backend used for training.")
+flags.DEFINE_bool("progress", True, "Console progress bar.")
+
+# ---------------------------------------------------------------------------------------------- model
+flags.DEFINE_integer("num_stages", 2, "Shape-network stages (paper: 2; 1 = 'without stage 2').")
+flags.DEFINE_bool("joint_regression", True, "Joint regression network after the mesh (paper: on).")
+flags.DEFINE_enum("transform", "procrustes", ["procrustes", "regress"],
+                  "Hand-to-input transform {s,R,t}: similarity Procrustes of model joints onto predicted joints, "
+                  "or regressed directly.")
+
+# ---------------------------------------------------------------------------------------------- loss
+flags.DEFINE_float("lambda_joint", 2.0, "lambda_J (paper: 2).")
+flags.DEFINE_float("lambda_chamfer", 1.0, "lambda_C (paper: 1; 0 switches the Chamfer loss off).")
+flags.DEFINE_float("lambda_mean_shape", 1.0, "lambda_B0 (paper: 1; 0 switches it off).")
+flags.DEFINE_float("lambda_shape", None, "lambda_S; default 1 for synth_full, must stay 0 for synth_weak.")
+flags.DEFINE_float("chamfer_tau_mm", 5.0, "Chamfer cut-off tau, mm (paper: 5).")
+flags.DEFINE_enum("loss_reduction", "mean", ["mean", "sum"], "Per-term reduction (see hsr_tf/losses.py).")
+flags.DEFINE_integer("stage_joint_decay_epoch", 20, "Stage joint loss x0.1 from this epoch (paper: 20).")
+flags.DEFINE_bool("supervise_joints_input", True, "Apply the stage joint loss to J_input too.")
+
+# ---------------------------------------------------------------------------------------------- after training
+flags.DEFINE_bool("evaluate", True, "Evaluate the final model on the whole test split.")
+flags.DEFINE_bool("export", True, "Export a SavedModel to WORKDIR/export after training.")
+flags.DEFINE_bool("predict", True, "Render one test depth image and run the exported model on it.")
+
+HPARAM_FLAGS = ("num_stages", "joint_regression", "transform", "lambda_joint", "lambda_chamfer", "lambda_mean_shape",
+                "lambda_shape", "chamfer_tau_mm", "loss_reduction", "batch_size", "learning_rate", "lr_decay",
+                "augment", "seed", "supervision")
+HPARAM_METRICS = ("metrics/mean_joint_error_mm", "metrics/shape_error_mm", "metrics/point_cloud_error_mm")
+
+
+def command_line() -> str:
+    return " ".join(shlex.quote(a) for a in [sys.executable] + sys.argv)
+
+
+def has_shards(data_dir: str) -> bool:
+    from hsr_tf.data import shards as shards_lib
+    return os.path.isdir(data_dir) and bool(shards_lib.list_shards(data_dir, "train")) and \
+        bool(shards_lib.list_shards(data_dir, "test"))
+
+
+def synth_dataset_config():
+    """The DatasetConfig of data_prep.synth for the --synth_* flags (defaults of the renderer otherwise)."""
+    from data_prep.synth import render
+
+    frame = dataclasses.replace(render.FrameConfig(), noise=FLAGS.synth_noise)
+    return render.DatasetConfig(num_subjects=FLAGS.synth_num_subjects, poses_per_subject=FLAGS.synth_poses_per_subject,
+                                views_per_pose=FLAGS.synth_views_per_pose, seed=FLAGS.synth_seed, frame=frame)
+
+
+def ensure_data(data_dir: str) -> None:
+    """Render the small synthetic set into ``data_dir`` when it has no shards (and --render_if_empty)."""
+    if has_shards(data_dir):
+        return
+    if not FLAGS.render_if_empty:
+        raise FileNotFoundError(f"{data_dir}: expected train-*.h5 and test-*.h5 shards, found none "
+                                "(render them with python -m data_prep.synth or pass --render_if_empty)")
+    from data_prep.synth import render
+
+    logging.info("No shards in %s: rendering the synthetic set (%d subjects x %d poses x %d views)", data_dir,
+                 FLAGS.synth_num_subjects, FLAGS.synth_poses_per_subject, FLAGS.synth_views_per_pose)
+    t0 = time.time()
+    render.generate(data_dir, synth_dataset_config(), num_workers=FLAGS.synth_workers, progress=FLAGS.progress,
+                    log=logging.info)
+    logging.info("Rendering took %.1f s", time.time() - t0)
+
+
+def build_model(data_info: dict):
+    """HandShapeNet for the model flags and the data's joints (normalised input frame)."""
+    from hsr_tf.hand_model import HandModel
+    from hsr_tf.models import HandShapeNet
+
+    return HandShapeNet(hand_model=HandModel.load(), num_dataset_joints=data_info["num_joints"],
+                        num_stages=FLAGS.num_stages, joint_regression=FLAGS.joint_regression,
+                        transform=FLAGS.transform)
+
+
+def build_loss(model, lambda_shape: float):
+    from hsr_tf import losses
+
+    cfg = losses.LossConfig(joint_weight=FLAGS.lambda_joint, chamfer_weight=FLAGS.lambda_chamfer,
+                            mean_shape_weight=FLAGS.lambda_mean_shape, shape_weight=lambda_shape,
+                            use_chamfer=FLAGS.lambda_chamfer > 0, use_mean_shape=FLAGS.lambda_mean_shape > 0,
+                            use_shape=lambda_shape > 0, chamfer_tau_mm=FLAGS.chamfer_tau_mm,
+                            reduction=FLAGS.loss_reduction, stage_joint_decay_epoch=FLAGS.stage_joint_decay_epoch,
+                            supervise_joints_input=FLAGS.supervise_joints_input)
+    loss = losses.HandShapeLoss(model.mean_shape, cfg)
+
+    def loss_fn(batch, outputs, epoch):
+        total, terms = loss(outputs, batch, epoch)
+        return total, {k: v for k, v in terms.items() if k != "total"}
+
+    return loss_fn
+
+
+def resolve_lambda_shape(supervision: str) -> float:
+    if supervision == "full":
+        return 1.0 if FLAGS.lambda_shape is None else float(FLAGS.lambda_shape)
+    if FLAGS.lambda_shape not in (None, 0.0):
+        raise ValueError(f"--lambda_shape: expected 0 (or unset) for weak supervision (synth_weak), found "
+                         f"{FLAGS.lambda_shape}; use experiments.synth_full for the shape loss")
+    return 0.0
+
+
+def run_subprocess(module: str, args: list[str], env_extra: dict | None = None) -> None:
+    cmd = [sys.executable, "-m", module] + args
+    logging.info("Running: %s", " ".join(shlex.quote(c) for c in cmd))
+    env = dict(os.environ, **(env_extra or {}))
+    res = subprocess.run(cmd, env=env)
+    if res.returncode != 0:
+        raise RuntimeError(f"{module} failed with exit code {res.returncode}: {' '.join(cmd)}")
+
+
+def run(supervision: str) -> dict:
+    """Render (if needed), train, evaluate, export, predict. ``supervision``: 'full' or 'weak'."""
+    if FLAGS.workdir is None:
+        raise ValueError("--workdir: expected a run directory, found none")
+    if FLAGS.ops == "fallback":
+        os.environ["HSR_TF_OPS"] = "fallback"
+    t_start = time.time()
+    workdir = FLAGS.workdir
+    os.makedirs(workdir, exist_ok=True)
+    lambda_shape = resolve_lambda_shape(supervision)
+    ensure_data(FLAGS.data_dir)
+    t_data = time.time()
+
+    import keras
+    from hsr_tf import ops
+    from hsr_tf.data import augment as augment_lib
+    from hsr_tf.train import evaluation, loop, pipeline
+
+    if FLAGS.ops == "compiled" and ops.backend() != "compiled":
+        raise RuntimeError(f"--ops=compiled: the compiled ops are unavailable ({ops.fallback_reason()})")
+    logging.info("PointNet++ ops backend: %s", ops.backend())
+    info = pipeline.read_data_info(FLAGS.data_dir)
+    keras.utils.set_random_seed(FLAGS.seed)
+    model = build_model(info)
+    loss_fn = build_loss(model, lambda_shape)
+    import math
+    aug_cfg = augment_lib.AugmentConfig(rot_z=(-math.radians(FLAGS.aug_rot_z_deg), math.radians(FLAGS.aug_rot_z_deg)))
+    train_fn = pipeline.epoch_dataset_fn(FLAGS.data_dir, FLAGS.batch_size, FLAGS.seed, augment=FLAGS.augment,
+                                         augment_config=aug_cfg, shuffle_buffer=FLAGS.shuffle_buffer,
+                                         include_vertices=info["has_vertices"])
+    spe = pipeline.steps_per_epoch(FLAGS.data_dir, FLAGS.batch_size)
+    cfg = loop.TrainConfig(workdir=workdir, steps_per_epoch=spe, num_epochs=FLAGS.num_epochs,
+                           max_steps=FLAGS.max_steps or None, learning_rate=FLAGS.learning_rate,
+                           lr_decay=FLAGS.lr_decay, checkpoint_every=FLAGS.checkpoint_every,
+                           summary_every=FLAGS.summary_every, eval_every=FLAGS.eval_every,
+                           visual_every=FLAGS.visual_every, progress=FLAGS.progress)
+    heldout = pipeline.eval_dataset(FLAGS.data_dir, FLAGS.batch_size, include_vertices=info["has_vertices"])
+    predict_fn = None
+
+    def eval_fn(m, step):
+        nonlocal predict_fn
+        predict_fn = predict_fn or evaluation.make_predict_fn(m)
+        res = evaluation.evaluate(m, heldout, max_batches=FLAGS.eval_batches or None, predict_fn=predict_fn)
+        return evaluation.scalar_metrics(res)
+
+    faces = model.hand_model.faces if hasattr(model, "hand_model") else None
+    visual_fn = None
+    if FLAGS.visual_every and faces is not None:
+        visual_fn = pipeline.make_visual_fn(pipeline.take_batch(heldout), faces)
+    hparams = {k: (getattr(FLAGS, k) if k != "supervision" else supervision) for k in HPARAM_FLAGS}
+    hparams["lambda_shape"] = lambda_shape
+    run_info = {"flags": FLAGS.flags_into_string(), "command": command_line(), "hparams": hparams,
+                "hparam_metrics": HPARAM_METRICS}
+    trainer = loop.Trainer(model, loss_fn, train_fn, cfg, eval_fn=eval_fn, visual_fn=visual_fn, run_info=run_info,
+                           seed=FLAGS.seed)
+    loop.save_model_config(model, workdir)
+    logging.info("Training: %d steps per epoch, %d steps in total, workdir %s", spe, cfg.total_steps, workdir)
+    t_train0 = time.time()
+    result = trainer.train()
+    t_train = time.time() - t_train0
+    timings = {"render_s": t_data - t_start, "train_s": t_train}
+    if FLAGS.evaluate:
+        t0 = time.time()
+        run_subprocess("experiments.evaluate", [f"--workdir={workdir}", f"--data_dir={FLAGS.data_dir}"])
+        timings["evaluate_s"] = time.time() - t0
+    export_dir = os.path.join(workdir, "export")
+    if FLAGS.export:
+        t0 = time.time()
+        run_subprocess("experiments.export", [f"--workdir={workdir}", f"--export_dir={export_dir}",
+                                              f"--data_dir={FLAGS.data_dir}"])
+        timings["export_s"] = time.time() - t0
+    if FLAGS.predict and FLAGS.export:
+        t0 = time.time()
+        pred_dir = os.path.join(workdir, "predict")
+        png, center = render_demo_depth(os.path.join(pred_dir, "input_depth.png"))
+        run_subprocess("experiments.predict", [f"--saved_model={export_dir}", f"--depth={png}", "--camera=nyu",
+                                               "--center=" + ",".join(f"{c:.1f}" for c in center),
+                                               f"--out_dir={pred_dir}"])
+        timings["predict_s"] = time.time() - t0
+    timings["total_s"] = time.time() - t_start
+    with open(os.path.join(workdir, "timings.json"), "w") as f:
+        import json
+        json.dump(timings, f, indent=2)
+    logging.info("Done: step %d; timings %s", result["step"], {k: round(v, 1) for k, v in timings.items()})
+    return {"train": result, "timings": timings}
+
+
+def render_demo_depth(png_path: str, subject_index: int = -1, pose_index: int = 0, seed: int = 12345):
+    """Render one full-frame NYU-like depth image of a test-split synthetic subject to a 16-bit PNG (mm).
+
+    Returns:
+      (png_path, (u, v, d) of the hand centroid: the --center a user would click).
+    """
+    import numpy as np
+    from PIL import Image
+
+    from data_prep.synth import hands, noise as noise_lib, poses, render
+
+    cfg = synth_dataset_config()
+    split = render.split_subjects(cfg.num_subjects, cfg.test_fraction, cfg.seed)
+    subjects = hands.make_subjects(num_subjects=cfg.num_subjects, seed=cfg.seed)
+    subject = subjects[split["test"][subject_index]]
+    lib = poses.pose_library(num_poses=max(pose_index + 1, 8), seed=cfg.seed)
+    theta = subject.theta_for(lib)[pose_index]
+    verts, _ = subject.pose(theta)
+    fc = cfg.frame
+    rng = np.random.default_rng(seed)
+    rot, target = render.sample_view(rng, fc.camera, fc.view)
+    verts = np.asarray(verts, np.float64)
+    translation = target - rot @ verts.mean(axis=0)
+    v_cam = verts @ rot.T + translation
+    out = render.raycast_depth(v_cam, np.asarray(hands.FACES), fc.camera)
+    depth = out["depth"]
+    if fc.noise == "kinect":
+        u0, v0, u1, v1 = out["window"]
+        depth = depth.copy()
+        depth[v0:v1, u0:u1] = noise_lib.apply_kinect_noise(depth[v0:v1, u0:u1], out["cos_incidence"][v0:v1, u0:u1],
+                                                           fc.camera.fx, rng, fc.noise_config)
+    os.makedirs(os.path.dirname(os.path.abspath(png_path)), exist_ok=True)
+    Image.fromarray(np.round(depth).astype(np.uint16)).save(png_path)
+    center = fc.camera.points_to_uvd(v_cam.mean(axis=0))
+    return png_path, tuple(float(c) for c in center)
+
+
+def workdir_flag(workdir: str, name: str):
+    """The value of ``--name`` recorded in ``workdir/flags.txt`` (string), or None when absent."""
+    path = os.path.join(workdir, "flags.txt")
+    if not os.path.exists(path):
+        return None
+    value = None
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line.startswith(f"--{name}="):
+                value = line.split("=", 1)[1]
+    return value
+
+
+def resolve_data_dir(workdir: str) -> str:
+    """--data_dir when given on the command line, else the one the run in ``workdir`` trained on."""
+    if FLAGS["data_dir"].present:
+        return FLAGS.data_dir
+    return workdir_flag(workdir, "data_dir") or FLAGS.data_dir

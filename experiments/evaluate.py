@@ -1,0 +1,51 @@
+"""Evaluate a trained run on a held-out split (paper section IV-A protocol on the synthetic set).
+
+  python -m experiments.evaluate --workdir=W [--data_dir=D] [--split=test] [--out_dir=W/eval]
+
+Restores the newest checkpoint of W (or --checkpoint), runs the whole split un-augmented and writes
+metrics.json (mean joint error of the dataset joints, 21-joint model error, shape error, point-cloud
+error, fraction of good frames at 10..80 mm), per_joint.csv, threshold_curve.csv and threshold_curve.png.
+--data_dir defaults to the one recorded in W/flags.txt.
+"""
+import json
+import os
+
+from absl import app, flags, logging
+
+from experiments import common
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("split", "test", "Split to evaluate.")
+flags.DEFINE_string("out_dir", None, "Report directory (default WORKDIR/eval).")
+flags.DEFINE_string("checkpoint", None, "Checkpoint prefix (default: the newest in WORKDIR/checkpoints).")
+flags.DEFINE_integer("max_batches", 0, "Evaluate only the first N batches (0 = all).")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if FLAGS.workdir is None:
+        raise app.UsageError("--workdir is required")
+    from hsr_tf import ops
+    from hsr_tf.train import evaluation, loop, pipeline
+
+    data_dir = common.resolve_data_dir(FLAGS.workdir)
+    info = pipeline.read_data_info(data_dir, FLAGS.split)
+    model, ckpt = loop.load_model_from_workdir(FLAGS.workdir, FLAGS.checkpoint,
+                                               example_points_shape=(1, info["num_points"], 3))
+    ds = pipeline.eval_dataset(data_dir, FLAGS.batch_size, split=FLAGS.split, include_vertices=info["has_vertices"])
+    logging.info("Evaluating %s on %s/%s (ops backend %s)", ckpt, data_dir, FLAGS.split, ops.backend())
+    res = evaluation.evaluate(model, ds, max_batches=FLAGS.max_batches or None)
+    out_dir = FLAGS.out_dir or os.path.join(FLAGS.workdir, "eval")
+    names = info["joint_names"] if len(info["joint_names"]) == len(res["per_joint_error_mm"]) else None
+    extra = {"checkpoint": ckpt, "data_dir": os.path.abspath(data_dir), "split": FLAGS.split}
+    paths = evaluation.write_report(res, out_dir, joint_names=names, label=os.path.basename(
+        os.path.abspath(FLAGS.workdir)), extra=extra)
+    with open(paths["metrics"]) as f:
+        doc = json.load(f)
+    print(json.dumps({k: v for k, v in doc.items() if not isinstance(v, dict)}, indent=2, sort_keys=True))
+    logging.info("Wrote %s", ", ".join(paths.values()))
+
+
+if __name__ == "__main__":
+    app.run(main)

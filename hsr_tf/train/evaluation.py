@@ -1,0 +1,133 @@
+"""Held-out evaluation of a depth model (paper section IV-A) and its report files.
+
+``evaluate`` runs the model over an un-augmented reader dataset, maps predictions and ground truth
+back to camera-frame mm with ``hsr_tf.data.reader.to_camera_mm`` and accumulates the metrics of
+``hsr_tf.metrics``:
+
+* joint error of the joint-regression output ``dataset_joints`` against the dataset joints (the
+  evaluation joints; mean, per joint, fraction of frames with max error <= threshold),
+* joint error of the 21 hand-model joints ``joints`` (only when the data has 21 joints, synthetic),
+* shape error (mean vertex error) when the batches carry ``vertices``,
+* point-cloud error (input point -> nearest predicted vertex, no cut-off).
+
+``write_report`` writes ``metrics.json``, ``per_joint.csv``, ``threshold_curve.csv`` and
+``threshold_curve.png``.
+
+Legend: B batch, N points, V vertices, J joints, T thresholds.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from hsr_tf import metrics as metrics_lib
+from hsr_tf.data.reader import to_camera_mm
+
+
+def make_predict_fn(model, input_key: str = "points"):
+    """tf.function ``batch -> model outputs`` (inference mode)."""
+
+    @tf.function(reduce_retracing=True)
+    def predict(points):
+        return model(points, training=False)
+
+    return lambda batch: predict(batch[input_key])
+
+
+def outputs_to_mm(outputs: dict, batch: dict, keys: Sequence[str] = ("vertices", "joints", "dataset_joints")) -> dict:
+    """Selected [B, K, 3] normalised outputs -> camera mm (undoing any augmentation of the batch)."""
+    return {k: to_camera_mm(outputs[k], batch).numpy() for k in keys if k in outputs}
+
+
+def evaluate(model, dataset: tf.data.Dataset, max_batches: Optional[int] = None, joint_names=None,
+             thresholds_mm=metrics_lib.DEFAULT_THRESHOLDS_MM, predict_fn=None) -> dict:
+    """Metrics of ``model`` over ``dataset`` (all of it, or its first ``max_batches`` batches).
+
+    Returns:
+      dict with scalars ``mean_joint_error_mm`` (dataset joints), ``model_joint_error_mm`` (21 model
+      joints, when comparable), ``shape_error_mm`` (when GT vertices exist), ``point_cloud_error_mm``,
+      ``num_frames``, ``seconds``; arrays ``per_joint_error_mm`` [J], ``thresholds_mm`` [T],
+      ``fraction_good_frames`` [T].
+    Raises:
+      ValueError if the dataset yields no batch.
+    """
+    predict_fn = predict_fn or make_predict_fn(model)
+    joint_metric = metrics_lib.JointErrorMetric(thresholds_mm, joint_names=joint_names)
+    model_joint_metric = metrics_lib.JointErrorMetric(thresholds_mm)
+    shape_metric = metrics_lib.ShapeErrorMetric()
+    pc_metric = metrics_lib.PointCloudErrorMetric()
+    has_shape = False
+    has_model_joints = False
+    t0 = time.perf_counter()
+    n_batches = 0
+    for batch in dataset:
+        if max_batches is not None and n_batches >= max_batches:
+            break
+        n_batches += 1
+        out = predict_fn(batch)
+        mm = outputs_to_mm(out, batch)
+        gt_joints = to_camera_mm(batch["joints"], batch).numpy()
+        pred_joints = mm["dataset_joints"] if "dataset_joints" in mm else mm["joints"]
+        joint_metric.update(pred_joints, gt_joints)
+        if "joints" in mm and mm["joints"].shape[1] == gt_joints.shape[1]:
+            has_model_joints = True
+            model_joint_metric.update(mm["joints"], gt_joints)
+        if "vertices" in batch:
+            has_shape = True
+            shape_metric.update(mm["vertices"], to_camera_mm(batch["vertices"], batch).numpy())
+        pc_metric.update(to_camera_mm(batch["points"], batch).numpy(), mm["vertices"])
+    if n_batches == 0:
+        raise ValueError("evaluate: expected at least one batch in the evaluation dataset, found none")
+    res = joint_metric.result()
+    out = {
+        "mean_joint_error_mm": res["mean_joint_error_mm"],
+        "per_joint_error_mm": res["per_joint_error_mm"],
+        "thresholds_mm": res["thresholds_mm"],
+        "fraction_good_frames": res["fraction_good_frames"],
+        "num_frames": res["num_frames"],
+    }
+    out.update(pc_metric.result())
+    if has_shape:
+        out.update(shape_metric.result())
+    if has_model_joints:
+        out["model_joint_error_mm"] = model_joint_metric.result()["mean_joint_error_mm"]
+    out["seconds"] = time.perf_counter() - t0
+    return out
+
+
+def scalar_metrics(results: dict) -> dict:
+    """The scalar entries of an :func:`evaluate` result (for TensorBoard / logs)."""
+    return {k: float(v) for k, v in results.items() if np.ndim(v) == 0}
+
+
+def write_report(results: dict, out_dir: str, joint_names=None, label: str = "model",
+                 extra: Optional[dict] = None) -> dict:
+    """Write metrics.json, per_joint.csv, threshold_curve.csv, threshold_curve.png into ``out_dir``.
+
+    Returns:
+      {name: path} of the files written.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {k: os.path.join(out_dir, v) for k, v in (
+        ("metrics", "metrics.json"), ("per_joint", "per_joint.csv"), ("curve_csv", "threshold_curve.csv"),
+        ("curve_png", "threshold_curve.png"))}
+    doc = scalar_metrics(results)
+    doc["num_frames"] = int(results["num_frames"])
+    per_joint = np.asarray(results["per_joint_error_mm"])
+    names = list(joint_names) if joint_names is not None else [f"joint_{j}" for j in range(len(per_joint))]
+    doc["per_joint_error_mm"] = {n: float(e) for n, e in zip(names, per_joint)}
+    thr, frac = np.asarray(results["thresholds_mm"]), np.asarray(results["fraction_good_frames"])
+    doc["fraction_good_frames_at"] = {f"{t:g}mm": float(f) for t, f in zip(thr, frac) if t in (10, 20, 30, 40, 50, 80)}
+    if extra:
+        doc.update(extra)
+    with open(paths["metrics"], "w") as f:
+        json.dump(doc, f, indent=2, sort_keys=True)
+    metrics_lib.write_per_joint_csv(paths["per_joint"], per_joint, names)
+    metrics_lib.write_threshold_csv(paths["curve_csv"], thr, frac)
+    metrics_lib.plot_threshold_curve(paths["curve_png"], {label: (thr, frac)})
+    return paths
