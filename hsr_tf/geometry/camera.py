@@ -118,7 +118,7 @@ class Camera:
         d = np.asarray(depth)
         if d.ndim != 2:
             raise ValueError(f"depth: expected a [H, W] map, found shape {d.shape}")
-        return d.astype(np.float64)
+        return d
 
     def depth_to_point_map(self, depth) -> np.ndarray:
         """Back-project every pixel.
@@ -129,7 +129,7 @@ class Camera:
         Returns:
           [H, W, 3] float64 mm; pixels with depth 0 give (0, 0, 0).
         """
-        d = self._check_depth(depth)
+        d = self._check_depth(depth).astype(np.float64)
         v, u = np.indices(d.shape, dtype=np.float64)
         return self.ray_directions(u, v) * d[..., None]
 
@@ -150,7 +150,7 @@ class Camera:
                 raise ValueError(f"mask: expected shape {d.shape} (same as depth), found {mask.shape}")
             keep &= mask
         v, u = np.nonzero(keep)
-        pts = self.ray_directions(u, v) * d[v, u][:, None]
+        pts = self.ray_directions(u, v) * d[v, u].astype(np.float64)[:, None]
         pts = pts.astype(np.float32)
         return (pts, (v, u)) if return_pixels else pts
 
@@ -203,11 +203,13 @@ class Camera:
             c = self.uvd_to_points(c)
         u0, v0, u1, v1 = self.crop_window(c, cube_size)
         sub = d[v0:v1, u0:u1]
-        v, u = np.indices(sub.shape, dtype=np.float64)
-        pts = self.ray_directions(u + u0, v + v0) * sub[..., None]
         half = 0.5 * float(cube_size)
-        inside = (sub > 0) & np.all(np.abs(pts - c) <= half, axis=-1)
-        crop = np.where(inside, sub, 0.0).astype(np.float32)
+        # depth window first (cheap), then the x/y extent of the cube for the remaining pixels
+        vv, uu = np.nonzero((sub > 0) & (np.abs(sub - c[2]) <= half))
+        pts = self.ray_directions(uu + u0, vv + v0) * sub[vv, uu].astype(np.float64)[:, None]
+        inside = np.all(np.abs(pts - c) <= half, axis=-1)
+        crop = np.zeros(sub.shape, dtype=np.float32)
+        crop[vv[inside], uu[inside]] = sub[vv[inside], uu[inside]]
         return {"points": pts[inside].astype(np.float32), "window": (u0, v0, u1, v1), "depth_crop": crop}
 
 
