@@ -131,6 +131,12 @@ def process_frame(depth, joints, spec: datasets.DatasetSpec, camera: camera_lib.
     }, ""
 
 
+def normalization_attr(front: FrontEnd) -> str:
+    """'center=<mode>;scale=<mode>[:<mm>];obb=<bool>' -- the synthetic shards' format."""
+    scale = front.scale_mode + (f":{front.fixed_scale}" if front.scale_mode == "fixed" else "")
+    return f"center={front.center_mode};scale={scale};obb={front.obb}"
+
+
 def frame_seed(base_seed: int, split: str, frame_id: int) -> int:
     """Deterministic per-frame seed (independent of sharding and worker order)."""
     return (int(base_seed) * 1000003 + zlib.crc32(split.encode()) * 7919 + int(frame_id)) % (2 ** 63)
@@ -183,6 +189,8 @@ def _run_shard(job: ShardJob):
         "source_frames": len(job.tasks),
         "skipped_frames": len(skipped),
         "front_end": json.dumps(dataclasses.asdict(job.front), sort_keys=True),
+        # same attribute and format as the synthetic shards (read by hsr_tf.train.pipeline / export)
+        "normalization": normalization_attr(job.front),
         "cube_size": float(job.front.cube_size if job.front.cube_size is not None else spec.cube_size),
     }
     attrs.update(job.extra_attrs)

@@ -119,21 +119,22 @@ def _capsule_hand(rng):
 
 
 def _generator_hands(rng, count):
-    """GEN's procedural hands if available: list of (vertices, faces, joints) in the hand frame, else None."""
+    """GEN's procedural hands if available: list of (vertices, faces, joints) in the hand frame, else None.
+
+    Two subjects alternate; poses come from GEN's pose library (one pose per frame).
+    """
     try:
-        from data_prep.synth import hands, poses  # noqa: F401
-    except Exception:  # GEN's module not there yet (or broken): use the capsule hand
+        from data_prep.synth import hands, poses
+    except ImportError:  # GEN's modules not there: use the capsule hand
         return None
     subjects = hands.make_subjects(num_subjects=2, seed=int(rng.integers(1 << 30)))
-    library = hands.pose_library(num_poses=max(count, 4), seed=int(rng.integers(1 << 30))) \
-        if hasattr(hands, "pose_library") else poses.pose_library(num_poses=max(count, 4),
-                                                                  seed=int(rng.integers(1 << 30)))
+    library = poses.pose_library(num_poses=max(count, len(poses.GESTURES)), seed=int(rng.integers(1 << 30)))
+    thetas = [np.asarray(s.theta_for(library)) for s in subjects]
+    faces = np.asarray(hands.FACES)
     out = []
     for i in range(count):
-        subject = subjects[i % len(subjects)]
-        theta = subject.theta_for(library)[i % max(count, 4)]
-        verts, joints = subject.pose(theta)
-        out.append((np.asarray(verts, np.float64), np.asarray(hands.FACES), np.asarray(joints, np.float64)))
+        verts, joints = subjects[i % 2].pose(thetas[i % 2][i])
+        out.append((np.asarray(verts, np.float64), faces, np.asarray(joints, np.float64)))
     return out
 
 

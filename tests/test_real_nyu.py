@@ -150,3 +150,17 @@ def test_malformed_inputs_raise(raw, tmp_path):
         nyu.read_joint_data(mat)
     with pytest.raises(rc.RawDataError, match=r"nope: expected the NYU 'nope' directory"):
         nyu.list_frames(bad, "nope")
+
+
+def test_capsule_fallback_hands(tmp_path):
+    """The fixtures' built-in geometry (used when GEN's generator is absent) round-trips too."""
+    root, out = str(tmp_path / "raw"), str(tmp_path / "out")
+    truth = fixtures_raw.write_nyu(root, {"test": 2}, seed=5, source="capsule")
+    assert truth["test"]["frames"][0]["source"] == "capsule"
+    nyu.convert(root, out, num_workers=1, progress=False)
+    data = load_split(out, "test")
+    np.testing.assert_allclose(data["joints"], truth["test"]["joints"], atol=1e-3)
+    pts = camera_points(data)
+    for f in range(2):
+        fr = truth["test"]["frames"][f]
+        assert surface_distance(pts[f], fr["vertices"], fr["faces"]).max() < 0.7
