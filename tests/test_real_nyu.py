@@ -157,7 +157,7 @@ def test_capsule_fallback_hands(tmp_path):
     root, out = str(tmp_path / "raw"), str(tmp_path / "out")
     truth = fixtures_raw.write_nyu(root, {"test": 2}, seed=5, source="capsule")
     assert truth["test"]["frames"][0]["source"] == "capsule"
-    nyu.convert(root, out, num_workers=1, progress=False)
+    nyu.convert(root, out, splits=("test",), num_workers=1, progress=False)
     data = load_split(out, "test")
     np.testing.assert_allclose(data["joints"], truth["test"]["joints"], atol=1e-3)
     pts = camera_points(data)
