@@ -59,6 +59,10 @@ flags.DEFINE_bool("joint_regression", True, "Joint regression network after the 
 flags.DEFINE_enum("transform", "procrustes", ["procrustes", "regress"],
                   "Hand-to-input transform {s,R,t}: similarity Procrustes of model joints onto predicted joints, "
                   "or regressed directly.")
+flags.DEFINE_string("hand_model", None, "Hand model .npz (default: the packaged asset).")
+flags.DEFINE_string("shape_network", None,
+                    "JSON dict of ShapeNetwork overrides (see hsr_tf.models.SHAPE_NETWORK_DEFAULTS), e.g. smaller "
+                    "set-abstraction levels for CPU demos.")
 
 # ---------------------------------------------------------------------------------------------- loss
 flags.DEFINE_float("lambda_joint", 2.0, "lambda_J (paper: 2).")
@@ -82,7 +86,11 @@ HPARAM_METRICS = ("metrics/mean_joint_error_mm", "metrics/shape_error_mm", "metr
 
 
 def command_line() -> str:
-    return " ".join(shlex.quote(a) for a in [sys.executable] + sys.argv)
+    """The command that started this process, as ``python -m package.module args`` when run with -m."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    head = [sys.executable, "-m", spec.name] if spec is not None and spec.name else [sys.executable, sys.argv[0]]
+    return " ".join(shlex.quote(a) for a in head + sys.argv[1:])
 
 
 def has_shards(data_dir: str) -> bool:
@@ -119,12 +127,14 @@ def ensure_data(data_dir: str) -> None:
 
 def build_model(data_info: dict):
     """HandShapeNet for the model flags and the data's joints (normalised input frame)."""
+    import json
     from hsr_tf.hand_model import HandModel
     from hsr_tf.models import HandShapeNet
 
-    return HandShapeNet(hand_model=HandModel.load(), num_dataset_joints=data_info["num_joints"],
-                        num_stages=FLAGS.num_stages, joint_regression=FLAGS.joint_regression,
-                        transform=FLAGS.transform)
+    overrides = json.loads(FLAGS.shape_network) if FLAGS.shape_network else None
+    return HandShapeNet(hand_model=HandModel.load(FLAGS.hand_model), num_dataset_joints=data_info["num_joints"],
+                        num_stages=FLAGS.num_stages, use_joint_regression=FLAGS.joint_regression,
+                        transform=FLAGS.transform, shape_network=overrides)
 
 
 def build_loss(model, lambda_shape: float):
@@ -136,7 +146,7 @@ def build_loss(model, lambda_shape: float):
                             use_shape=lambda_shape > 0, chamfer_tau_mm=FLAGS.chamfer_tau_mm,
                             reduction=FLAGS.loss_reduction, stage_joint_decay_epoch=FLAGS.stage_joint_decay_epoch,
                             supervise_joints_input=FLAGS.supervise_joints_input)
-    loss = losses.HandShapeLoss(model.mean_shape, cfg)
+    loss = losses.HandShapeLoss(model.mean_shape(), cfg)
 
     def loss_fn(batch, outputs, epoch):
         total, terms = loss(outputs, batch, epoch)
@@ -208,10 +218,9 @@ def run(supervision: str) -> dict:
         res = evaluation.evaluate(m, heldout, max_batches=FLAGS.eval_batches or None, predict_fn=predict_fn)
         return evaluation.scalar_metrics(res)
 
-    faces = model.hand_model.faces if hasattr(model, "hand_model") else None
     visual_fn = None
-    if FLAGS.visual_every and faces is not None:
-        visual_fn = pipeline.make_visual_fn(pipeline.take_batch(heldout), faces)
+    if FLAGS.visual_every:
+        visual_fn = pipeline.make_visual_fn(pipeline.take_batch(heldout), model.faces)
     hparams = {k: (getattr(FLAGS, k) if k != "supervision" else supervision) for k in HPARAM_FLAGS}
     hparams["lambda_shape"] = lambda_shape
     run_info = {"flags": FLAGS.flags_into_string(), "command": command_line(), "hparams": hparams,

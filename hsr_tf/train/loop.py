@@ -18,6 +18,7 @@ Legend: B batch, N points (1024), V vertices (1305), J joints.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import logging
 import os
@@ -121,7 +122,17 @@ def load_model_from_workdir(workdir: str, checkpoint: Optional[str] = None,
     if not os.path.exists(cfg_path):
         raise FileNotFoundError(f"{cfg_path}: expected the model config written by training, found no file")
     with open(cfg_path) as f:
-        model = keras.saving.deserialize_keras_object(json.load(f))
+        serialized = json.load(f)
+    if serialized.get("module"):
+        # Registers the model class (and its layers) before deserialising.
+        importlib.import_module(serialized["module"])
+    model = keras.saving.deserialize_keras_object(serialized)
+    # Layers rebuilt from a config whose constants live in the weights (HandModelLayer with a non-packaged
+    # hand model) refuse to run until their weights are loaded; the checkpoint restores those weights below,
+    # after one dummy call has created every variable of the network.
+    awaiting = [layer for layer in model._flatten_layers() if getattr(layer, "_awaiting_weights", False)]
+    for layer in awaiting:
+        layer._awaiting_weights = False
     model(tf.zeros(example_points_shape, tf.float32), training=False)
     if checkpoint is None:
         checkpoint = tf.train.latest_checkpoint(os.path.join(workdir, CHECKPOINT_SUBDIR))
