@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import warnings
 
 import tensorflow as tf
@@ -72,6 +73,10 @@ def _init() -> None:
     mode = os.environ.get("HSR_TF_OPS", "auto").strip().lower()
     if mode == "fallback":
         _state["reason"] = "HSR_TF_OPS=fallback"
+        return
+    argv = list(getattr(sys, "orig_argv", []))
+    if "-m" in argv and argv[argv.index("-m") + 1:argv.index("-m") + 2] == ["hsr_tf.ops.build"]:
+        _state["reason"] = "running `python -m hsr_tf.ops.build` (it builds and loads the library itself)"
         return
     try:
         from hsr_tf.ops import compiled  # noqa: PLC0415

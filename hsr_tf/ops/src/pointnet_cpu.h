@@ -16,6 +16,10 @@
 #include <limits>
 #include <vector>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 namespace hsr_ops {
 
 inline float SquaredDistance(const float* a, const float* b) {
@@ -117,6 +121,131 @@ inline void GroupPointsGradOne(const float* grad_out, int c, const int* idx, int
     float* dst = grad_feat + static_cast<int64_t>(idx[j]) * c;
     const float* src = grad_out + j * c;
     for (int l = 0; l < c; ++l) dst[l] += src[l];
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Fast variants used by the TensorFlow CPU kernels. Same results as the reference functions above
+// (element-wise float ops in the same order; max/min are exact), on a structure-of-arrays copy of the
+// cloud padded to a multiple of 4 and SSE2 when available.
+
+struct CloudSoA {
+  int n = 0, npad = 0;
+  std::vector<float> x, y, z;
+  // Copies pts [n,3]; padding coordinates are +inf (never inside a ball, never nearest).
+  void Load(const float* pts, int count) {
+    n = count;
+    npad = (count + 3) / 4 * 4;
+    const float inf = std::numeric_limits<float>::infinity();
+    x.assign(npad, inf);
+    y.assign(npad, inf);
+    z.assign(npad, inf);
+    for (int i = 0; i < n; ++i) {
+      x[i] = pts[3 * i];
+      y[i] = pts[3 * i + 1];
+      z[i] = pts[3 * i + 2];
+    }
+  }
+};
+
+// FPS on a SoA cloud; scratch must hold c.npad floats. Same output as FarthestPointSampleOne.
+inline void FarthestPointSampleSoA(const CloudSoA& c, int m, int* out, float* scratch) {
+  const float inf = std::numeric_limits<float>::infinity();
+  for (int i = 0; i < c.n; ++i) scratch[i] = inf;
+  for (int i = c.n; i < c.npad; ++i) scratch[i] = -inf;  // padding: never the farthest
+  const float* xs = c.x.data();
+  const float* ys = c.y.data();
+  const float* zs = c.z.data();
+  int last = 0;
+  out[0] = 0;
+  for (int j = 1; j < m; ++j) {
+    const float lx = xs[last], ly = ys[last], lz = zs[last];
+    float best;
+#if defined(__SSE2__)
+    const __m128 px = _mm_set1_ps(lx), py = _mm_set1_ps(ly), pz = _mm_set1_ps(lz);
+    __m128 vmax = _mm_set1_ps(-inf);
+    for (int i = 0; i < c.npad; i += 4) {
+      const __m128 dx = _mm_sub_ps(_mm_loadu_ps(xs + i), px);
+      const __m128 dy = _mm_sub_ps(_mm_loadu_ps(ys + i), py);
+      const __m128 dz = _mm_sub_ps(_mm_loadu_ps(zs + i), pz);
+      const __m128 d = _mm_add_ps(_mm_add_ps(_mm_mul_ps(dx, dx), _mm_mul_ps(dy, dy)), _mm_mul_ps(dz, dz));
+      // padding lanes: inf - finite = inf, d = inf, min(-inf, inf) = -inf stays
+      const __m128 t = _mm_min_ps(_mm_loadu_ps(scratch + i), d);
+      _mm_storeu_ps(scratch + i, t);
+      vmax = _mm_max_ps(vmax, t);
+    }
+    float lanes[4];
+    _mm_storeu_ps(lanes, vmax);
+    best = std::max(std::max(lanes[0], lanes[1]), std::max(lanes[2], lanes[3]));
+#else
+    best = -inf;
+    for (int i = 0; i < c.n; ++i) {
+      const float dx = xs[i] - lx, dy = ys[i] - ly, dz = zs[i] - lz;
+      const float d = (dx * dx + dy * dy) + dz * dz;
+      const float t = scratch[i] < d ? scratch[i] : d;
+      scratch[i] = t;
+      best = t > best ? t : best;
+    }
+#endif
+    int best_i = 0;
+    for (int i = 0; i < c.n; ++i) {
+      if (scratch[i] == best) {
+        best_i = i;
+        break;
+      }
+    }
+    out[j] = best_i;
+    last = best_i;
+  }
+}
+
+// Ball query of one centroid on a SoA cloud; same output as BallQueryOne.
+inline void BallQuerySoA(const CloudSoA& c, const float* q, float r2, int ns, int* out) {
+  const float* xs = c.x.data();
+  const float* ys = c.y.data();
+  const float* zs = c.z.data();
+  int cnt = 0;
+#if defined(__SSE2__)
+  const __m128 px = _mm_set1_ps(q[0]), py = _mm_set1_ps(q[1]), pz = _mm_set1_ps(q[2]);
+  const __m128 vr2 = _mm_set1_ps(r2);
+  for (int i = 0; i < c.npad && cnt < ns; i += 4) {
+    const __m128 dx = _mm_sub_ps(_mm_loadu_ps(xs + i), px);
+    const __m128 dy = _mm_sub_ps(_mm_loadu_ps(ys + i), py);
+    const __m128 dz = _mm_sub_ps(_mm_loadu_ps(zs + i), pz);
+    const __m128 d = _mm_add_ps(_mm_add_ps(_mm_mul_ps(dx, dx), _mm_mul_ps(dy, dy)), _mm_mul_ps(dz, dz));
+    int mask = _mm_movemask_ps(_mm_cmplt_ps(d, vr2));
+    while (mask && cnt < ns) {
+      const int k = i + __builtin_ctz(mask);
+      mask &= mask - 1;
+      if (cnt == 0) {
+        for (int l = 0; l < ns; ++l) out[l] = k;
+      }
+      out[cnt++] = k;
+    }
+  }
+#else
+  for (int i = 0; i < c.n && cnt < ns; ++i) {
+    const float dx = xs[i] - q[0], dy = ys[i] - q[1], dz = zs[i] - q[2];
+    if ((dx * dx + dy * dy) + dz * dz < r2) {
+      if (cnt == 0) {
+        for (int l = 0; l < ns; ++l) out[l] = i;
+      }
+      out[cnt++] = i;
+    }
+  }
+#endif
+  if (cnt == 0) {
+    float best = std::numeric_limits<float>::infinity();
+    int best_i = 0;
+    for (int i = 0; i < c.n; ++i) {
+      const float dx = xs[i] - q[0], dy = ys[i] - q[1], dz = zs[i] - q[2];
+      const float d = (dx * dx + dy * dy) + dz * dz;
+      if (d < best) {
+        best = d;
+        best_i = i;
+      }
+    }
+    for (int l = 0; l < ns; ++l) out[l] = best_i;
   }
 }
 

@@ -192,9 +192,12 @@ class FarthestPointSampleCpu : public OpKernel {
     int* o = out->flat<int>().data();
     const int nn = static_cast<int>(n), m = npoint_;
     ParallelFor(ctx, b, 10 * n * m, [&](int64_t begin, int64_t end) {
-      std::vector<float> scratch(nn);
+      CloudSoA cloud;
+      std::vector<float> scratch;
       for (int64_t i = begin; i < end; ++i) {
-        FarthestPointSampleOne(p + i * nn * 3, nn, m, o + i * m, scratch.data());
+        cloud.Load(p + i * nn * 3, nn);
+        scratch.resize(cloud.npad);
+        FarthestPointSampleSoA(cloud, m, o + i * m, scratch.data());
       }
     });
   }
@@ -230,10 +233,13 @@ class BallQueryCpu : public OpKernel {
     int* o = out->flat<int>().data();
     const float r2 = radius_ * radius_;
     const int nn = static_cast<int>(n), ns = nsample_;
-    ParallelFor(ctx, b * m, 10 * n, [&](int64_t begin, int64_t end) {
+    std::vector<CloudSoA> clouds(b);
+    ParallelFor(ctx, b, 10 * n, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) clouds[i].Load(p + i * nn * 3, nn);
+    });
+    ParallelFor(ctx, b * m, 5 * n, [&](int64_t begin, int64_t end) {
       for (int64_t u = begin; u < end; ++u) {
-        const int64_t bi = u / m;
-        BallQueryOne(p + bi * nn * 3, nn, c + u * 3, r2, ns, o + u * ns);
+        BallQuerySoA(clouds[u / m], c + u * 3, r2, ns, o + u * ns);
       }
     });
   }
