@@ -48,10 +48,29 @@ def test_masks_follow_the_skeleton():
     cand = fitting.candidate_bones(seg, PARENTS)
     assert set(np.flatnonzero(cand[1])) == {0, 5, 6}
     assert set(np.flatnonzero(cand[0])) == {0, 1, 5, 9, 13, 17}
-    support = fitting.pose_blend_support(seg, PARENTS)
+    assert set(np.flatnonzero(cand[3])) == {6, 7}  # the tip joint 8 carries no bone
+    support = fitting.pose_blend_support(cand, PARENTS, seg)
     assert not support[0].any()
-    assert set(np.flatnonzero(support[6])) == {1, 2, 3}  # segments 5, 6, 7
-    assert set(np.flatnonzero(support[10])) == {4}  # segment 9 only
+    assert set(np.flatnonzero(support[6])) == {0, 1, 2, 3}  # vertices skinnable to bones 5, 6, 7 (palm too)
+    assert set(np.flatnonzero(support[10])) == {0, 4}  # palm and the middle-finger vertex, no index vertex
+    assert set(np.flatnonzero(support[5])) == {0, 1, 2}  # palm (bone 0) and index vertices
+
+
+def test_nearest_bones_stay_on_the_vertex_finger():
+    joints = np.zeros((21, 3))
+    for f, x in enumerate([40.0, 20.0, 0.0, -20.0, -40.0]):
+        for k, j in enumerate(range(1 + 4 * f, 5 + 4 * f)):
+            joints[j] = (x, 60.0 + 25.0 * k, 0.0)
+    # a vertex of the index proximal segment lying right next to the middle finger's bone
+    verts = np.array([[1.0, 70.0, 0.0], [10.0, 40.0, 0.0]])
+    dist = fitting.bone_distances(verts, joints, PARENTS)
+    assert dist[0, 9] < dist[0, 5]  # the middle-finger bone is closer
+    cand = fitting.candidate_bones(np.array([5, 0]), PARENTS, dist, nearest=3)
+    assert not cand[0, 9:].any()  # ...but it is another finger's
+    assert cand[1, 9] and cand[1, 5]  # the palm vertex may follow nearby finger roots
+    init = fitting.initial_weights(cand, dist)
+    np.testing.assert_allclose(init.sum(axis=1), 1.0)
+    assert np.all(init[~cand] == 0)
 
 
 def test_skinning_and_blend_fit_reproduces_lbs_data(rng):
@@ -62,7 +81,7 @@ def test_skinning_and_blend_fit_reproduces_lbs_data(rng):
     rest = model.mean_shape[None] + rng.normal(scale=1.0, size=(n_subj,) + model.mean_shape.shape)
     rest_joints = np.einsum("jv,nvc->njc", model.joint_regressor, rest)
     cand = fitting.candidate_bones(bone, PARENTS)
-    support = fitting.pose_blend_support(bone, PARENTS)
+    support = fitting.pose_blend_support(cand, PARENTS, bone)
     # the true blend shapes live where the fit allows them
     true_blend = (model.pose_basis * np.repeat(support[1:], 9, axis=0)[:, :, None]).reshape(180, -1)
 
@@ -77,7 +96,7 @@ def test_skinning_and_blend_fit_reproduces_lbs_data(rng):
         return sidx, theta, verts.numpy()
 
     sidx, theta, target = make(300)
-    init = fitting.initial_weights(bone, cand)
+    init = 0.5 * fitting.initial_weights(cand, vertex_segment=bone) + 0.5 * cand / cand.sum(axis=1, keepdims=True)
     w, p, hist = fitting.fit_skinning_and_blends(rest, rest_joints, sidx, theta, target, PARENTS, cand, support, init,
                                                  steps=600, batch_size=32, learning_rate=0.05, decay_rate=0.9,
                                                  decay_steps=100, seed=0, log_every=100, log_fn=lambda s: None)

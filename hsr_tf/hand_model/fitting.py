@@ -106,8 +106,48 @@ def fit_joint_regressor(rest_vertices, rest_joints, num_candidates=32, sum_weigh
 
 
 # ------------------------------------------------------------------ W and P
-def candidate_bones(vertex_segment, parents):
-    """Which bones may skin each vertex: its own segment, the segment's parent and children.
+def branch_of(parents):
+    """[J] the depth-1 ancestor of every joint (its finger), -1 for the root."""
+    parents = np.asarray(parents)
+    branch = np.full(len(parents), -1, dtype=np.int64)
+    for j in range(1, len(parents)):
+        branch[j] = j if parents[j] == 0 else branch[parents[j]]
+    return branch
+
+
+def bone_distances(vertices, joints, parents):
+    """Distance (mm) from every vertex to every bone.
+
+    Bone b is the set of segments from joint b to each of its children (what G_b moves); a joint
+    without children has no bone (distance inf).
+
+    Args:
+      vertices: [V, 3]; joints: [J, 3]; parents: [J].
+    Returns:
+      [V, J] float64.
+    """
+    vertices = np.asarray(vertices, np.float64)
+    joints = np.asarray(joints, np.float64)
+    parents = np.asarray(parents)
+    dist = np.full((len(vertices), len(parents)), np.inf)
+    for child in range(1, len(parents)):
+        b = parents[child]
+        a, c = joints[b], joints[child]
+        seg = c - a
+        t = np.clip((vertices - a) @ seg / max(seg @ seg, 1e-12), 0.0, 1.0)
+        d = np.linalg.norm(vertices - (a + t[:, None] * seg), axis=1)
+        dist[:, b] = np.minimum(dist[:, b], d)
+    return dist
+
+
+def candidate_bones(vertex_segment, parents, distances=None, nearest=3):
+    """Which bones may skin each vertex.
+
+    Always: the vertex's segment, the segment's parent and children (leaf joints -- finger tips --
+    excluded, they carry no bone; for the root segment, the children only without ``distances``). With ``distances`` [V, J]
+    (:func:`bone_distances` on the mean mesh), also its ``nearest`` closest bones. A vertex on a
+    finger may only use bones of that finger and the root (a finger never drags another finger);
+    palm vertices (segment 0) may use any bone.
 
     Args:
       vertex_segment: [V] joint whose bone each vertex mainly follows; parents: [J].
@@ -117,45 +157,75 @@ def candidate_bones(vertex_segment, parents):
     seg = np.asarray(vertex_segment)
     parents = np.asarray(parents)
     num_joints = len(parents)
-    allowed = np.zeros((num_joints, num_joints), bool)  # allowed[s, b]: bone b may skin segment s
+    family = np.zeros((num_joints, num_joints), bool)  # family[s, b]: bone b is s, parent(s) or a child of s
     for s in range(num_joints):
-        allowed[s, s] = True
+        family[s, s] = True
         if parents[s] >= 0:
-            allowed[s, parents[s]] = True
-        allowed[s, np.flatnonzero(parents == s)] = True
-    return allowed[seg]
+            family[s, parents[s]] = True
+        family[s, np.flatnonzero(parents == s)] = True
+    if distances is not None:
+        # the palm's own family would be every finger root; with geometry, keep only the nearest ones
+        family[parents < 0] = np.eye(num_joints, dtype=bool)[parents < 0]
+    cand = family[seg]
+    branch = branch_of(parents)
+    vbranch = branch[seg]
+    same = (branch[None, :] == vbranch[:, None]) | (branch[None, :] < 0) | (vbranch[:, None] < 0)
+    if distances is not None:
+        d = np.where(same, np.asarray(distances, np.float64), np.inf)
+        order = np.argsort(d, axis=1)[:, :nearest]
+        near = np.zeros_like(cand)
+        np.put_along_axis(near, order, True, axis=1)
+        cand |= near & np.isfinite(d)
+    # leaf joints (finger tips) move nothing of their own: G_tip only differs from G_parent by theta_tip
+    has_children = np.isin(np.arange(num_joints), parents)
+    leaf_ok = ~has_children[seg]  # a vertex whose segment is a leaf keeps it
+    cand &= has_children[None, :] | (np.arange(num_joints)[None, :] == seg[:, None]) & leaf_ok[:, None]
+    return cand & same
 
 
-def pose_blend_support(vertex_segment, parents):
+def pose_blend_support(candidates, parents, vertex_segment):
     """Which vertices the pose blend shapes of each joint may move.
 
-    Joint j's rotation bends the surface between segment parent(j) and segment j, so its 9 features
-    may move vertices of segments parent(j), j and children(j) only. This keeps the pose blend
-    shapes local (bending one finger never moves another finger).
+    Joint j's rotation bends the surface around joint j, between bone parent(j) and bone j, so its
+    9 features may move the vertices that may be skinned to parent(j), j or a child of j, on the same
+    finger or on the palm. Bending one finger never moves another finger's vertices.
 
+    Args:
+      candidates: bool [V, J] from :func:`candidate_bones`; parents: [J]; vertex_segment: [V].
     Returns:
       bool [J, V] (row 0, the root, is all False: the global orientation never deforms the shape).
     """
-    seg = np.asarray(vertex_segment)
+    cand = np.asarray(candidates, bool)
     parents = np.asarray(parents)
+    branch = branch_of(parents)
+    vbranch = branch[np.asarray(vertex_segment)]
     num_joints = len(parents)
-    support = np.zeros((num_joints, len(seg)), bool)
+    support = np.zeros((num_joints, cand.shape[0]), bool)
     for j in range(1, num_joints):
-        near = {j, int(parents[j])} | set(np.flatnonzero(parents == j).tolist())
-        support[j] = np.isin(seg, sorted(near))
+        near = [j, int(parents[j])] + np.flatnonzero(parents == j).tolist()
+        support[j] = cand[:, near].any(axis=1) & ((vbranch == branch[j]) | (vbranch < 0))
     return support
 
 
-def initial_weights(vertex_segment, candidates, own=0.8):
-    """[V, J] initial skinning weights: ``own`` on the vertex's segment, the rest spread evenly over
-    its other candidate bones."""
-    seg = np.asarray(vertex_segment)
+def initial_weights(candidates, distances=None, vertex_segment=None, scale=5.0):
+    """[V, J] initial skinning weights over the candidate bones.
+
+    With ``distances``: proportional to ``exp(-(d - d_min) / scale)`` (scale in mm); else one-hot on
+    ``vertex_segment``. Zero outside ``candidates``.
+    """
     cand = np.asarray(candidates, bool)
-    v = len(seg)
-    others = cand.sum(axis=1) - 1
-    w = np.where(cand, (1.0 - own) / np.maximum(others, 1)[:, None], 0.0)
-    w[np.arange(v), seg] = np.where(others > 0, own, 1.0)
-    return w
+    if distances is None:
+        w = np.zeros(cand.shape)
+        w[np.arange(len(w)), np.asarray(vertex_segment)] = 1.0
+        return w
+    d = np.where(cand, np.asarray(distances, np.float64), np.inf)
+    d = np.where(np.isfinite(d), d, np.inf)
+    best = np.min(np.where(np.isfinite(d), d, 1e9), axis=1, keepdims=True)
+    w = np.where(np.isfinite(d), np.exp(-(d - best) / scale), 0.0)
+    empty = w.sum(axis=1) == 0  # only leaf bones among the candidates: fall back to the segment
+    if empty.any():
+        w[empty, np.asarray(vertex_segment)[empty]] = 1.0
+    return w / w.sum(axis=1, keepdims=True)
 
 
 def fit_skinning_and_blends(subject_rest, subject_joints, subject_index, theta, target, parents,
