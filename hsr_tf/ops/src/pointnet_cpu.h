@@ -19,6 +19,10 @@
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define HSR_OPS_HAVE_AVX_PATH 1
+#endif
 
 namespace hsr_ops {
 
@@ -127,7 +131,8 @@ inline void GroupPointsGradOne(const float* grad_out, int c, const int* idx, int
 // ---------------------------------------------------------------------------------------------------
 // Fast variants used by the TensorFlow CPU kernels. Same results as the reference functions above
 // (element-wise float ops in the same order; max/min are exact), on a structure-of-arrays copy of the
-// cloud padded to a multiple of 4 and SSE2 when available.
+// cloud padded to a multiple of 8, with AVX (8 lanes, chosen at run time when the CPU has it) or SSE2.
+// No fused multiply-add is used, so every lane computes exactly the scalar expression.
 
 struct CloudSoA {
   int n = 0, npad = 0;
@@ -135,7 +140,7 @@ struct CloudSoA {
   // Copies pts [n,3]; padding coordinates are +inf (never inside a ball, never nearest).
   void Load(const float* pts, int count) {
     n = count;
-    npad = (count + 3) / 4 * 4;
+    npad = (count + 7) / 8 * 8;
     const float inf = std::numeric_limits<float>::infinity();
     x.assign(npad, inf);
     y.assign(npad, inf);
@@ -148,6 +153,65 @@ struct CloudSoA {
   }
 };
 
+#ifdef HSR_OPS_HAVE_AVX_PATH
+// One FPS step with AVX: updates scratch with the distance to (lx,ly,lz), returns the argmax (lowest index).
+__attribute__((target("avx"))) inline int FpsStepAvx(const float* xs, const float* ys, const float* zs, int npad,
+                                                     float lx, float ly, float lz, float* scratch) {
+  const __m256 px = _mm256_set1_ps(lx), py = _mm256_set1_ps(ly), pz = _mm256_set1_ps(lz);
+  __m256 vmax = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  for (int i = 0; i < npad; i += 8) {
+    const __m256 dx = _mm256_sub_ps(_mm256_loadu_ps(xs + i), px);
+    const __m256 dy = _mm256_sub_ps(_mm256_loadu_ps(ys + i), py);
+    const __m256 dz = _mm256_sub_ps(_mm256_loadu_ps(zs + i), pz);
+    const __m256 d = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(dx, dx), _mm256_mul_ps(dy, dy)),
+                                   _mm256_mul_ps(dz, dz));
+    const __m256 t = _mm256_min_ps(_mm256_loadu_ps(scratch + i), d);
+    _mm256_storeu_ps(scratch + i, t);
+    vmax = _mm256_max_ps(vmax, t);
+  }
+  float lanes[8];
+  _mm256_storeu_ps(lanes, vmax);
+  float best = lanes[0];
+  for (int l = 1; l < 8; ++l) best = std::max(best, lanes[l]);
+  const __m256 vb = _mm256_set1_ps(best);
+  for (int i = 0; i < npad; i += 8) {
+    const int mask = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(scratch + i), vb, _CMP_EQ_OQ));
+    if (mask) return i + __builtin_ctz(mask);
+  }
+  return 0;
+}
+
+// In-ball scan of one centroid with AVX; returns the count found (<= ns), filling out as BallQueryOne.
+__attribute__((target("avx"))) inline int BallScanAvx(const float* xs, const float* ys, const float* zs, int npad,
+                                                      const float* q, float r2, int ns, int* out) {
+  const __m256 px = _mm256_set1_ps(q[0]), py = _mm256_set1_ps(q[1]), pz = _mm256_set1_ps(q[2]);
+  const __m256 vr2 = _mm256_set1_ps(r2);
+  int cnt = 0;
+  for (int i = 0; i < npad && cnt < ns; i += 8) {
+    const __m256 dx = _mm256_sub_ps(_mm256_loadu_ps(xs + i), px);
+    const __m256 dy = _mm256_sub_ps(_mm256_loadu_ps(ys + i), py);
+    const __m256 dz = _mm256_sub_ps(_mm256_loadu_ps(zs + i), pz);
+    const __m256 d = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(dx, dx), _mm256_mul_ps(dy, dy)),
+                                   _mm256_mul_ps(dz, dz));
+    int mask = _mm256_movemask_ps(_mm256_cmp_ps(d, vr2, _CMP_LT_OQ));
+    while (mask && cnt < ns) {
+      const int k = i + __builtin_ctz(mask);
+      mask &= mask - 1;
+      if (cnt == 0) {
+        for (int l = 0; l < ns; ++l) out[l] = k;
+      }
+      out[cnt++] = k;
+    }
+  }
+  return cnt;
+}
+
+inline bool CpuHasAvx() {
+  static const bool has = __builtin_cpu_supports("avx");
+  return has;
+}
+#endif  // HSR_OPS_HAVE_AVX_PATH
+
 // FPS on a SoA cloud; scratch must hold c.npad floats. Same output as FarthestPointSampleOne.
 inline void FarthestPointSampleSoA(const CloudSoA& c, int m, int* out, float* scratch) {
   const float inf = std::numeric_limits<float>::infinity();
@@ -158,6 +222,15 @@ inline void FarthestPointSampleSoA(const CloudSoA& c, int m, int* out, float* sc
   const float* zs = c.z.data();
   int last = 0;
   out[0] = 0;
+#ifdef HSR_OPS_HAVE_AVX_PATH
+  if (CpuHasAvx()) {
+    for (int j = 1; j < m; ++j) {
+      last = FpsStepAvx(xs, ys, zs, c.npad, xs[last], ys[last], zs[last], scratch);
+      out[j] = last;
+    }
+    return;
+  }
+#endif
   for (int j = 1; j < m; ++j) {
     const float lx = xs[last], ly = ys[last], lz = zs[last];
     float best;
@@ -205,6 +278,12 @@ inline void BallQuerySoA(const CloudSoA& c, const float* q, float r2, int ns, in
   const float* ys = c.y.data();
   const float* zs = c.z.data();
   int cnt = 0;
+#ifdef HSR_OPS_HAVE_AVX_PATH
+  if (CpuHasAvx()) {
+    cnt = BallScanAvx(xs, ys, zs, c.npad, q, r2, ns, out);
+  } else
+#endif
+  {
 #if defined(__SSE2__)
   const __m128 px = _mm_set1_ps(q[0]), py = _mm_set1_ps(q[1]), pz = _mm_set1_ps(q[2]);
   const __m128 vr2 = _mm_set1_ps(r2);
@@ -234,6 +313,7 @@ inline void BallQuerySoA(const CloudSoA& c, const float* q, float r2, int ns, in
     }
   }
 #endif
+  }
   if (cnt == 0) {
     float best = std::numeric_limits<float>::infinity();
     int best_i = 0;
