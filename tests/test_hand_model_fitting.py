@@ -53,7 +53,7 @@ def test_masks_follow_the_skeleton():
     assert not support[0].any()
     assert set(np.flatnonzero(support[6])) == {0, 1, 2, 3}  # vertices skinnable to bones 5, 6, 7 (palm too)
     assert set(np.flatnonzero(support[10])) == {0, 4}  # palm and the middle-finger vertex, no index vertex
-    assert set(np.flatnonzero(support[5])) == {0, 1, 2}  # palm (bone 0) and index vertices
+    assert set(np.flatnonzero(support[5])) == {0, 1, 2, 3}  # palm and index vertices, not the middle one
 
 
 def test_nearest_bones_stay_on_the_vertex_finger():
