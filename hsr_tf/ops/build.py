@@ -39,6 +39,15 @@ HEADERS = ("pointnet_cpu.h", "pointnet_cuda.cuh", "pointnet_ops_gpu.inc")
 CUDA_SOURCES = ("pointnet_cuda.cu",)
 EXTRA_CXXFLAGS = ["-O2", "-fPIC", "-shared", "-ffp-contract=off", "-Wno-deprecated-declarations"]
 NVCC_FLAGS = ["-O2", "-std=c++17", "--fmad=false", "-Xcompiler", "-fPIC"]
+# sm_75 .. sm_90 machine code plus compute_75 PTX (JIT-compiled on newer GPUs); override with
+# HSR_TF_OPS_CUDA_ARCH, e.g. "-arch=native".
+NVCC_ARCH = ["-gencode=arch=compute_75,code=[sm_75,compute_75]", "-gencode=arch=compute_80,code=sm_80",
+             "-gencode=arch=compute_86,code=sm_86", "-gencode=arch=compute_90,code=sm_90"]
+
+
+def _nvcc_arch():
+    env = os.environ.get("HSR_TF_OPS_CUDA_ARCH")
+    return env.split() if env else NVCC_ARCH
 
 
 class BuildError(RuntimeError):
@@ -132,7 +141,7 @@ def _compile(out_path: str, cuda: bool, log) -> None:
         if cuda:
             try:
                 obj = os.path.join(tmp, "pointnet_cuda.o")
-                _run(["nvcc", "-c", *NVCC_FLAGS, "-I" + SRC_DIR, os.path.join(SRC_DIR, "pointnet_cuda.cu"),
+                _run(["nvcc", "-c", *NVCC_FLAGS, *_nvcc_arch(), "-I" + SRC_DIR, os.path.join(SRC_DIR, "pointnet_cuda.cu"),
                       "-o", obj], log)
                 home = _cuda_home()
                 extra_objs = [obj]
@@ -177,7 +186,7 @@ def build_cuda_harness(out_path: str, verbose: bool = True) -> str:
     log = print if verbose else (lambda *_: None)
     if shutil.which("nvcc") is None:
         raise BuildError("nvcc is not on PATH")
-    _run(["nvcc", *NVCC_FLAGS[:3], "-I" + SRC_DIR, os.path.join(SRC_DIR, "pointnet_cuda.cu"),
+    _run(["nvcc", *NVCC_FLAGS[:3], *_nvcc_arch(), "-I" + SRC_DIR, os.path.join(SRC_DIR, "pointnet_cuda.cu"),
           os.path.join(SRC_DIR, "cuda_harness.cu"), "-o", out_path], log)
     return out_path
 
