@@ -116,8 +116,9 @@ def main(argv):
     os.makedirs(out_dir, exist_ok=True)
     verts, joints = out["vertices"][0], out["joints"][0]
     write_ply(os.path.join(out_dir, "mesh.ply"), verts, model.faces)
+    names = model.metadata.get("model_joint_names") or [f"joint_{j}" for j in range(len(joints))]
     doc = {"units": "camera-frame mm (x right, y up, z away)",
-           "joints": {n: [float(c) for c in p] for n, p in zip(model.metadata["model_joint_names"], joints)},
+           "joints": {n: [float(c) for c in p] for n, p in zip(names, joints)},
            "dataset_joints": out["dataset_joints"][0].tolist(),
            "dataset_joint_names": model.metadata.get("joint_names"),
            "num_hand_pixels": int(len(pts)), "center_mm": out["center"][0].tolist()}
