@@ -62,7 +62,7 @@ def main(argv):
         raise ValueError(f"{data_dir}: expected shards normalised without OBB rotation to export, found obb=True")
     model, ckpt = loop.load_model_from_workdir(FLAGS.workdir, FLAGS.checkpoint,
                                                example_points_shape=(1, info["num_points"], 3))
-    faces = model.hand_model.faces
+    faces = model.faces
     export_dir = FLAGS.export_dir or os.path.join(FLAGS.workdir, "export")
     meta = {"joint_names": [str(n) for n in info["joint_names"]],
             "model_joint_names": list(__import__("hsr_tf.hand_model.skeleton", fromlist=["x"]).JOINT_NAMES),
