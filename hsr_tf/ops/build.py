@@ -123,9 +123,17 @@ def _run(cmd, log):
         raise BuildError(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout[-4000:]}")
 
 
-def _cuda_home() -> str:
+def _cuda_lib_dir() -> str:
+    """Directory holding libcudart_static.a (CUDA_HOME / CUDA_PATH, /usr/local/cuda, or next to nvcc)."""
+    homes = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
     nvcc = shutil.which("nvcc")
-    return os.path.dirname(os.path.dirname(os.path.realpath(nvcc))) if nvcc else "/usr/local/cuda"
+    if nvcc:
+        homes.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
+    for home in filter(None, homes):
+        for sub in ("lib64", "lib", os.path.join("targets", "x86_64-linux", "lib")):
+            if os.path.exists(os.path.join(home, sub, "libcudart_static.a")):
+                return os.path.join(home, sub)
+    raise BuildError("libcudart_static.a not found (set CUDA_HOME)")
 
 
 def _compile(out_path: str, cuda: bool, log) -> None:
@@ -143,16 +151,15 @@ def _compile(out_path: str, cuda: bool, log) -> None:
                 obj = os.path.join(tmp, "pointnet_cuda.o")
                 _run(["nvcc", "-c", *NVCC_FLAGS, *_nvcc_arch(), "-I" + SRC_DIR, os.path.join(SRC_DIR, "pointnet_cuda.cu"),
                       "-o", obj], log)
-                home = _cuda_home()
                 extra_objs = [obj]
-                extra_defs = ["-DHSR_OPS_WITH_CUDA", "-DGOOGLE_CUDA=1", "-I" + os.path.join(home, "include")]
-                extra_libs = ["-L" + os.path.join(home, "lib64"), "-lcudart_static", "-ldl", "-lrt", "-lpthread"]
+                extra_defs = ["-DHSR_OPS_WITH_CUDA"]
+                extra_libs = ["-L" + _cuda_lib_dir(), "-lcudart_static", "-ldl", "-lrt", "-lpthread"]
                 tmp_out = os.path.join(tmp, "lib.so")
                 _run([cxx, *srcs, *extra_objs, "-o", tmp_out, *cflags, *extra_defs, *lflags, *extra_libs], log)
                 os.replace(tmp_out, out_path)
                 return
             except BuildError as e:
-                log(f"hsr_tf.ops.build: CUDA kernels not built ({str(e).splitlines()[0]}); building CPU-only")
+                log(f"hsr_tf.ops.build: CUDA kernels not built; building CPU-only. Reason:\n{e}")
         tmp_out = os.path.join(tmp, "lib.so")
         _run([cxx, *srcs, "-o", tmp_out, *cflags, *lflags], log)
         os.replace(tmp_out, out_path)
