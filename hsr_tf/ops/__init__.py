@@ -40,6 +40,10 @@ when the op is called or traced raises :class:`OpArgumentError` (a subclass of b
 
 Backends: ``backend()`` returns ``"compiled"`` (C++ CPU kernels parallel over the batch with TensorFlow's
 thread pool; CUDA kernels when built with them) or ``"fallback"`` (pure TensorFlow, works under XLA).
+The GPU kernels (built when nvcc, a CUDA build of TensorFlow and a GPU are present, see
+:mod:`hsr_tf.ops.build`) validate shapes and scalar arguments like the CPU ones but not the data: on the
+GPU, non-finite coordinates are not reported and an out-of-range ``group_points`` index yields zeros (and
+no gradient) instead of an error. Under XLA the fallback's data checks are compiled away likewise.
 At import the compiled library is loaded, and built first if it is missing or stale (see
 :mod:`hsr_tf.ops.build`). ``HSR_TF_OPS=fallback`` forces the fallback; a build or load failure emits
 one ``RuntimeWarning`` and uses the fallback. :func:`use_backend` switches temporarily (functions already
