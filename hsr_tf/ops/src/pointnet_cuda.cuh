@@ -1,5 +1,5 @@
 // CUDA launch functions of the hsr_tf PointNet++ ops. Plain C++ declarations: no TensorFlow and no CUDA
-// headers, so both the TensorFlow GPU OpKernels (pointnet_ops_gpu.inc) and the standalone harness
+// headers, so both the TensorFlow GPU OpKernels (pointnet_ops_gpu.h) and the standalone harness
 // (cuda_harness.cu) can call them. Pointers are device pointers; `stream` is a cudaStream_t (nullptr =
 // default stream). Each function enqueues its kernels and returns a cudaError_t value (0 = success);
 // ErrorString() turns it into text. Semantics equal the CPU reference in pointnet_cpu.h (squared distances

@@ -373,5 +373,5 @@ REGISTER_KERNEL_BUILDER(Name("HsrGroupPointsGrad").Device(DEVICE_CPU).HostMemory
 }  // namespace hsr_ops
 
 #ifdef HSR_OPS_WITH_CUDA
-#include "pointnet_ops_gpu.inc"
+#include "pointnet_ops_gpu.h"
 #endif

@@ -1,4 +1,4 @@
-// GPU OpKernels of the hsr_tf PointNet++ ops; included at the end of pointnet_ops.cc only when built with
+// GPU OpKernels of the hsr_tf PointNet++ ops, included at the end of pointnet_ops.cc only when built with
 // -DHSR_OPS_WITH_CUDA (see build.py). They need no CUDA or Eigen-GPU headers: the CUDA stream comes from
 // StreamExecutor's platform_specific_handle() as a void*, and the kernels are the plain launch functions
 // of pointnet_cuda.cu. Shapes and scalar arguments are validated on the host as on the CPU; the data
