@@ -30,10 +30,14 @@ FLAGS = flags.FLAGS
 
 if "reg_joints" not in FLAGS:  # also defined by experiments.real_common when imported by training
     from experiments import real_common  # noqa: F401  (defines reg_joints, eval_protocols, and common's flags)
-flags.DEFINE_string("dataset", None, "nyu, icvl or msra.")
-flags.DEFINE_string("split", "test", "Split to evaluate.")
-flags.DEFINE_string("out_dir", None, "Report directory (default WORKDIR/eval).")
-flags.DEFINE_string("checkpoint", None, "Checkpoint prefix (default: the newest in WORKDIR/checkpoints).")
+# experiments.evaluate defines split/out_dir/checkpoint with the same meaning: define only what is missing, so that
+# both modules can be imported in one process (e.g. a test session).
+for _name, _default, _help in (("dataset", None, "nyu, icvl or msra."),
+                               ("split", "test", "Split to evaluate."),
+                               ("out_dir", None, "Report directory (default WORKDIR/eval)."),
+                               ("checkpoint", None, "Checkpoint prefix (default: the newest in WORKDIR/checkpoints).")):
+    if _name not in FLAGS:
+        flags.DEFINE_string(_name, _default, _help)
 
 
 def protocols_of(spec, names=None) -> dict:
