@@ -140,3 +140,40 @@ def test_sigkill_and_rerun_resumes(tmp_path):
     res = run_module("experiments.synth_weak", args)
     assert f"Resumed from" in res.stderr and f"at step {killed_at}" in res.stderr
     assert os.path.exists(os.path.join(ck, "ckpt-48.index"))
+
+
+FLAGFILE_CHECK = r"""
+import json, sys
+from absl import flags
+from experiments import common
+FLAGS = flags.FLAGS
+FLAGS(["prog"] + ["--flagfile=" + f for f in sys.argv[1].split(",")] + ["--workdir=/tmp/x"])
+sn = json.loads(FLAGS.shape_network) if FLAGS.shape_network else None
+out = {"lambda_chamfer": FLAGS.lambda_chamfer, "lambda_mean_shape": FLAGS.lambda_mean_shape,
+       "lambda_joint": FLAGS.lambda_joint, "batch_size": FLAGS.batch_size, "shape_network": sn,
+       "lambda_shape_full": common.resolve_lambda_shape("full")}
+try:
+    out["lambda_shape_weak"] = common.resolve_lambda_shape("weak")
+except ValueError as e:
+    out["lambda_shape_weak"] = "refused"
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("files,chamfer,shape_full,shape_weak,small", [
+    ("demo", 1.0, 1.0, "refused", True),
+    ("table2a_joint", 0.0, 0.0, 0.0, False),
+    ("table2a_joint_chamfer", 1.0, 0.0, 0.0, False),
+    ("table2a_joint_shape", 0.0, 1.0, "refused", False),
+    ("table2a_joint_chamfer,cpu_small_net", 1.0, 0.0, 0.0, True),
+])
+def test_flagfiles_parse_to_the_table_rows(files, chamfer, shape_full, shape_weak, small):
+    paths = ",".join(os.path.join(ROOT, "experiments", "flags", f + ".flags") for f in files.split(","))
+    res = subprocess.run([sys.executable, "-c", FLAGFILE_CHECK, paths], capture_output=True, text=True, cwd=ROOT,
+                         timeout=120, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert res.returncode == 0, res.stderr[-2000:]
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    assert got["lambda_chamfer"] == chamfer and got["lambda_joint"] == 2.0 and got["lambda_mean_shape"] == 1.0
+    assert got["lambda_shape_full"] == shape_full and got["lambda_shape_weak"] == shape_weak
+    assert got["batch_size"] == 32
+    assert (got["shape_network"] is not None) == small
