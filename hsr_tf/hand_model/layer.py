@@ -63,7 +63,7 @@ class ChainPlan:
             parent_rot = tf.gather(level_rot, slot, axis=1)
             parent_pos = tf.gather(level_pos, slot, axis=1)
             offset = tf.gather(rest_joints, idx, axis=1) - tf.gather(rest_joints, self.parents[idx], axis=1)
-            level_pos = parent_pos + tf.einsum("bkrc,bkc->bkr", parent_rot, offset)
+            level_pos = parent_pos + tf.reduce_sum(parent_rot * offset[:, :, None, :], axis=-1)
             level_rot = tf.matmul(parent_rot, tf.gather(rot, idx, axis=1))
             rots.append(level_rot)
             poss.append(level_pos)
@@ -88,15 +88,21 @@ def pose_and_skin(plan, rest, rest_joints, theta, pose_basis, skinning_weights):
     num_vertices = rest.shape[1] if rest.shape[1] is not None else tf.shape(rest)[1]
     num_joints = len(plan.parents)
     rot = axis_angle_to_matrix(theta)  # [B, J, 3, 3]
-    pose_offsets = tf.matmul(pose_feature(rot), pose_basis)
-    blended = rest + tf.reshape(pose_offsets, [-1, num_vertices, 3])
     global_rot, posed_joints = plan.forward_kinematics(rot, rest_joints)
     # G_b(theta) G_b(theta0)^-1: x -> R_b (x - J0_b) + J_b, i.e. [R_b | J_b - R_b J0_b].
-    trans = posed_joints - tf.einsum("bjrc,bjc->bjr", global_rot, rest_joints)
-    affine = tf.concat([tf.reshape(global_rot, [-1, num_joints, 9]), trans], axis=-1)  # [B, J, 12]
-    blended_affine = tf.einsum("vj,bjk->bvk", skinning_weights, affine)
-    vert_rot = tf.reshape(blended_affine[..., :9], [-1, num_vertices, 3, 3])
-    vertices = tf.einsum("bvrc,bvc->bvr", vert_rot, blended) + blended_affine[..., 9:]
+    trans = posed_joints - tf.reduce_sum(global_rot * rest_joints[:, :, None, :], axis=-1)
+    # The per-vertex work runs vertex-major ([V, 3, B]) so that the pose blend and the skinning are
+    # single large 2-D matmuls (batched matmuls with J = 21 inner dims, and slices/transposes of
+    # [B, V, 12] tensors, dominated the CPU profile of the batch-major version).
+    feat = pose_feature(rot)  # [B, P]
+    offsets = tf.matmul(pose_basis, feat, transpose_a=True, transpose_b=True)  # [V*3, B]
+    blended = tf.transpose(rest, [1, 2, 0]) + tf.reshape(offsets, [num_vertices, 3, -1])  # [V, 3, B]
+    rot_t = tf.reshape(tf.transpose(global_rot, [1, 2, 3, 0]), [num_joints, -1])  # [J, 9 B]
+    trans_t = tf.reshape(tf.transpose(trans, [1, 2, 0]), [num_joints, -1])  # [J, 3 B]
+    vert_rot = tf.reshape(tf.matmul(skinning_weights, rot_t), [num_vertices, 3, 3, -1])  # [V, 3, 3, B]
+    vert_trans = tf.reshape(tf.matmul(skinning_weights, trans_t), [num_vertices, 3, -1])  # [V, 3, B]
+    vertices = tf.reduce_sum(vert_rot * blended[:, None, :, :], axis=2) + vert_trans  # [V, 3, B]
+    vertices = tf.transpose(vertices, [2, 0, 1])
     return vertices, posed_joints
 
 
