@@ -179,7 +179,8 @@ def ensure_built(force: bool = False, cuda_mode: str = "", verbose: bool = False
     with _locked(directory):
         if os.path.exists(path) and not force:  # built by another process while we waited
             return path
-        log(f"hsr_tf.ops.build: compiling {path} (cuda={'on' if cuda else 'off'})")
+        msg = f"hsr_tf.ops.build: compiling {path} (cuda={'on' if cuda else 'off'})"
+        log(msg) if verbose else print(msg + " ...", file=sys.stderr, flush=True)  # lazy build: say why we wait
         _compile(path, cuda, log)
         for name in os.listdir(directory):  # drop libraries of older sources / TensorFlow versions
             if name.startswith("hsr_ops_") and name.endswith(".so") and name != os.path.basename(path):
