@@ -143,6 +143,15 @@ def test_outputs_to_camera_mm(toy):
     assert "vertices" in mm and "dataset_joints" in mm and "beta" not in mm
     want = out["joints"].numpy() * np.array([150.0, 100.0])[:, None, None] + batch["center"].numpy()[:, None]
     np.testing.assert_allclose(mm["joints"].numpy(), want, rtol=1e-5, atol=1e-3)
+    mm2 = outputs_to_camera_mm(out, center=batch["center"], scale=[150.0, 100.0])
+    np.testing.assert_allclose(mm2["joints"].numpy(), want, rtol=1e-5, atol=1e-3)
+    rot = Rotation.random(2, random_state=0).as_matrix()
+    mm3 = outputs_to_camera_mm(out, center=batch["center"], scale=[150.0, 100.0], rotation=rot)
+    want3 = np.einsum("bij,bnj->bni", rot, out["vertices"].numpy()) * np.array([150.0, 100.0])[:, None, None] \
+        + batch["center"].numpy()[:, None]
+    np.testing.assert_allclose(mm3["vertices"].numpy(), want3, rtol=1e-5, atol=1e-3)
+    with pytest.raises(ValueError, match="center"):
+        outputs_to_camera_mm(out)
 
 
 def test_config_errors(toy):

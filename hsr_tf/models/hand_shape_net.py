@@ -351,20 +351,36 @@ class HandShapeNet(keras.Model):
         return cls(**config)
 
 
-def outputs_to_camera_mm(outputs, batch, keys=POINT_OUTPUTS, undo_augmentation=True):
+def outputs_to_camera_mm(outputs, batch=None, keys=POINT_OUTPUTS, undo_augmentation=True, center=None, scale=None,
+                         rotation=None):
     """Converts the point-valued outputs (normalised input frame) to camera-frame millimetres.
+
+    Either pass the reader ``batch`` of the same frames (uses ``hsr_tf.data.reader.to_camera_mm``: undoes the
+    augmentation when ``undo_augmentation``, then the normalisation), or ``center`` [B, 3] mm and ``scale`` [B]
+    mm (and optionally ``rotation`` [B, 3, 3]) of an un-augmented normalisation: ``x_mm = scale x R^T + center``.
 
     Args:
       outputs: dict from ``HandShapeNet``.
-      batch: the reader batch of the same frames (center, scale, rotation, aug_matrix, aug_shift),
-        see ``hsr_tf.data.reader.to_camera_mm``.
+      batch: reader batch (center, scale, rotation, aug_matrix, aug_shift) or None.
       keys: which outputs to convert (those absent are skipped).
-      undo_augmentation: also undo the batch's augmentation (False for the augmented virtual sample).
+      undo_augmentation: with ``batch``: also undo its augmentation (False: the augmented virtual sample).
+      center, scale, rotation: used when ``batch`` is None.
     Returns:
       dict key -> [B, M, 3] float32 mm.
     """
     from hsr_tf.data.reader import to_camera_mm
 
+    if batch is None:
+        if center is None or scale is None:
+            raise ValueError("outputs_to_camera_mm: expected a reader batch or center and scale, found neither")
+        center = tf.convert_to_tensor(center, tf.float32)
+        scale = tf.reshape(tf.convert_to_tensor(scale, tf.float32), [-1])
+        if center.shape.rank != 2 or center.shape[-1] != 3:
+            raise ValueError(f"center: expected shape [B, 3], found {center.shape}")
+        if rotation is None:
+            rotation = tf.eye(3, batch_shape=tf.shape(center)[:1])
+        batch = {"center": center, "scale": scale, "rotation": tf.convert_to_tensor(rotation, tf.float32)}
+        undo_augmentation = False
     return {k: to_camera_mm(outputs[k], batch, undo_augmentation=undo_augmentation)
             for k in keys if k in outputs}
 
