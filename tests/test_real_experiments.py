@@ -120,3 +120,47 @@ def test_protocol_columns():
     np.testing.assert_array_equal(cols, np.arange(21))
     with pytest.raises(ValueError, match="eval_protocols"):
         evaluate_real.protocols_of(datasets.ICVL, ["standard14"])
+
+
+@pytest.mark.slow
+def test_icvl_msra_loso_and_ablation_programs(tmp_path):
+    """icvl_weak (16 joints, palm-centre correspondence), msra_weak LOSO over two folds, NYU w/o reg-joint, init_from."""
+    from tests._hand_model_toy import make_toy_model
+
+    hm, _, _ = make_toy_model(np.random.default_rng(0))
+    hm_path = str(tmp_path / "toy.npz")
+    hm.save(hm_path)
+    common = [f"--hand_model={hm_path}", "--shape_network=" + json.dumps(TINY_NET), "--batch_size=4",
+              "--num_epochs=1", "--max_steps=2", "--eval_every=0", "--eval_batches=1", "--visual_every=0",
+              "--progress=false", "--export=false"]
+    fixtures_raw.write_icvl(str(tmp_path / "icvl_raw"), num_train=8, num_rotated=1, test_counts=(2, 2))
+    run_module("data_prep.icvl", [f"--raw_dir={tmp_path / 'icvl_raw'}", f"--out_dir={tmp_path / 'icvl'}",
+                                  "--num_points=128", "--progress=false"])
+    run_module("experiments.icvl_weak", ["--flagfile=experiments/flags/icvl_full.flags",
+                                         f"--data_dir={tmp_path / 'icvl'}", f"--workdir={tmp_path / 'w_icvl'}"] + common)
+    s = json.load(open(tmp_path / "w_icvl" / "eval" / "summary.json"))
+    assert s["protocols"]["standard16"]["num_frames"] == 4 and s["dataset"] == "icvl"
+
+    fixtures_raw.write_msra(str(tmp_path / "msra_raw"), subjects=datasets.MSRA_SUBJECTS, frames_per_gesture=1)
+    run_module("data_prep.msra", [f"--raw_dir={tmp_path / 'msra_raw'}", f"--out_dir={tmp_path / 'msra'}",
+                                  "--num_points=128", "--progress=false"])
+    run_module("experiments.msra_weak", ["--flagfile=experiments/flags/msra_full.flags",
+                                         f"--data_dir={tmp_path / 'msra'}", f"--workdir={tmp_path / 'w_msra'}",
+                                         "--msra_test_subjects=P0,P5"] + common)
+    loso = json.load(open(tmp_path / "w_msra" / "loso_summary.json"))
+    folds = loso["average"]["loso21"]["folds"]
+    assert set(folds) == {"P0", "P5"}
+    assert loso["average"]["loso21"]["mean_over_folds_mm"] == pytest.approx((folds["P0"] + folds["P5"]) / 2)
+    assert loso["folds"]["P5"]["protocols"]["loso21"]["num_frames"] == 17
+
+    # NYU Table II(b) "w/o reg-joint": no joint regression, evaluated on the 21 paired joints; init from the ICVL
+    # run (different joint count: the shared shape-network variables are copied).
+    fixtures_raw.write_nyu(str(tmp_path / "nyu_raw"), {"train": 8, "test": 4}, seed=3)
+    run_module("data_prep.nyu", [f"--raw_dir={tmp_path / 'nyu_raw'}", f"--out_dir={tmp_path / 'nyu'}",
+                                 "--num_points=128", "--progress=false"])
+    res = run_module("experiments.nyu_weak", ["--flagfile=experiments/flags/nyu_table2b_wo_reg_joint.flags",
+                                              f"--data_dir={tmp_path / 'nyu'}", f"--workdir={tmp_path / 'w_noreg'}",
+                                              f"--init_from={tmp_path / 'w_icvl'}"] + common)
+    assert "Initialised" in res.stderr
+    s = json.load(open(tmp_path / "w_noreg" / "eval" / "summary.json"))
+    assert list(s["protocols"]) == ["correspondence21"]
