@@ -274,7 +274,7 @@ def render_demo_depth(png_path: str, subject_index: int = -1, pose_index: int = 
     split = render.split_subjects(cfg.num_subjects, cfg.test_fraction, cfg.seed)
     subjects = hands.make_subjects(num_subjects=cfg.num_subjects, seed=cfg.seed)
     subject = subjects[split["test"][subject_index]]
-    lib = poses.pose_library(num_poses=max(pose_index + 1, 8), seed=cfg.seed)
+    lib = poses.pose_library(cfg.poses_per_subject, cfg.seed)  # the rendered set's library (held-out subject)
     theta = subject.theta_for(lib)[pose_index]
     verts, _ = subject.pose(theta)
     fc = cfg.frame
