@@ -262,8 +262,10 @@ class HandShapeLoss:
     Call:
       ``loss(outputs, batch, epoch=0) -> (total scalar, terms dict of scalars)``.
       ``outputs``: the model's dict (``stage{k}_vertices``, ``stage{k}_joints``,
-      ``stage{k}_joints_input``, ``stage{k}_rest_vertices`` for k = 1..num_stages,
-      ``dataset_joints`` and ``has_joint_regression``-style flag through ``use_joint_regression``).
+      ``stage{k}_joints_input``, ``stage{k}_rest_vertices`` for k = 1..num_stages, and
+      ``regression_joints`` [B,Jd,3] when the model has a joint regression network; without it there is
+      no regression term).
+      ``epoch``: 0-based epoch (int or scalar tensor) for ``stage_joint_weight``.
       ``batch``: the reader dict (``points`` [B,N,3], ``joints`` [B,J,3], ``scale`` [B],
       optionally ``vertices`` [B,V,3] and ``has_vertices`` [B]).
       Terms (unweighted, batch means, mm^2): ``stage{k}/joint``, ``stage{k}/joint_input``,
