@@ -203,6 +203,9 @@ def test_missing_field_and_missing_file(toy, tmp_path):
         HandModel.load(tmp_path / "bad.npz")
     with pytest.raises(FileNotFoundError, match="nothing"):
         HandModel.load(tmp_path / "absent.npz")
+    (tmp_path / "corrupt.npz").write_bytes(b"not a zip archive")
+    with pytest.raises(ValueError, match="npz"):
+        HandModel.load(tmp_path / "corrupt.npz")
 
 
 def test_save_load_round_trip_with_metadata(toy, tmp_path):

@@ -17,6 +17,8 @@ SavedModels carry them. ``get_config`` stores only sizes, ``parents``, ``faces``
 ``"weights"`` (``from_config`` builds placeholders that the saved weights must fill; calling the
 layer before they are loaded raises instead of silently returning zeros).
 """
+import os
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -235,7 +237,6 @@ class HandModelLayer(keras.layers.Layer):
 
 def _same_file(a, b):
     try:
-        import os
         return os.path.samefile(a, b)
     except OSError:
         return False
