@@ -45,6 +45,7 @@ def test_neutral_gives_mean_shape_and_regressed_joints(toy):
     np.testing.assert_allclose(out["vertices"].numpy(), np.broadcast_to(model.mean_shape, (2,) + model.mean_shape.shape),
                                atol=1e-4)
     np.testing.assert_allclose(out["rest_vertices"].numpy()[0], model.mean_shape, atol=1e-4)
+    np.testing.assert_array_equal(layer.mean_shape, model.mean_shape)
     np.testing.assert_allclose(out["joints"].numpy()[1], model.joint_regressor @ model.mean_shape, atol=1e-4)
 
 

@@ -174,6 +174,11 @@ class HandModelLayer(keras.layers.Layer):
         self._plan = ChainPlan(self.parents)  # joints of equal depth are posed together
         self.built = True
 
+    @property
+    def mean_shape(self):
+        """[V, 3] NumPy float32 B0 (mm), the current value of the layer's weight."""
+        return keras.ops.convert_to_numpy(self._mean_shape)
+
     # ------------------------------------------------------------ weights loading
     def load_own_variables(self, store):
         super().load_own_variables(store)
