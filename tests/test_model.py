@@ -205,7 +205,7 @@ def test_overfitting_a_few_frames_reduces_the_loss_by_90_percent(toy):
     keras.utils.set_random_seed(0)
     batch = _toy_frames(toy, 4, seed=7)
     net = HandShapeNet(toy, num_stages=2, shape_network=SMALL)
-    losses = _overfit(net, HandShapeLoss(net.mean_shape()), batch, steps=150, lr=3e-3)
+    losses = _overfit(net, HandShapeLoss(net.mean_shape()), batch, steps=80, lr=3e-3)
     first, last = losses[0], float(np.mean(losses[-5:]))
     assert last < 0.1 * first, (first, last)
 
