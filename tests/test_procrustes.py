@@ -135,3 +135,29 @@ def test_shape_errors():
         similarity_procrustes(tf.zeros([2, 5, 2]), tf.zeros([2, 5, 3]))
     with pytest.raises(ValueError, match="target"):
         similarity_procrustes(tf.zeros([2, 5, 3]), tf.zeros([2, 4, 3]))
+
+
+def test_gradient_correct_with_repeated_singular_values(rng):
+    """A planar square has two equal singular values: the rotation is unique and smooth, but an SVD-based
+    gradient divides by sigma_1^2 - sigma_2^2 (TF replaces it by 0, which is wrong). Ours must equal finite
+    differences of an independent float64 NumPy Umeyama."""
+    x = np.array([[1.0, 0, 0], [0, 1, 0], [-1, 0, 0], [0, -1, 0]])
+    rot = Rotation.random(random_state=9).as_matrix()
+    y = x @ rot.T
+    w = np.arange(9.0).reshape(3, 3)
+
+    def f_np(yv):
+        return (_umeyama_np(x, yv)[1] * w).sum()
+
+    num = np.zeros_like(y)
+    for idx in np.ndindex(y.shape):
+        yp, ym = y.copy(), y.copy()
+        yp[idx] += 1e-6
+        ym[idx] -= 1e-6
+        num[idx] = (f_np(yp) - f_np(ym)) / 2e-6
+    yv = tf.Variable(_tf(y[None]))
+    with tf.GradientTape() as tape:
+        _, r, _ = similarity_procrustes(_tf(x[None]), yv)
+        val = tf.reduce_sum(r * _tf(w))
+    g = tape.gradient(val, yv).numpy()[0]
+    np.testing.assert_allclose(g, num, atol=1e-4 * np.abs(num).max())

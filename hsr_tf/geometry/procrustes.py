@@ -15,8 +15,10 @@ built from the cross-covariance. Compared with the SVD form (Umeyama 1991), this
   the others. That gap is ``2 (sigma_2 + sign(det M) sigma_3)`` in terms of the
   singular values of the cross-covariance, so it closes only when the rotation is
   genuinely ambiguous (collinear points, or an exact reflection). The SVD gradient
-  instead divides by ``sigma_i^2 - sigma_j^2`` for every pair and blows up on
-  perfectly well-posed inputs such as coplanar points with sigma_2 = sigma_3.
+  instead divides by ``sigma_i^2 - sigma_j^2`` for every pair: on perfectly well-posed
+  inputs with two equal singular values (e.g. a planar square) TF's ``svd`` gradient
+  replaces 1/0 by 0 and is then wrong (measured: error 1.17 for a gradient of size
+  2.7, see notes_drafts/model.md), and near such ties it is huge.
 
 The eigenvector gradient is written explicitly (``_top_eigenvector``) with the
 eigenvalue gaps clamped from below, so it stays finite (and bounded) even on
