@@ -29,11 +29,13 @@ def _points(b=2, seed=0):
     return tf.constant(np.random.default_rng(seed).normal(size=(b, N_POINTS, 3)) * 0.3, tf.float32)
 
 
-@pytest.mark.parametrize("stages,regression,transform,jd", [(2, True, "procrustes", 21), (1, False, "procrustes", 21),
-                                                            (2, True, "regress", 14), (1, True, "regress", 16)])
-def test_output_contract(toy, stages, regression, transform, jd):
+@pytest.mark.parametrize("stages,regression,transform,jd,palm", [(2, True, "procrustes", 21, "template"),
+                                                                  (1, False, "procrustes", 21, "template"),
+                                                                  (2, True, "regress", 14, "axes"),
+                                                                  (1, True, "regress", 16, "template")])
+def test_output_contract(toy, stages, regression, transform, jd, palm):
     net = HandShapeNet(toy, num_stages=stages, use_joint_regression=regression, transform=transform,
-                       num_dataset_joints=jd, shape_network=SMALL)
+                       num_dataset_joints=jd, palm_method=palm, shape_network=SMALL)
     out = net(_points(3), training=False)
     v, s = toy.mean_shape.shape[0], toy.shape_basis.shape[0]
     want = {"vertices": (3, v, 3), "joints": (3, 21, 3), "joints_input": (3, 21, 3), "rest_vertices": (3, v, 3),

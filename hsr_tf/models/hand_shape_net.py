@@ -302,7 +302,8 @@ class HandShapeNet(keras.Model):
         for key, val in st.items():
             outputs[f"stage1_{key}"] = val
         if self.num_stages == 2:
-            rot_p, origin = palm_frame(st["joints"], self.template_joints(), method=self.palm_method)
+            template = self.template_joints() if self.palm_method == "template" else None
+            rot_p, origin = palm_frame(st["joints"], template, method=self.palm_method)
             if self.stage2_center == "origin":
                 origin = tf.zeros_like(origin)
             if not self.palm_frame_gradient:
