@@ -238,7 +238,7 @@ class HandShapeNet(keras.Model):
 
     def mean_shape(self):
         """[V, 3] NumPy B0 of the hand model (mm), for ``HandShapeLoss``."""
-        return keras.ops.convert_to_numpy(self.hand_model_layer._mean_shape)
+        return self.hand_model_layer.mean_shape
 
     @property
     def faces(self):
