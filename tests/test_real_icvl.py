@@ -76,3 +76,33 @@ def test_malformed_inputs_raise(raw, tmp_path):
     os.remove(os.path.join(bad, "Testing", "test_seq_1.txt"))
     with pytest.raises(rc.RawDataError, match=r"test_seq_1\.txt: expected an ICVL label file"):
         icvl.list_frames(bad, "test")
+
+
+def test_command_line(raw, tmp_path):
+    """`python -m data_prep.icvl` with flags: split selection, max_frames, cube size recorded, summary printed."""
+    import json
+    import subprocess
+    import sys
+
+    from hsr_tf.data import shards
+
+    root, truth = raw
+    out = str(tmp_path / "cli")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    res = subprocess.run([sys.executable, "-m", "data_prep.icvl", f"--raw_dir={root}", f"--out_dir={out}",
+                          "--split=test", "--max_frames=3", "--cube_size=260", "--num_points=256", "--num_workers=1",
+                          "--progress=false"], capture_output=True, text=True, cwd=repo, timeout=300,
+                         env=dict(os.environ, PYTHONPATH=repo))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "test: wrote 3 frames in 1 shards" in res.stdout
+    assert shards.list_shards(out, "train") == []
+    data = load_split(out, "test")
+    assert data["points"].shape == (3, 256, 3)
+    np.testing.assert_allclose(data["joints"], truth["test"]["joints"][:3], atol=1e-3)
+    attrs = shards.read_attrs(shards.list_shards(out, "test")[0])
+    assert attrs["cube_size"] == 260.0 and json.loads(attrs["front_end"])["num_points"] == 256
+    bad = subprocess.run([sys.executable, "-m", "data_prep.icvl", f"--raw_dir={root}", f"--out_dir={out}",
+                          "--split=val"], capture_output=True, text=True, cwd=repo, timeout=300,
+                         env=dict(os.environ, PYTHONPATH=repo))
+    assert bad.returncode != 0 and "split: expected a comma-separated subset of ['train', 'test'], found 'val'" \
+        in bad.stderr
