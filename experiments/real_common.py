@@ -108,7 +108,7 @@ def train_and_evaluate(spec, data_dir: str, workdir: str, test_split: str = "tes
 
     from hsr_tf import ops
     from hsr_tf.data import augment as augment_lib
-    from hsr_tf.train import evaluation, loop, pipeline
+    from hsr_tf.train import loop, pipeline
 
     os.makedirs(workdir, exist_ok=True)
     info = pipeline.read_data_info(data_dir, train_split)
