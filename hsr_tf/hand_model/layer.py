@@ -179,6 +179,11 @@ class HandModelLayer(keras.layers.Layer):
         """[V, 3] NumPy float32 B0 (mm), the current value of the layer's weight."""
         return keras.ops.convert_to_numpy(self._mean_shape)
 
+    @property
+    def joint_regressor(self):
+        """[J, V] NumPy float32 J_re (rows sum to 1), the current value of the layer's weight."""
+        return keras.ops.convert_to_numpy(self._joint_regressor)
+
     # ------------------------------------------------------------ weights loading
     def load_own_variables(self, store):
         super().load_own_variables(store)

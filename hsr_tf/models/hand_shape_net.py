@@ -218,7 +218,7 @@ class HandShapeNet(keras.Model):
                 if self.num_dataset_joints != hm.num_joints:
                     raise ValueError(f"joint_regression_init='regressor': expected num_dataset_joints = "
                                      f"{hm.num_joints}, found {self.num_dataset_joints}")
-                kernel = regressor_kernel(keras.ops.convert_to_numpy(hm._joint_regressor))
+                kernel = regressor_kernel(hm.joint_regressor)
             else:
                 kernel = None
             self.joint_regression = JointRegression(self.num_dataset_joints, use_bias=self.joint_regression_bias,
