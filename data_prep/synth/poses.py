@@ -96,8 +96,11 @@ _FIST = (85, 100, 60, 0)
 _CURL_R = (85, 100, 60, -3)
 _CURL_P = (85, 100, 60, -6)
 _STRAIGHT = (0, 0, 0, 0)
-_THUMB_OVER = (40, 10, 15, 45, 30)  # thumb folded over the curled fingers
-_THUMB_IN = (45, 20, 20, 55, 40)  # thumb across the palm
+# Thumb angles of the curled-finger gestures, chosen with a winding-number interpenetration check
+# on subjects 0-2 of seed 0 (notes_drafts/generator.md): the earlier (40, 10, 15, 45, 30) and
+# (45, 20, 20, 55, 40) pushed the thumb through the curled index and middle fingers.
+_THUMB_OVER = (44, 39, 30, 22, 10)  # thumb lying on the middle phalanges of the curled fingers
+_THUMB_IN = (48, 30, 35, 34, 17)  # thumb reaching across towards a curled little finger
 
 #: Named gestures (anatomical angles [21, 3], radians).
 GESTURES = {
@@ -108,13 +111,13 @@ GESTURES = {
     "pinch": _hand((25, 35, 25, 15, 20), (40, 45, 25, 0), (20, 25, 15, 0), (18, 22, 12, -3), (15, 20, 10, -6)),
     "grasp": _hand((15, 45, 30, 10, 15), (45, 55, 30, 0), (45, 55, 30, 0), (45, 55, 30, -2), (45, 55, 30, -4)),
     "ok": _hand((25, 35, 25, 20, 25), (45, 60, 35, 0), (5, 5, 3, -3), (5, 5, 3, -8), (5, 5, 3, -15)),
-    "one": _hand(_THUMB_IN, _STRAIGHT, _FIST, _CURL_R, _CURL_P),
-    "two": _hand(_THUMB_IN, (0, 0, 0, 5), (0, 0, 0, -3), _CURL_R, _CURL_P),
+    "one": _hand(_THUMB_OVER, _STRAIGHT, _FIST, _CURL_R, _CURL_P),
+    "two": _hand(_THUMB_OVER, (0, 0, 0, 5), (0, 0, 0, -3), _CURL_R, _CURL_P),
     "three": _hand(_THUMB_IN, (0, 0, 0, 5), (0, 0, 0, 0), (0, 0, 0, -5), _CURL_P),
     "four": _hand((45, 25, 25, 60, 50), (0, 0, 0, 5), (0, 0, 0, 0), (0, 0, 0, -5), (0, 0, 0, -10)),
     "five": _hand((-5, 20, 0, 0, 0), (0, 0, 0, 12), (0, 0, 0, 0), (0, 0, 0, -8), (0, 0, 0, -18)),
     "thumbs_up": _hand((-10, 20, 0, 0, 0), _FIST, _FIST, _CURL_R, _CURL_P),
-    "victory": _hand(_THUMB_IN, (0, 0, 0, 12), (0, 0, 0, -8), _CURL_R, _CURL_P),
+    "victory": _hand(_THUMB_OVER, (0, 0, 0, 12), (0, 0, 0, -8), _CURL_R, _CURL_P),
     "claw": _hand((20, 30, 15, 30, 40), (0, 80, 60, 5), (0, 80, 60, 0), (0, 80, 60, -5), (0, 80, 60, -10)),
     "rock": _hand(_THUMB_OVER, (0, 0, 0, 5), _FIST, _CURL_R, (0, 0, 0, -10)),
     "spread": _hand((-15, 45, 10, 0, 0), (0, 0, 0, 20), (0, 0, 0, 0), (0, 0, 0, -15), (0, 0, 0, -28)),

@@ -63,11 +63,11 @@ def render(ax, vertices, faces, view, color=(0.93, 0.76, 0.64), joints=None):
     ax.axis("off")
 
 
-def contact_sheet(path, meshes, titles, views=("palm", "side"), joints=None, cols=6):
+def contact_sheet(path, meshes, titles, views=("palm", "side"), joints=None, cols=6, panel_size=2.6):
     """Writes a PNG grid: every mesh rendered from every view."""
     panels = [(i, v) for i in range(len(meshes)) for v in views]
     rows = int(np.ceil(len(panels) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.8 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(panel_size * cols, panel_size * 1.08 * rows), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, (i, v) in zip(axes.ravel(), panels):
