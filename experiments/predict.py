@@ -129,8 +129,9 @@ def main(argv):
         from hsr_tf.train import summaries
         uvd = camera.points_to_uvd(verts)
         juv = camera.points_to_uvd(joints)[:, :2]
+        roi = camera.points_to_uvd(pts)[:, :2]  # the selected hand pixels stay in view
         img = summaries.draw_mesh_on_depth(depth, uvd[:, :2], uvd[:, 2], model.faces, juv,
-                                           title=os.path.basename(FLAGS.depth))
+                                           title=os.path.basename(FLAGS.depth), roi_uv=roi)
         Image.fromarray(img).save(os.path.join(out_dir, "overlay.png"))
     logging.info("%d hand pixels -> %s", len(pts), out_dir)
     print(json.dumps({"out_dir": os.path.abspath(out_dir), "num_hand_pixels": int(len(pts)),

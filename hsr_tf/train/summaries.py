@@ -190,7 +190,8 @@ def render_overlay(points, pred_vertices, faces, gt_vertices=None, pred_joints=N
     return np.asarray(Image.open(buf).convert("RGB"))
 
 
-def draw_mesh_on_depth(depth, uv, vertex_depth, faces, joints_uv=None, title: Optional[str] = None) -> np.ndarray:
+def draw_mesh_on_depth(depth, uv, vertex_depth, faces, joints_uv=None, title: Optional[str] = None,
+                       roi_uv=None) -> np.ndarray:
     """The projected mesh over a depth image (for the predict CLI).
 
     Args:
@@ -198,6 +199,8 @@ def draw_mesh_on_depth(depth, uv, vertex_depth, faces, joints_uv=None, title: Op
       uv: [V, 2] pixel coordinates of the vertices (u column, v row).
       vertex_depth: [V] depth of the vertices (mm), for painter's ordering.
       faces: int [F, 3]. joints_uv: optional [J, 2] pixels.
+      roi_uv: optional [M, 2] pixels that must stay in view as well as the mesh (e.g. the selected hand
+        pixels, so a wrong-sized prediction is visible next to the real hand).
     Returns:
       uint8 RGB image [H', W', 3].
     """
@@ -219,9 +222,10 @@ def draw_mesh_on_depth(depth, uv, vertex_depth, faces, joints_uv=None, title: Op
     if joints_uv is not None:
         j = np.asarray(joints_uv)
         ax.scatter(j[:, 0], j[:, 1], s=12, c="tab:red", marker="x")
-    # Zoom on the hand with a margin.
-    u0, v0 = uv.min(0)
-    u1, v1 = uv.max(0)
+    # Zoom on the mesh (and the region of interest) with a margin.
+    extent = uv if roi_uv is None else np.concatenate([uv, _check("roi_uv", roi_uv, last=2).astype(np.float64)])
+    u0, v0 = extent.min(0)
+    u1, v1 = extent.max(0)
     m = 0.3 * max(u1 - u0, v1 - v0) + 10
     ax.set_xlim(max(u0 - m, 0), min(u1 + m, w))
     ax.set_ylim(min(v1 + m, h), max(v0 - m, 0))
