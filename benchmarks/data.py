@@ -8,7 +8,10 @@
    the extrapolated time of the full 50 x 1840 x 3 configuration.
 2. Reads the rendered train shards with hsr_tf.data.reader (shuffle, batch, augmentation, repeat) and reports
    frames/s after a warm-up.
-3. Writes ``{out_dir}/data_contact_sheet.png``: stored depth crops with the ground-truth joints (projected through
+3. Times the depth model's training step on one reader batch (HandShapeNet, paper-size shape network and the
+   demo's small one from experiments/flags/demo.flags; tf.function GradientTape step with HandShapeLoss and Adam,
+   like hsr_tf/train/loop.py) and reports its frames/s and reader_fps / train_fps (the issue asks for >= 5).
+4. Writes ``{out_dir}/data_contact_sheet.png``: stored depth crops with the ground-truth joints (projected through
    the stored uvd and crop window) and bones drawn on top, and ``{out_dir}/data_benchmark.json`` with the figures.
 """
 import json
@@ -29,6 +32,12 @@ flags.DEFINE_string("data_dir", None, "Render into this directory (default: a te
 flags.DEFINE_integer("reader_batches", 200, "Batches timed for the reader.")
 flags.DEFINE_integer("batch_size", 32, "Reader batch size.")
 flags.DEFINE_integer("sheet_frames", 24, "Frames on the contact sheet.")
+flags.DEFINE_list("train_models", ["paper", "demo"], "Models whose train step is timed ('paper', 'demo'; empty: none).")
+flags.DEFINE_integer("train_steps", 5, "Timed train steps per model (after 2 warm-up steps, tracing included there).")
+
+# The demo's small shape network (experiments/flags/demo.flags, --shape_network).
+DEMO_SHAPE_NETWORK = {"sa1_npoint": 128, "sa1_nsample": 16, "sa1_mlp": [32, 32, 64], "sa2_npoint": 32,
+                      "sa2_nsample": 16, "sa2_mlp": [64, 64, 128], "global_mlp": [128, 256], "head_hidden": 128}
 
 FULL_FRAMES = 50 * 1840 * 3
 
@@ -74,6 +83,8 @@ def contact_sheet(data_dir, path, num_frames, seed=0):
         ax.scatter(ju, jv, s=6, c="w", edgecolors="k", linewidths=0.4, zorder=3)
         ax.set_title(f"{fr['split']} s{fr['subject']} p{fr['pose']} v{fr['view']} z={fr['joints'][0, 2]:.0f}",
                      fontsize=7)
+        ax.set_xlim(-0.5, size - 0.5)  # joints outside the crop must not rescale the panel
+        ax.set_ylim(size - 0.5, -0.5)
         ax.set_xticks([])
         ax.set_yticks([])
     for ax in np.ravel(axes)[len(pick):]:
@@ -84,6 +95,49 @@ def contact_sheet(data_dir, path, num_frames, seed=0):
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return len(pick)
+
+
+def train_step_rate(batch, which: str, steps: int):
+    """Frames/s of the depth model's training step on ``batch`` (a reader batch, reused every step).
+
+    Two-stage HandShapeNet with joint regression and Procrustes (the defaults), ``which`` = 'paper'
+    (SHAPE_NETWORK_DEFAULTS) or 'demo' (DEMO_SHAPE_NETWORK); HandShapeLoss with the paper's defaults; Adam 1e-3.
+    """
+    import keras
+    import tensorflow as tf
+
+    from hsr_tf.losses import HandShapeLoss
+    from hsr_tf.models import HandShapeNet
+
+    if which not in ("paper", "demo"):
+        raise ValueError(f"train_models: expected 'paper' or 'demo', found {which!r}")
+    keras.utils.set_random_seed(0)
+    model = HandShapeNet(num_dataset_joints=int(batch["joints"].shape[1]),
+                         shape_network=DEMO_SHAPE_NETWORK if which == "demo" else None)
+    loss = HandShapeLoss(model.mean_shape())
+    optimizer = keras.optimizers.Adam(1e-3)
+    model(batch["points"], training=False)
+    optimizer.build(model.trainable_variables)
+
+    @tf.function(reduce_retracing=True)
+    def step(b):
+        with tf.GradientTape() as tape:
+            outputs = model(b["points"], training=True)
+            total, _ = loss(outputs, b, tf.constant(0, tf.int32))
+        grads = tape.gradient(total, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return total
+
+    for _ in range(2):
+        step(batch).numpy()
+    t0 = time.time()
+    for _ in range(steps):
+        total = step(batch)
+    total.numpy()
+    seconds = time.time() - t0
+    rate = steps * int(batch["points"].shape[0]) / seconds
+    return {"model": which, "steps": steps, "seconds": seconds, "frames_per_s": rate,
+            "params": int(sum(int(tf.size(v)) for v in model.trainable_variables)), "final_loss": float(total)}
 
 
 def main(argv):
@@ -128,6 +182,14 @@ def main(argv):
     read_rate = FLAGS.reader_batches * FLAGS.batch_size / read_s
     print(f"reader (shuffle + augment, batch {FLAGS.batch_size}): {read_rate:.0f} frames/s "
           f"({FLAGS.reader_batches} batches in {read_s:.2f} s)")
+    train = []
+    for which in FLAGS.train_models:
+        r = train_step_rate(b, which, FLAGS.train_steps)
+        r["reader_over_train"] = read_rate / r["frames_per_s"]
+        train.append(r)
+        print(f"train step ({which} HandShapeNet, {r['params']} params, batch {FLAGS.batch_size}): "
+              f"{r['frames_per_s']:.1f} frames/s ({r['steps']} steps in {r['seconds']:.1f} s); "
+              f"reader / train = {r['reader_over_train']:.1f}x (issue 4 asks >= 5x)")
     sheet = os.path.join(FLAGS.out_dir, "data_contact_sheet.png")
     n = contact_sheet(data_dir, sheet, FLAGS.sheet_frames)
     print(f"contact sheet: {sheet} ({n} frames)")
@@ -135,7 +197,7 @@ def main(argv):
               "render_workers": workers, "skipped": summary["skipped"],
               "full_config_minutes_extrapolated": FULL_FRAMES / render_rate / 60,
               "reader_frames_per_s": read_rate, "reader_batch_size": FLAGS.batch_size,
-              "cpu_count": os.cpu_count()}
+              "train_steps": train, "cpu_count": os.cpu_count(), "load_avg_1min_at_end": os.getloadavg()[0]}
     with open(os.path.join(FLAGS.out_dir, "data_benchmark.json"), "w") as f:
         json.dump(result, f, indent=1)
     if tmp is not None:

@@ -214,3 +214,28 @@ def test_stored_points_lie_on_the_ground_truth_surface(posed_hands, noise, max_m
             assert np.median(dist) < 1.5, (noise, i, np.median(dist))
         # the stored centre is the mean of the stored (sampled) points, in camera mm
         assert np.allclose(pts_mm.mean(axis=0), rec["center"], atol=0.05)
+
+
+def test_whole_hand_stays_in_view(posed_hands):
+    meshes, faces = posed_hands
+    verts, joints = meshes[0]
+    # close and off-centre: without the check many draws put fingers outside the 640 x 480 image
+    view = render.ViewConfig(distance_mm=(300.0, 320.0), center_region=0.9)
+    outside = 0
+    for seed in range(20):
+        rot, t = render.sample_view(np.random.default_rng(seed), CAM, view)
+        uv = CAM.points_to_uvd((verts - verts.mean(axis=0)) @ rot.T + t)
+        outside += np.any((uv[:, 0] < 2) | (uv[:, 0] > 637) | (uv[:, 1] < 2) | (uv[:, 1] > 477))
+        rec, why = render.render_frame(verts, joints, faces, render.FrameConfig(noise="none", view=view),
+                                       np.random.default_rng(seed))
+        if rec is not None:
+            uv = CAM.points_to_uvd(rec["vertices"].astype(np.float64))
+            assert uv[:, 0].min() >= 2 and uv[:, 0].max() <= 637 and uv[:, 1].min() >= 2 and uv[:, 1].max() <= 477
+        else:
+            assert why == "out_of_view"
+    assert outside >= 5
+    # a hand 4x too big never fits at 300 mm: skipped and named, never stored
+    rec, why = render.render_frame(verts * 4, joints * 4, faces,
+                                   render.FrameConfig(noise="none", view=render.ViewConfig(distance_mm=(300.0, 300.0))),
+                                   np.random.default_rng(0))
+    assert rec is None and why == "out_of_view"

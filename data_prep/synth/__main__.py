@@ -29,6 +29,7 @@ flags.DEFINE_float("cone_deg", 70.0, "Palm (or back) normal within this angle of
 flags.DEFINE_float("back_prob", 0.5, "Probability that the back of the hand faces the camera.")
 flags.DEFINE_float("inplane_deg", 180.0, "In-plane (roll) rotation range +-deg.")
 flags.DEFINE_float("center_region", 0.5, "Hand centroid projects into this central fraction of the image.")
+flags.DEFINE_bool("require_in_view", True, "Redraw viewpoints until every vertex projects inside the image.")
 flags.DEFINE_enum("center_mode", "mean", ["mean", "bbox"], "Normalisation centre.")
 flags.DEFINE_enum("scale_mode", "fixed", ["fixed", "max_dist"], "Normalisation scale.")
 flags.DEFINE_float("fixed_scale", 150.0, "Scale (mm) for --scale_mode=fixed.")
@@ -48,7 +49,7 @@ def main(argv):
         camera=Camera.preset(FLAGS.camera),
         view=render.ViewConfig(distance_mm=(FLAGS.distance_min, FLAGS.distance_max), cone_deg=FLAGS.cone_deg,
                                back_prob=FLAGS.back_prob, inplane_deg=FLAGS.inplane_deg,
-                               center_region=FLAGS.center_region),
+                               center_region=FLAGS.center_region, require_in_view=FLAGS.require_in_view),
         noise=FLAGS.noise, num_points=FLAGS.num_points, min_pixels=FLAGS.min_pixels,
         center_mode=FLAGS.center_mode, scale_mode=FLAGS.scale_mode, fixed_scale=FLAGS.fixed_scale, obb=FLAGS.obb,
         depth_crop_size=FLAGS.depth_crop_size, cube_size=FLAGS.cube_size)

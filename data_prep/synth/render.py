@@ -19,7 +19,12 @@ the camera frame), starting from the generator's neutral hand frame (palm facing
     (180: any roll);
   * position: the mesh centroid is placed at depth U[distance_mm] (300-700 mm) on the
     ray of a pixel drawn uniformly in the central ``center_region`` (0.5) fraction of
-    the image width and height.
+    the image width and height;
+  * whole hand in view (``require_in_view``, default on): a viewpoint for which a mesh
+    vertex projects closer than ``in_view_margin_px`` (2) to the image border is redrawn
+    (up to ``max_view_tries`` = 20 draws, then the frame is skipped as 'out_of_view').
+    This removes frames whose fingers leave the image (ground-truth joints with no
+    points), and thins out the closest distances with the hand near the border.
 
   R = R_inplane R_tilt R_flip;  camera = R (hand - centroid) + T.
 
@@ -49,6 +54,9 @@ class ViewConfig:
     back_prob: float = 0.5
     inplane_deg: float = 180.0
     center_region: float = 0.5
+    require_in_view: bool = True
+    in_view_margin_px: float = 2.0
+    max_view_tries: int = 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,6 +141,17 @@ def sample_view(rng, camera: Camera, view: ViewConfig = ViewConfig()):
     return rot, camera.uvd_to_points(np.array([u, v, z]))
 
 
+def in_view(points, camera: Camera, margin_px: float = 0.0) -> bool:
+    """True when every point [N, 3] (camera mm) is in front of the camera and projects inside the image,
+    at least ``margin_px`` pixels from its border (pixel centres span [0, W-1] x [0, H-1])."""
+    p = np.asarray(points, dtype=np.float64)
+    if np.any(p[:, 2] <= 0):
+        return False
+    uvd = camera.points_to_uvd(p)
+    return bool(np.all((uvd[:, 0] >= margin_px) & (uvd[:, 0] <= camera.width - 1 - margin_px)
+                       & (uvd[:, 1] >= margin_px) & (uvd[:, 1] <= camera.height - 1 - margin_px)))
+
+
 def resize_nearest(image, size: int):
     """[h, w] -> [size, size] nearest-neighbour (depth must not be interpolated across edges)."""
     h, w = image.shape
@@ -155,15 +174,21 @@ def render_frame(vertices_hand, joints_hand, faces, config: FrameConfig, rng):
       (record, None) on success, record = dict of per-frame arrays (shard fields
       without the frame axis, plus ``global_rotation`` [3, 3] and ``translation`` [3]
       such that camera = global_rotation @ hand + translation); or
-      (None, reason) when the frame is skipped ('too_few_pixels').
+      (None, reason) when the frame is skipped ('too_few_pixels', or 'out_of_view' when no
+      viewpoint in ``max_view_tries`` draws keeps the hand inside the image).
     """
     cam = config.camera
     vh = np.asarray(vertices_hand, dtype=np.float64)
     jh = np.asarray(joints_hand, dtype=np.float64)
-    rot, target = sample_view(rng, cam, config.view)
     centroid = vh.mean(axis=0)
-    translation = target - rot @ centroid
-    v_cam = vh @ rot.T + translation
+    for _ in range(max(1, config.view.max_view_tries)):
+        rot, target = sample_view(rng, cam, config.view)
+        translation = target - rot @ centroid
+        v_cam = vh @ rot.T + translation
+        if not config.view.require_in_view or in_view(v_cam, cam, config.view.in_view_margin_px):
+            break
+    else:
+        return None, "out_of_view"
     j_cam = jh @ rot.T + translation
     render = raycast_depth(v_cam, faces, cam)
     depth = render["depth"]
