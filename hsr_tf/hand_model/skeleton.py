@@ -11,6 +11,9 @@ joint j is ``G_j = G_parent(j) @ [R(theta_j) | J_j - J_parent(j)]`` with
 
 Hand frame at the neutral pose (all thetas zero): a right hand, millimetres,
 wrist joint at the origin, fingers along +y, palm facing -z, thumb towards +x.
+This is a right hand in the project's camera convention (x right, y up, z away from the viewer), which is a
+left-handed frame: a right-handed 3D viewer (open3d, matplotlib) shows the same numbers as a left hand unless it
+flips one axis.
 
 Legend: J joints (21), P any leading batch shape.
 """
