@@ -34,6 +34,9 @@ flags.DEFINE_integer("synth_views_per_pose", 3, "Rendering: views per pose.")
 flags.DEFINE_enum("synth_noise", "kinect", ["kinect", "none"], "Rendering: sensor noise model.")
 flags.DEFINE_integer("synth_seed", 0, "Rendering: seed of subjects, poses and views.")
 flags.DEFINE_integer("synth_workers", 0, "Rendering: worker processes (0 = all cores).")
+flags.DEFINE_float("synth_cone_deg", 70.0, "Rendering: palm (or back) normal within this angle of facing the camera.")
+flags.DEFINE_float("synth_back_prob", 0.5, "Rendering: probability that the back of the hand faces the camera.")
+flags.DEFINE_float("synth_inplane_deg", 180.0, "Rendering: in-plane (roll) rotation range +-deg.")
 flags.DEFINE_bool("augment", True, "Online augmentation of section III-E-1 (rotation, x/y scaling, shift).")
 flags.DEFINE_float("aug_rot_z_deg", 90.0, "Augmentation: in-plane rotation range +-deg (paper prints '[-0, pi/2]').")
 flags.DEFINE_integer("shuffle_buffer", 8192, "Frames in the reader's shuffle buffer.")
@@ -103,7 +106,10 @@ def synth_dataset_config():
     """The DatasetConfig of data_prep.synth for the --synth_* flags (defaults of the renderer otherwise)."""
     from data_prep.synth import render
 
-    frame = dataclasses.replace(render.FrameConfig(), noise=FLAGS.synth_noise)
+    base = render.FrameConfig()
+    view = dataclasses.replace(base.view, cone_deg=FLAGS.synth_cone_deg, back_prob=FLAGS.synth_back_prob,
+                               inplane_deg=FLAGS.synth_inplane_deg)
+    frame = dataclasses.replace(base, noise=FLAGS.synth_noise, view=view)
     return render.DatasetConfig(num_subjects=FLAGS.synth_num_subjects, poses_per_subject=FLAGS.synth_poses_per_subject,
                                 views_per_pose=FLAGS.synth_views_per_pose, seed=FLAGS.synth_seed, frame=frame)
 
