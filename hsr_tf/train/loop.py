@@ -105,6 +105,19 @@ def save_model_config(model: keras.Model, workdir: str) -> str:
     return path
 
 
+def model_checkpoint_objects(model: keras.Model) -> dict:
+    """Trackables that put *every* variable of ``model`` into a ``tf.train.Checkpoint``.
+
+    Keras 3 keeps sublayers held in lists/dicts in its own trackers, which TensorFlow's object graph does not
+    follow: through ``model=`` alone a checkpoint reaches only some layers, trainable weights otherwise only via
+    the optimizer, and BatchNorm moving statistics not at all. Listing every variable fixes that; the list is
+    positional (``model.variables`` order, fixed by the architecture) because auto-generated layer names, hence
+    variable paths, differ between two instances of the same model in one process.
+    """
+    variables = list(model.variables)
+    return {"model": model, "model_variables": variables}
+
+
 def load_model_from_workdir(workdir: str, checkpoint: Optional[str] = None,
                             example_points_shape=(1, 1024, 3)) -> tuple[keras.Model, str]:
     """Rebuild the model of a run from its model_config.json and restore its newest checkpoint.
@@ -139,7 +152,7 @@ def load_model_from_workdir(workdir: str, checkpoint: Optional[str] = None,
         if checkpoint is None:
             raise FileNotFoundError(f"{os.path.join(workdir, CHECKPOINT_SUBDIR)}: expected a training checkpoint, "
                                     "found none")
-    status = tf.train.Checkpoint(model=model).restore(checkpoint)
+    status = tf.train.Checkpoint(**model_checkpoint_objects(model)).restore(checkpoint)
     status.expect_partial()  # optimizer slots and the step are not needed for inference
     status.assert_existing_objects_matched()
     return model, checkpoint
@@ -189,7 +202,8 @@ class Trainer:
             return
         self.model(example_batch[self.input_key], training=False)
         self.optimizer.build(self.model.trainable_variables)
-        self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, step=self.step)
+        self.checkpoint = tf.train.Checkpoint(**model_checkpoint_objects(self.model), optimizer=self.optimizer,
+                                              step=self.step)
         self.manager = tf.train.CheckpointManager(
             self.checkpoint, os.path.join(self.config.workdir, CHECKPOINT_SUBDIR), max_to_keep=self.config.max_to_keep,
             step_counter=self.step, checkpoint_interval=None)
