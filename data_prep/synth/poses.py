@@ -97,7 +97,7 @@ _CURL_R = (85, 100, 60, -3)
 _CURL_P = (85, 100, 60, -6)
 _STRAIGHT = (0, 0, 0, 0)
 # Thumb angles of the curled-finger gestures, chosen with a winding-number interpenetration check
-# on subjects 0-2 of seed 0 (notes_drafts/generator.md): the earlier (40, 10, 15, 45, 30) and
+# on subjects 0-2 of seed 0 (WORKSPACE_NOTES.md ("Generator")): the earlier (40, 10, 15, 45, 30) and
 # (45, 20, 20, 55, 40) pushed the thumb through the curled index and middle fingers.
 _THUMB_OVER = (44, 39, 30, 22, 10)  # thumb lying on the middle phalanges of the curled fingers
 _THUMB_IN = (48, 30, 35, 34, 17)  # thumb reaching across towards a curled little finger
