@@ -180,14 +180,7 @@ def render_overlay(points, pred_vertices, faces, gt_vertices=None, pred_joints=N
         axes[0].legend(fontsize=6, loc="lower left")
     if title:
         fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    buf.seek(0)
-    from PIL import Image
-
-    return np.asarray(Image.open(buf).convert("RGB"))
+    return _figure_to_rgb(fig)
 
 
 def draw_mesh_on_depth(depth, uv, vertex_depth, faces, joints_uv=None, title: Optional[str] = None,
@@ -231,15 +224,21 @@ def draw_mesh_on_depth(depth, uv, vertex_depth, faces, joints_uv=None, title: Op
     ax.set_ylim(min(v1 + m, h), max(v0 - m, 0))
     if title:
         ax.set_title(title, fontsize=8)
+    return _figure_to_rgb(fig)
+
+
+
+def _figure_to_rgb(fig) -> np.ndarray:
+    """Lays out, rasterises and closes a matplotlib figure; returns uint8 RGB [H, W, 3]."""
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
     buf.seek(0)
-    from PIL import Image
-
     return np.asarray(Image.open(buf).convert("RGB"))
-
 
 def write_image(tag: str, image: np.ndarray, step=None) -> None:
     """tf.summary.image of one uint8 RGB image [H, W, 3]."""
