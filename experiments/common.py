@@ -179,6 +179,43 @@ def run_subprocess(module: str, args: list[str], env_extra: dict | None = None) 
         raise RuntimeError(f"{module} failed with exit code {res.returncode}: {' '.join(cmd)}")
 
 
+def train_model(model, loss_fn, data_dir: str, workdir: str, heldout, eval_fn, hparams: dict,
+                hparam_metrics=(), train_split: str = "train", include_vertices: bool = True) -> dict:
+    """Train ``model`` on ``data_dir/train_split`` with the schedule, augmentation and logging flags.
+
+    Shared by the synthetic (:func:`run`) and real-dataset (``experiments.real_common``) programs: builds the
+    seeded per-epoch input pipeline (section III-E-1 augmentation unless --noaugment), the training config,
+    the visual summaries of the first ``heldout`` batch, and runs :class:`hsr_tf.train.loop.Trainer` (resuming
+    from the newest checkpoint of ``workdir``). Returns the trainer's result dict.
+    """
+    import math
+
+    from hsr_tf.data import augment as augment_lib
+    from hsr_tf.train import loop, pipeline
+
+    rot_z = math.radians(FLAGS.aug_rot_z_deg)
+    aug_cfg = augment_lib.AugmentConfig(rot_z=(-rot_z, rot_z))
+    train_fn = pipeline.epoch_dataset_fn(data_dir, FLAGS.batch_size, FLAGS.seed, augment=FLAGS.augment,
+                                         augment_config=aug_cfg, split=train_split,
+                                         shuffle_buffer=FLAGS.shuffle_buffer, include_vertices=include_vertices)
+    spe = pipeline.steps_per_epoch(data_dir, FLAGS.batch_size, split=train_split)
+    cfg = loop.TrainConfig(workdir=workdir, steps_per_epoch=spe, num_epochs=FLAGS.num_epochs,
+                           max_steps=FLAGS.max_steps or None, learning_rate=FLAGS.learning_rate,
+                           lr_decay=FLAGS.lr_decay, checkpoint_every=FLAGS.checkpoint_every,
+                           summary_every=FLAGS.summary_every, eval_every=FLAGS.eval_every,
+                           visual_every=FLAGS.visual_every, progress=FLAGS.progress)
+    visual_fn = None
+    if FLAGS.visual_every:
+        visual_fn = pipeline.make_visual_fn(pipeline.take_batch(heldout), model.faces)
+    run_info = {"flags": FLAGS.flags_into_string(), "command": command_line(), "hparams": hparams,
+                "hparam_metrics": hparam_metrics}
+    trainer = loop.Trainer(model, loss_fn, train_fn, cfg, eval_fn=eval_fn, visual_fn=visual_fn, run_info=run_info,
+                           seed=FLAGS.seed)
+    loop.save_model_config(model, workdir)
+    logging.info("Training: %d steps per epoch, %d steps in total, workdir %s", spe, cfg.total_steps, workdir)
+    return trainer.train()
+
+
 def run(supervision: str) -> dict:
     """Render (if needed), train, evaluate, export, predict. ``supervision``: 'full' or 'weak'."""
     if FLAGS.workdir is None:
@@ -194,8 +231,7 @@ def run(supervision: str) -> dict:
 
     import keras
     from hsr_tf import ops
-    from hsr_tf.data import augment as augment_lib
-    from hsr_tf.train import evaluation, loop, pipeline
+    from hsr_tf.train import evaluation, pipeline
 
     if FLAGS.ops == "compiled" and ops.backend() != "compiled":
         raise RuntimeError(f"--ops=compiled: the compiled ops are unavailable ({ops.fallback_reason()})")
@@ -204,17 +240,6 @@ def run(supervision: str) -> dict:
     keras.utils.set_random_seed(FLAGS.seed)
     model = build_model(info)
     loss_fn = build_loss(model, lambda_shape)
-    import math
-    aug_cfg = augment_lib.AugmentConfig(rot_z=(-math.radians(FLAGS.aug_rot_z_deg), math.radians(FLAGS.aug_rot_z_deg)))
-    train_fn = pipeline.epoch_dataset_fn(FLAGS.data_dir, FLAGS.batch_size, FLAGS.seed, augment=FLAGS.augment,
-                                         augment_config=aug_cfg, shuffle_buffer=FLAGS.shuffle_buffer,
-                                         include_vertices=info["has_vertices"])
-    spe = pipeline.steps_per_epoch(FLAGS.data_dir, FLAGS.batch_size)
-    cfg = loop.TrainConfig(workdir=workdir, steps_per_epoch=spe, num_epochs=FLAGS.num_epochs,
-                           max_steps=FLAGS.max_steps or None, learning_rate=FLAGS.learning_rate,
-                           lr_decay=FLAGS.lr_decay, checkpoint_every=FLAGS.checkpoint_every,
-                           summary_every=FLAGS.summary_every, eval_every=FLAGS.eval_every,
-                           visual_every=FLAGS.visual_every, progress=FLAGS.progress)
     heldout = pipeline.eval_dataset(FLAGS.data_dir, FLAGS.batch_size, include_vertices=info["has_vertices"])
     predict_fn = None
 
@@ -224,19 +249,11 @@ def run(supervision: str) -> dict:
         res = evaluation.evaluate(m, heldout, max_batches=FLAGS.eval_batches or None, predict_fn=predict_fn)
         return evaluation.scalar_metrics(res)
 
-    visual_fn = None
-    if FLAGS.visual_every:
-        visual_fn = pipeline.make_visual_fn(pipeline.take_batch(heldout), model.faces)
     hparams = {k: (getattr(FLAGS, k) if k != "supervision" else supervision) for k in HPARAM_FLAGS}
     hparams["lambda_shape"] = lambda_shape
-    run_info = {"flags": FLAGS.flags_into_string(), "command": command_line(), "hparams": hparams,
-                "hparam_metrics": HPARAM_METRICS}
-    trainer = loop.Trainer(model, loss_fn, train_fn, cfg, eval_fn=eval_fn, visual_fn=visual_fn, run_info=run_info,
-                           seed=FLAGS.seed)
-    loop.save_model_config(model, workdir)
-    logging.info("Training: %d steps per epoch, %d steps in total, workdir %s", spe, cfg.total_steps, workdir)
     t_train0 = time.time()
-    result = trainer.train()
+    result = train_model(model, loss_fn, FLAGS.data_dir, workdir, heldout, eval_fn, hparams, HPARAM_METRICS,
+                         include_vertices=info["has_vertices"])
     t_train = time.time() - t_train0
     timings = {"render_s": t_data - t_start, "train_s": t_train}
     if FLAGS.evaluate:

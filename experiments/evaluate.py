@@ -5,7 +5,8 @@
 Restores the newest checkpoint of W (or --checkpoint), runs the whole split un-augmented and writes
 metrics.json (mean joint error of the dataset joints, 21-joint model error, shape error, point-cloud
 error, fraction of good frames at 10..80 mm), per_joint.csv, threshold_curve.csv and threshold_curve.png.
---data_dir defaults to the one recorded in W/flags.txt.
+--data_dir defaults to the one recorded in W/flags.txt. A run trained on real shards (NYU, ICVL, MSRA) is
+forwarded to ``experiments.evaluate_real`` (the dataset's protocols), so one command evaluates any run.
 """
 import json
 import os
@@ -20,6 +21,10 @@ flags.DEFINE_string("out_dir", None, "Report directory (default WORKDIR/eval).")
 flags.DEFINE_string("checkpoint", None, "Checkpoint prefix (default: the newest in WORKDIR/checkpoints).")
 flags.DEFINE_integer("max_batches", 0, "Evaluate only the first N batches (0 = all).")
 
+# After this program's flags (evaluate_real defines only the ones still missing): runs on real shards are forwarded
+# there, and its flags (--dataset, --eval_protocols, --reg_joints) must parse here too.
+from experiments import evaluate_real  # noqa: E402
+
 
 def main(argv):
     if len(argv) > 1:
@@ -31,6 +36,11 @@ def main(argv):
 
     data_dir = common.resolve_data_dir(FLAGS.workdir)
     info = pipeline.read_data_info(data_dir, FLAGS.split)
+    from hsr_tf.data import datasets
+    if info["dataset"] in datasets.SPECS:
+        logging.info("%s holds %s shards: evaluating with the dataset's protocols (experiments.evaluate_real)",
+                     data_dir, info["dataset"])
+        return evaluate_real.main(argv)
     model, ckpt = loop.load_model_from_workdir(FLAGS.workdir, FLAGS.checkpoint,
                                                example_points_shape=(1, info["num_points"], 3))
     ds = pipeline.eval_dataset(data_dir, FLAGS.batch_size, split=FLAGS.split, include_vertices=info["has_vertices"])

@@ -1,7 +1,11 @@
 """Evaluate a run on a real dataset with the paper's protocols (section IV-A).
 
-  python -m experiments.evaluate_real --workdir=W --dataset=nyu [--data_dir=D] [--split=test]
+  python -m experiments.evaluate_real --workdir=W [--dataset=nyu] [--data_dir=D] [--split=test]
       [--eval_protocols=standard14,model_based10] [--reg_joints=eval] [--joint_regression=true]
+
+--dataset defaults to the one the shards name; --data_dir, --reg_joints and --joint_regression default to the
+values the run in W trained with (its flags.txt), so ``--workdir`` alone is enough. ``experiments.evaluate``
+forwards here when W trained on real shards.
 
 Protocols (``hsr_tf.data.datasets``): NYU ``standard14`` (14 joints, all test frames) and ``model_based10`` (10
 joints, first 2,440 test frames by frame number); ICVL ``standard16``; MSRA ``loso21`` (per fold; the average over
@@ -159,18 +163,39 @@ def write_reports(res: dict, spec, out_dir: str, label: str, extra: dict) -> dic
     return summary
 
 
+def _training_flag(name: str):
+    """The value of --name: from the command line when given there, else as the run in --workdir trained."""
+    from experiments import common
+
+    if FLAGS[name].present:
+        return FLAGS[name].value
+    recorded = common.workdir_flag(FLAGS.workdir, name)
+    if recorded is None:
+        return FLAGS[name].value
+    FLAGS[name].parse(recorded)
+    return FLAGS[name].value
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if FLAGS.workdir is None or FLAGS.dataset is None:
-        raise app.UsageError("--workdir and --dataset are required")
+    if FLAGS.workdir is None:
+        raise app.UsageError("--workdir is required")
     from experiments import common, real_common
     from hsr_tf.data import datasets
     from hsr_tf.train import loop, pipeline
 
-    spec = datasets.get_spec(FLAGS.dataset)
     data_dir = common.resolve_data_dir(FLAGS.workdir)
     info = pipeline.read_data_info(data_dir, FLAGS.split)
+    if info["dataset"] not in datasets.SPECS:
+        raise app.UsageError(f"{data_dir}: the shards hold '{info['dataset']}' frames, not one of "
+                             f"{sorted(datasets.SPECS)}; evaluate synthetic runs with experiments.evaluate")
+    dataset = (FLAGS.dataset or info["dataset"]).lower()
+    if dataset != info["dataset"]:
+        raise app.UsageError(f"--dataset={dataset}: the shards in {data_dir} hold '{info['dataset']}' frames")
+    spec = datasets.get_spec(dataset)
+    _training_flag("reg_joints")
+    _training_flag("joint_regression")
     model, ckpt = loop.load_model_from_workdir(FLAGS.workdir, FLAGS.checkpoint,
                                                example_points_shape=(1, info["num_points"], 3))
     reg_idx = real_common.regression_indices(spec)

@@ -45,7 +45,6 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if FLAGS.workdir is None:
         raise app.UsageError("--workdir is required")
-    import tensorflow as tf
     from hsr_tf import export as export_lib
     from hsr_tf import ops
     from hsr_tf.data import reader as reader_lib

@@ -22,7 +22,6 @@ Legend: B batch, J dataset joints, Jd regression joints, F frames.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 
@@ -107,7 +106,6 @@ def train_and_evaluate(spec, data_dir: str, workdir: str, test_split: str = "tes
     import keras
 
     from hsr_tf import ops
-    from hsr_tf.data import augment as augment_lib
     from hsr_tf.train import loop, pipeline
 
     os.makedirs(workdir, exist_ok=True)
@@ -126,16 +124,6 @@ def train_and_evaluate(spec, data_dir: str, workdir: str, test_split: str = "tes
     if FLAGS.init_from and not has_ckpt:
         init_from_run(model, FLAGS.init_from, info["num_points"])
     loss_fn = build_loss(model, spec, reg_idx)
-    aug_cfg = augment_lib.AugmentConfig(rot_z=(-math.radians(FLAGS.aug_rot_z_deg), math.radians(FLAGS.aug_rot_z_deg)))
-    train_fn = pipeline.epoch_dataset_fn(data_dir, FLAGS.batch_size, FLAGS.seed, augment=FLAGS.augment,
-                                         augment_config=aug_cfg, split=train_split,
-                                         shuffle_buffer=FLAGS.shuffle_buffer, include_vertices=False)
-    spe = pipeline.steps_per_epoch(data_dir, FLAGS.batch_size, split=train_split)
-    cfg = loop.TrainConfig(workdir=workdir, steps_per_epoch=spe, num_epochs=FLAGS.num_epochs,
-                           max_steps=FLAGS.max_steps or None, learning_rate=FLAGS.learning_rate,
-                           lr_decay=FLAGS.lr_decay, checkpoint_every=FLAGS.checkpoint_every,
-                           summary_every=FLAGS.summary_every, eval_every=FLAGS.eval_every,
-                           visual_every=FLAGS.visual_every, progress=FLAGS.progress)
     heldout = pipeline.eval_dataset(data_dir, FLAGS.batch_size, split=test_split, include_vertices=False)
     from experiments import evaluate_real
 
@@ -145,18 +133,11 @@ def train_and_evaluate(spec, data_dir: str, workdir: str, test_split: str = "tes
         return {f"{p}/mean_joint_error_mm": r["mean_joint_error_mm"] for p, r in res["protocols"].items()} | {
             "point_cloud_error_mm": res["point_cloud_error_mm"]}
 
-    visual_fn = None
-    if FLAGS.visual_every:
-        visual_fn = pipeline.make_visual_fn(pipeline.take_batch(heldout), model.faces)
     hparams = {k: (getattr(FLAGS, k) if k != "supervision" else "weak") for k in common.HPARAM_FLAGS}
     hparams.update(lambda_shape=0.0, dataset=spec.name, reg_joints=FLAGS.reg_joints)
-    run_info = {"flags": FLAGS.flags_into_string(), "command": common.command_line(), "hparams": hparams,
-                "hparam_metrics": ()}
-    trainer = loop.Trainer(model, loss_fn, train_fn, cfg, eval_fn=eval_fn, visual_fn=visual_fn, run_info=run_info,
-                           seed=FLAGS.seed)
-    loop.save_model_config(model, workdir)
     t0 = time.time()
-    result = trainer.train()
+    result = common.train_model(model, loss_fn, data_dir, workdir, heldout, eval_fn, hparams,
+                                train_split=train_split, include_vertices=False)
     timings = {"train_s": time.time() - t0}
     summary = {"train": {k: v for k, v in result.items() if isinstance(v, (int, float, str))}}
     if FLAGS.evaluate:

@@ -6,6 +6,10 @@ Streaming accumulators (call ``update`` per batch, ``result`` at the end), all i
   error, and the fraction of frames whose MAXIMUM joint error is <= each threshold
   (0..80 mm by default; "percentage of good frames").
 * ``ShapeErrorMetric``: mean vertex error against the ground-truth mesh (synthetic data).
+* ``AlignedShapeErrorMetric``: the same after a per-frame similarity alignment of the predicted
+  mesh to the ground truth (``similarity_align``, Umeyama), i.e. the error left once global
+  placement, rotation and size are factored out (the "PA" vertex error of mesh-recovery work; not a
+  figure of the paper, which reports the unaligned error).
 * ``PointCloudErrorMetric``: mean distance from each input point to its nearest predicted
   vertex (``scipy.spatial.cKDTree``), no cut-off.
 
@@ -120,6 +124,56 @@ class ShapeErrorMetric:
         if self._count == 0:
             raise ValueError("ShapeErrorMetric: expected at least one update before result(), found none")
         return {"shape_error_mm": float(self._sum / self._count)}
+
+
+def similarity_align(source, target):
+    """Least-squares similarity transform of each ``source`` frame onto ``target`` (Umeyama 1991).
+
+    Args:
+      source, target: [B, M, 3] corresponding points (any unit; M >= 3, not all collinear for a
+        unique rotation).
+    Returns:
+      [B, M, 3] float64: ``s R source + t`` minimising sum |s R source + t - target|^2 with
+      det R = +1 (never a reflection).
+    """
+    src, tgt = _check_pair(source, target, "source", "target")
+    mu_s, mu_t = src.mean(axis=1, keepdims=True), tgt.mean(axis=1, keepdims=True)
+    xs, xt = src - mu_s, tgt - mu_t
+    cov = np.einsum("bmi,bmj->bij", xt, xs) / src.shape[1]          # target x source^T
+    u, sing, vt = np.linalg.svd(cov)
+    # Flip the weakest axis when U V^T would be a reflection.
+    d = np.sign(np.linalg.det(u) * np.linalg.det(vt))
+    d = np.where(d == 0, 1.0, d)
+    diag = np.ones_like(sing)
+    diag[:, -1] = d
+    rot = np.einsum("bij,bj,bjk->bik", u, diag, vt)
+    var_s = (xs ** 2).sum(axis=(1, 2)) / src.shape[1]
+    scale = (sing * diag).sum(axis=1) / np.maximum(var_s, 1e-300)
+    return scale[:, None, None] * np.einsum("bij,bmj->bmi", rot, xs) + mu_t
+
+
+class AlignedShapeErrorMetric:
+    """Mean vertex error (mm) after similarity-aligning each predicted mesh to its ground truth."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self._sum = 0.0
+        self._count = 0
+
+    def update(self, pred_vertices, gt_vertices):
+        """pred_vertices, gt_vertices: [B, V, 3] mm. Returns per-frame mean aligned errors [B]."""
+        aligned = similarity_align(pred_vertices, gt_vertices)
+        err = np.linalg.norm(aligned - np.asarray(gt_vertices, dtype=np.float64), axis=-1)
+        self._sum += err.sum()
+        self._count += err.size
+        return err.mean(axis=1)
+
+    def result(self):
+        if self._count == 0:
+            raise ValueError("AlignedShapeErrorMetric: expected at least one update before result(), found none")
+        return {"aligned_shape_error_mm": float(self._sum / self._count)}
 
 
 class PointCloudErrorMetric:

@@ -65,3 +65,49 @@ def test_writers(tmp_path):
     metrics.write_per_joint_csv(tmp_path / "j.csv", [1.0, 2.5], ["wrist", "tip"])
     rows = list(csv.reader(open(tmp_path / "j.csv")))
     assert rows[2] == ["1", "tip", "2.5000"]
+
+
+def _random_rotation(rng):
+    q = rng.normal(size=4)
+    w, x, y, z = q / np.linalg.norm(q)
+    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+                     [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+                     [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]])
+
+
+def test_aligned_shape_error_removes_an_exact_similarity():
+    rng = np.random.default_rng(0)
+    pred = rng.normal(scale=40.0, size=(3, 50, 3))
+    gt = np.stack([1.3 * pred[b] @ _random_rotation(rng).T + rng.normal(scale=100, size=3) for b in range(3)])
+    raw = metrics.ShapeErrorMetric()
+    raw.update(pred, gt)
+    assert raw.result()["shape_error_mm"] > 50.0
+    m = metrics.AlignedShapeErrorMetric()
+    per = m.update(pred, gt)
+    np.testing.assert_allclose(per, 0.0, atol=1e-9)
+    assert m.result()["aligned_shape_error_mm"] < 1e-9
+
+
+def test_aligned_shape_error_hand_computed_scale():
+    # pred = {(+-1, 0, 0), (0, +-1, 0)}, gt = {(+-3, 0, 0), (0, +-1, 0)}: the optimum is the identity rotation
+    # with scale (3 + 3 + 1 + 1) / (1 + 1 + 1 + 1) = 2, leaving residuals (+-1, 0, 0) and (0, -+1, 0): 1 mm each.
+    pred = np.array([[[1.0, 0, 0], [-1.0, 0, 0], [0, 1.0, 0], [0, -1.0, 0]]])
+    gt = np.array([[[3.0, 0, 0], [-3.0, 0, 0], [0, 1.0, 0], [0, -1.0, 0]]])
+    aligned = metrics.similarity_align(pred, gt)
+    np.testing.assert_allclose(aligned, 2.0 * pred, atol=1e-12)
+    m = metrics.AlignedShapeErrorMetric()
+    m.update(pred, gt)
+    assert m.result()["aligned_shape_error_mm"] == pytest.approx(1.0)
+
+
+def test_aligned_shape_error_agrees_with_the_tf_procrustes_and_never_reflects():
+    from hsr_tf.geometry import procrustes
+    rng = np.random.default_rng(1)
+    pred = rng.normal(scale=30.0, size=(4, 40, 3))
+    gt = np.stack([0.8 * pred[b] @ _random_rotation(rng).T + 5.0 for b in range(4)]) + rng.normal(size=(4, 40, 3))
+    gt[0] = pred[0] * np.array([-1.0, 1.0, 1.0])  # a mirror image: the best proper rotation leaves an error
+    s, r, t = procrustes.similarity_procrustes(pred.astype(np.float32), gt.astype(np.float32))
+    want = procrustes.apply_similarity(pred.astype(np.float32), s, r, t).numpy()
+    got = metrics.similarity_align(pred, gt)
+    np.testing.assert_allclose(got, want, atol=2e-3)
+    assert np.linalg.norm(got[0] - gt[0], axis=-1).mean() > 1.0

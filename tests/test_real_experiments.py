@@ -26,7 +26,7 @@ def run_module(module, args, timeout=600):
 
 @pytest.mark.slow
 def test_nyu_convert_train_evaluate_export(tmp_path):
-    """data_prep.nyu -> experiments.nyu_weak (1 step, then resumed to 40) -> evaluate_real -> export."""
+    """data_prep.nyu -> experiments.nyu_weak (1 step, then resumed to 40) -> evaluate(_real) -> export."""
     from tests._hand_model_toy import make_toy_model
 
     hm, _, _ = make_toy_model(np.random.default_rng(0))
@@ -41,17 +41,19 @@ def test_nyu_convert_train_evaluate_export(tmp_path):
             "--num_epochs=20", "--learning_rate=0.003", "--augment=false", "--eval_every=0", "--eval_batches=1",
             "--visual_every=0", "--progress=false"]
 
-    def train_error(tag):
+    def train_error(tag, program):
+        # evaluate_real with the dataset named; experiments.evaluate must forward there and read it from the shards
         out = str(tmp_path / f"eval_{tag}")
-        run_module("experiments.evaluate_real", [f"--workdir={wd}", "--dataset=nyu", "--split=train",
-                                                 f"--out_dir={out}", "--eval_protocols=standard14"])
+        named = ["--dataset=nyu"] if program == "experiments.evaluate_real" else []
+        run_module(program, [f"--workdir={wd}", "--split=train", f"--out_dir={out}",
+                             "--eval_protocols=standard14"] + named)
         with open(os.path.join(out, "summary.json")) as f:
             return json.load(f)["protocols"]["standard14"]["mean_joint_error_mm"]
 
     run_module("experiments.nyu_weak", base + ["--max_steps=1", "--export=false", "--evaluate=false"])
-    before = train_error("before")
+    before = train_error("before", "experiments.evaluate_real")
     run_module("experiments.nyu_weak", base + ["--max_steps=40", "--export=true", "--evaluate=true"])
-    after = train_error("after")
+    after = train_error("after", "experiments.evaluate")
     assert after < before, (before, after)
     with open(os.path.join(wd, "eval", "summary.json")) as f:
         summary = json.load(f)

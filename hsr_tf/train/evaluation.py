@@ -50,7 +50,8 @@ def evaluate(model, dataset: tf.data.Dataset, max_batches: Optional[int] = None,
 
     Returns:
       dict with scalars ``mean_joint_error_mm`` (dataset joints), ``model_joint_error_mm`` (21 model
-      joints, when comparable), ``shape_error_mm`` (when GT vertices exist), ``point_cloud_error_mm``,
+      joints, when comparable), ``shape_error_mm`` and ``aligned_shape_error_mm`` (when GT vertices
+      exist), ``point_cloud_error_mm``,
       ``num_frames``, ``seconds``; arrays ``per_joint_error_mm`` [J], ``thresholds_mm`` [T],
       ``fraction_good_frames`` [T].
     Raises:
@@ -60,6 +61,7 @@ def evaluate(model, dataset: tf.data.Dataset, max_batches: Optional[int] = None,
     joint_metric = metrics_lib.JointErrorMetric(thresholds_mm, joint_names=joint_names)
     model_joint_metric = metrics_lib.JointErrorMetric(thresholds_mm)
     shape_metric = metrics_lib.ShapeErrorMetric()
+    aligned_shape_metric = metrics_lib.AlignedShapeErrorMetric()
     pc_metric = metrics_lib.PointCloudErrorMetric()
     has_shape = False
     has_model_joints = False
@@ -79,7 +81,9 @@ def evaluate(model, dataset: tf.data.Dataset, max_batches: Optional[int] = None,
             model_joint_metric.update(mm["joints"], gt_joints)
         if "vertices" in batch:
             has_shape = True
-            shape_metric.update(mm["vertices"], to_camera_mm(batch["vertices"], batch).numpy())
+            gt_vertices = to_camera_mm(batch["vertices"], batch).numpy()
+            shape_metric.update(mm["vertices"], gt_vertices)
+            aligned_shape_metric.update(mm["vertices"], gt_vertices)
         pc_metric.update(to_camera_mm(batch["points"], batch).numpy(), mm["vertices"])
     if n_batches == 0:
         raise ValueError("evaluate: expected at least one batch in the evaluation dataset, found none")
@@ -94,6 +98,7 @@ def evaluate(model, dataset: tf.data.Dataset, max_batches: Optional[int] = None,
     out.update(pc_metric.result())
     if has_shape:
         out.update(shape_metric.result())
+        out.update(aligned_shape_metric.result())
     if has_model_joints:
         out["model_joint_error_mm"] = model_joint_metric.result()["mean_joint_error_mm"]
     out["seconds"] = time.perf_counter() - t0
