@@ -11,12 +11,7 @@ from absl import app
 
 from experiments import real_common
 
-
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    real_common.run_dataset("msra")
-
+main = real_common.program_main("msra")
 
 if __name__ == "__main__":
     app.run(main)

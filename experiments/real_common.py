@@ -193,6 +193,18 @@ def msra_fold_dir(data_dir: str, test_subject: str, fold_root: str) -> str:
     return out
 
 
+def program_main(name: str):
+    """The absl ``main`` of the ``<name>_weak`` program: :func:`run_dataset` with no positional arguments."""
+    from absl import app
+
+    def main(argv):
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        run_dataset(name)
+
+    return main
+
+
 def run_dataset(name: str) -> dict:
     """Entry point of nyu_weak / icvl_weak / msra_weak."""
     from hsr_tf.data import datasets, shards

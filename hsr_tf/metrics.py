@@ -105,6 +105,8 @@ class JointErrorMetric:
 class ShapeErrorMetric:
     """Mean vertex error (mm) over all vertices and frames."""
 
+    result_key = "shape_error_mm"
+
     def __init__(self):
         self.reset()
 
@@ -112,18 +114,21 @@ class ShapeErrorMetric:
         self._sum = 0.0
         self._count = 0
 
+    def _prediction(self, pred, gt):
+        return pred
+
     def update(self, pred_vertices, gt_vertices):
         """pred_vertices, gt_vertices: [B, V, 3] mm. Returns per-frame mean errors [B]."""
         pred, gt = _check_pair(pred_vertices, gt_vertices, "pred_vertices", "gt_vertices")
-        err = np.linalg.norm(pred - gt, axis=-1)
+        err = np.linalg.norm(self._prediction(pred, gt) - gt, axis=-1)
         self._sum += err.sum()
         self._count += err.size
         return err.mean(axis=1)
 
     def result(self):
         if self._count == 0:
-            raise ValueError("ShapeErrorMetric: expected at least one update before result(), found none")
-        return {"shape_error_mm": float(self._sum / self._count)}
+            raise ValueError(f"{type(self).__name__}: expected at least one update before result(), found none")
+        return {self.result_key: float(self._sum / self._count)}
 
 
 def similarity_align(source, target):
@@ -152,28 +157,13 @@ def similarity_align(source, target):
     return scale[:, None, None] * np.einsum("bij,bmj->bmi", rot, xs) + mu_t
 
 
-class AlignedShapeErrorMetric:
+class AlignedShapeErrorMetric(ShapeErrorMetric):
     """Mean vertex error (mm) after similarity-aligning each predicted mesh to its ground truth."""
 
-    def __init__(self):
-        self.reset()
+    result_key = "aligned_shape_error_mm"
 
-    def reset(self):
-        self._sum = 0.0
-        self._count = 0
-
-    def update(self, pred_vertices, gt_vertices):
-        """pred_vertices, gt_vertices: [B, V, 3] mm. Returns per-frame mean aligned errors [B]."""
-        aligned = similarity_align(pred_vertices, gt_vertices)
-        err = np.linalg.norm(aligned - np.asarray(gt_vertices, dtype=np.float64), axis=-1)
-        self._sum += err.sum()
-        self._count += err.size
-        return err.mean(axis=1)
-
-    def result(self):
-        if self._count == 0:
-            raise ValueError("AlignedShapeErrorMetric: expected at least one update before result(), found none")
-        return {"aligned_shape_error_mm": float(self._sum / self._count)}
+    def _prediction(self, pred, gt):
+        return similarity_align(pred, gt)
 
 
 class PointCloudErrorMetric:
