@@ -141,3 +141,28 @@ def test_layers_train_under_gradient_tape(backend, rng):
         losses = [float(step(xyz, target)) for _ in range(30)]
     assert np.all(np.isfinite(losses))
     assert np.mean(losses[-5:]) < 0.3 * np.mean(losses[:3]), losses
+
+
+def test_inference_folds_batch_norm_into_the_convolutions(rng):
+    """The folded inference path equals conv -> BatchNorm(moving statistics) -> ReLU run layer by layer."""
+    sa = SetAbstraction(npoint=8, radius=0.5, nsample=6, mlp=[5, 7])
+    xyz = tf.constant(rng.normal(size=(2, 30, 3)).astype(np.float32))
+    sa(xyz, training=True)
+    mlp = sa.shared_mlp
+    for bn in mlp.bns:  # non-trivial statistics and affine parameters
+        c = bn.moving_mean.shape[0]
+        bn.moving_mean.assign(rng.normal(size=c).astype(np.float32))
+        bn.moving_variance.assign(rng.uniform(0.2, 3.0, size=c).astype(np.float32))
+        bn.gamma.assign(rng.normal(size=c).astype(np.float32))
+        bn.beta.assign(rng.normal(size=c).astype(np.float32))
+    x = rng.normal(size=(2, 8, 6, 3)).astype(np.float32)
+    want = x
+    for conv, bn in zip(mlp.convs, mlp.bns):
+        z = np.einsum("bmsi,io->bmso", want, conv.kernel.numpy()[0, 0])
+        z = (z - bn.moving_mean.numpy()) / np.sqrt(bn.moving_variance.numpy() + bn.epsilon)
+        want = np.maximum(z * bn.gamma.numpy() + bn.beta.numpy(), 0.0)
+    got = mlp(x, training=False).numpy()
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    # training mode still normalises with the batch's own statistics (a different function here)
+    assert np.abs(mlp(x, training=True).numpy() - want).max() > 1e-2

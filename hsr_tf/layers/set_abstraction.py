@@ -47,7 +47,11 @@ def _check_inputs(xyz, features, cls: str):
 
 
 class _SharedMLP(keras.layers.Layer):
-    """1x1 Conv2D (no bias) + BatchNorm + ReLU per width in ``mlp``; input/output [B,M,S,C]."""
+    """1x1 Conv2D (no bias) + BatchNorm + ReLU per width in ``mlp``; input/output [B,M,S,C].
+
+    Training runs the layers as written (batch statistics); inference folds each BatchNorm into its
+    convolution (:meth:`_folded_inference`), which computes the same function.
+    """
 
     def __init__(self, mlp, **kwargs):
         super().__init__(**kwargs)
@@ -63,9 +67,34 @@ class _SharedMLP(keras.layers.Layer):
             bn.build(shape)
 
     def call(self, x, training=None):
+        if not training:
+            return self._folded_inference(x)
         for conv, bn in zip(self.convs, self.bns):
             x = tf.nn.relu(bn(conv(x), training=training))
         return x
+
+    def _folded_inference(self, x):
+        """Inference with each BatchNorm folded into its 1x1 convolution: relu(x W' + b') per layer.
+
+        With moving statistics (mu, var), gamma, beta: W' = W * g and b' = beta - mu * g, g = gamma /
+        sqrt(var + eps) -- the same function as conv -> BN(inference) -> ReLU, but one fused
+        MatMul+BiasAdd+ReLU pass over the [B*M*S, C] activations instead of four element-wise passes
+        (these activations are the largest tensors of the network; measured in WORKSPACE_NOTES.md).
+        """
+        lead = tf.shape(x)[:-1]
+        h = tf.reshape(x, [-1, x.shape[-1]])
+        for conv, bn in zip(self.convs, self.bns):
+            gain = tf.math.rsqrt(bn.moving_variance + bn.epsilon)
+            if bn.scale:
+                gain = gain * bn.gamma
+            bias = -bn.moving_mean * gain
+            if bn.center:
+                bias = bias + bn.beta
+            kernel = conv.kernel[0, 0] * gain  # [C_in, C_out] * [C_out]
+            h = tf.nn.relu(tf.nn.bias_add(tf.matmul(h, tf.cast(kernel, h.dtype)), tf.cast(bias, h.dtype)))
+        out = tf.reshape(h, tf.concat([lead, [self.mlp[-1]]], axis=0))
+        out.set_shape(x.shape[:-1].concatenate([self.mlp[-1]]))
+        return out
 
     def get_config(self):
         return {**super().get_config(), "mlp": self.mlp}
