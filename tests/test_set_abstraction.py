@@ -166,3 +166,28 @@ def test_inference_folds_batch_norm_into_the_convolutions(rng):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     # training mode still normalises with the batch's own statistics (a different function here)
     assert np.abs(mlp(x, training=True).numpy() - want).max() > 1e-2
+
+
+@pytest.mark.parametrize("chunk_rows", [7, 24, 2048])
+def test_chunked_pooled_inference_equals_layer_by_layer_max(rng, chunk_rows):
+    """The chunked inference path (padding of the last chunk included) equals max over S of the plain layers."""
+    sa = SetAbstraction(npoint=10, radius=0.5, nsample=6, mlp=[5, 7])
+    xyz = tf.constant(rng.normal(size=(3, 30, 3)).astype(np.float32))
+    sa(xyz, training=True)
+    mlp = sa.shared_mlp
+    for bn in mlp.bns:
+        c = bn.moving_mean.shape[0]
+        bn.moving_mean.assign(rng.normal(size=c).astype(np.float32))
+        bn.moving_variance.assign(rng.uniform(0.2, 3.0, size=c).astype(np.float32))
+    mlp.chunk_rows = chunk_rows  # 7 // 6 = 1 group per chunk; 24 // 6 = 4, so 30 groups leave a padded chunk
+    x = rng.normal(size=(3, 10, 6, 3)).astype(np.float32)
+    want = np.asarray(mlp(x, training=False)).max(axis=2)
+    got = tf.function(lambda t: mlp.pooled(t, training=False))(tf.constant(x)).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    # B = 1 through the global level (one group, fewer than a chunk's worth)
+    g = GlobalSetAbstraction([6, 9])
+    g(xyz, training=True)
+    g.shared_mlp.chunk_rows = chunk_rows
+    one = xyz[:1]
+    want_g = np.asarray(g.shared_mlp(one[:, None], training=False))[:, 0].max(axis=1)
+    np.testing.assert_allclose(g(one, training=False).numpy(), want_g, rtol=1e-5, atol=1e-6)

@@ -46,16 +46,23 @@ def _check_inputs(xyz, features, cls: str):
     return xyz, features
 
 
+#: Rows (neighbours x centroids) per chunk of the pooled inference path: the activations of one chunk
+#: (2048 x 256 float32 = 2 MiB at the widest layer) stay in the CPU caches between layers.
+INFERENCE_CHUNK_ROWS = 2048
+
+
 class _SharedMLP(keras.layers.Layer):
     """1x1 Conv2D (no bias) + BatchNorm + ReLU per width in ``mlp``; input/output [B,M,S,C].
 
     Training runs the layers as written (batch statistics); inference folds each BatchNorm into its
-    convolution (:meth:`_folded_inference`), which computes the same function.
+    convolution (:meth:`_folded_inference`), which computes the same function. :meth:`pooled` adds the
+    max over the S axis; at inference it runs the folded layers chunk by chunk (``chunk_rows``).
     """
 
-    def __init__(self, mlp, **kwargs):
+    def __init__(self, mlp, chunk_rows=INFERENCE_CHUNK_ROWS, **kwargs):
         super().__init__(**kwargs)
         self.mlp = list(mlp)
+        self.chunk_rows = int(chunk_rows)
         self.convs = [keras.layers.Conv2D(c, 1, use_bias=False, name=f"conv{i}") for i, c in enumerate(self.mlp)]
         self.bns = [keras.layers.BatchNormalization(name=f"bn{i}") for i in range(len(self.mlp))]
 
@@ -73,16 +80,13 @@ class _SharedMLP(keras.layers.Layer):
             x = tf.nn.relu(bn(conv(x), training=training))
         return x
 
-    def _folded_inference(self, x):
-        """Inference with each BatchNorm folded into its 1x1 convolution: relu(x W' + b') per layer.
+    def _folded_weights(self, dtype):
+        """[(kernel [C_in, C_out], bias [C_out])] per layer with the BatchNorm folded in.
 
         With moving statistics (mu, var), gamma, beta: W' = W * g and b' = beta - mu * g, g = gamma /
-        sqrt(var + eps) -- the same function as conv -> BN(inference) -> ReLU, but one fused
-        MatMul+BiasAdd+ReLU pass over the [B*M*S, C] activations instead of four element-wise passes
-        (these activations are the largest tensors of the network; measured in WORKSPACE_NOTES.md).
+        sqrt(var + eps): relu(x W' + b') is conv -> BN(inference) -> ReLU.
         """
-        lead = tf.shape(x)[:-1]
-        h = tf.reshape(x, [-1, x.shape[-1]])
+        folded = []
         for conv, bn in zip(self.convs, self.bns):
             gain = tf.math.rsqrt(bn.moving_variance + bn.epsilon)
             if bn.scale:
@@ -90,14 +94,60 @@ class _SharedMLP(keras.layers.Layer):
             bias = -bn.moving_mean * gain
             if bn.center:
                 bias = bias + bn.beta
-            kernel = conv.kernel[0, 0] * gain  # [C_in, C_out] * [C_out]
-            h = tf.nn.relu(tf.nn.bias_add(tf.matmul(h, tf.cast(kernel, h.dtype)), tf.cast(bias, h.dtype)))
+            folded.append((tf.cast(conv.kernel[0, 0] * gain, dtype), tf.cast(bias, dtype)))
+        return folded
+
+    @staticmethod
+    def _apply_folded(h, folded):
+        for kernel, bias in folded:
+            h = tf.nn.relu(tf.nn.bias_add(tf.matmul(h, kernel), bias))
+        return h
+
+    def _folded_inference(self, x):
+        """Inference with each BatchNorm folded into its 1x1 convolution: one fused MatMul+BiasAdd+ReLU
+        pass per layer over the [B*M*S, C] activations instead of four element-wise passes."""
+        lead = tf.shape(x)[:-1]
+        h = self._apply_folded(tf.reshape(x, [-1, x.shape[-1]]), self._folded_weights(x.dtype))
         out = tf.reshape(h, tf.concat([lead, [self.mlp[-1]]], axis=0))
         out.set_shape(x.shape[:-1].concatenate([self.mlp[-1]]))
         return out
 
+    def pooled(self, x, training=None):
+        """max over S of the MLP output: ``x [B,M,S,C]`` -> ``[B,M,mlp[-1]]``.
+
+        At inference the B*M neighbourhoods are processed in chunks of ``chunk_rows // S`` (at least one)
+        so that every layer's activations of a chunk stay in cache instead of streaming [B*M*S, C]
+        tensors (up to 512 MiB for the paper-size first level at B = 32) through memory between layers;
+        measured 2-3x faster on a 2-core CPU (WORKSPACE_NOTES.md). ``chunk_rows = 0`` disables it.
+        """
+        s = x.shape[2]
+        if training or not self.chunk_rows or s is None:
+            return tf.reduce_max(self(x, training=training), axis=2)
+        folded = self._folded_weights(x.dtype)
+        c_in, c_out = x.shape[-1], self.mlp[-1]
+        lead = tf.shape(x)[:2]
+        groups = tf.reshape(x, [-1, s, c_in])  # [G = B*M, S, C]
+        num_groups = tf.shape(groups)[0]
+        # Never more groups per chunk than there are (a B = 1 global level is one group: no padding).
+        per_chunk = tf.minimum(max(1, self.chunk_rows // int(s)), num_groups)
+        num_chunks = (num_groups + per_chunk - 1) // per_chunk
+        groups = tf.pad(groups, [[0, num_chunks * per_chunk - num_groups], [0, 0], [0, 0]])
+        chunks = tf.reshape(groups, [num_chunks, per_chunk * s, c_in])
+
+        def one_chunk(rows):
+            h = self._apply_folded(rows, folded)
+            return tf.reduce_max(tf.reshape(h, [per_chunk, s, c_out]), axis=1)
+
+        # Two chunks in flight keep both cores of a small CPU busy between the matmuls.
+        pooled = tf.map_fn(one_chunk, chunks, fn_output_signature=tf.TensorSpec([None, c_out], x.dtype),
+                           parallel_iterations=2)
+        pooled = tf.reshape(pooled, [-1, c_out])[:num_groups]
+        out = tf.reshape(pooled, tf.concat([lead, [c_out]], axis=0))
+        out.set_shape(x.shape[:2].concatenate([c_out]))
+        return out
+
     def get_config(self):
-        return {**super().get_config(), "mlp": self.mlp}
+        return {**super().get_config(), "mlp": self.mlp, "chunk_rows": self.chunk_rows}
 
 
 @keras.saving.register_keras_serializable(package="hsr_tf")
@@ -180,7 +230,7 @@ class SetAbstraction(keras.layers.Layer):
 
     def call(self, xyz, features=None, training=None):
         new_xyz, grouped, _ = self.sample_and_group(xyz, features)
-        new_features = tf.reduce_max(self.shared_mlp(grouped, training=training), axis=2)
+        new_features = self.shared_mlp.pooled(grouped, training=training)
         return new_xyz, new_features
 
     def compute_output_shape(self, xyz_shape, features_shape=None):
@@ -222,8 +272,7 @@ class GlobalSetAbstraction(keras.layers.Layer):
         x = xyz
         if features is not None:
             x = tf.concat([xyz, features], axis=-1) if self.use_xyz else features
-        y = self.shared_mlp(x[:, None], training=training)  # [B,1,N,C']
-        return tf.reduce_max(y, axis=[1, 2])
+        return self.shared_mlp.pooled(x[:, None], training=training)[:, 0]  # [B,1,N,C] -> [B,C']
 
     def compute_output_shape(self, xyz_shape, features_shape=None):
         return (xyz_shape[0], self.mlp[-1])
