@@ -115,18 +115,44 @@ def synth_dataset_config():
 
 
 def ensure_data(data_dir: str) -> None:
-    """Render the small synthetic set into ``data_dir`` when it has no shards (and --render_if_empty)."""
-    if has_shards(data_dir):
-        return
-    if not FLAGS.render_if_empty:
-        raise FileNotFoundError(f"{data_dir}: expected train-*.h5 and test-*.h5 shards, found none "
-                                "(render them with python -m data_prep.synth or pass --render_if_empty)")
+    """Make sure ``data_dir`` holds a whole synthetic set before training.
+
+    Shards without a ``manifest.json`` (converted elsewhere) are used as they are. A directory rendered by
+    ``data_prep.synth`` is checked against its manifest: an interrupted render is finished (same
+    configuration as the --synth_* flags, with --render_if_empty) or refused, never trained on half-done;
+    a complete set rendered with other settings than the --synth_* flags is used, with a warning that names
+    the differing settings. An empty directory is rendered with the flags' configuration (--render_if_empty).
+    """
     from data_prep.synth import render
 
-    logging.info("No shards in %s: rendering the synthetic set (%d subjects x %d poses x %d views)", data_dir,
-                 FLAGS.synth_num_subjects, FLAGS.synth_poses_per_subject, FLAGS.synth_views_per_pose)
+    config = synth_dataset_config()
+    manifest = render.read_manifest(data_dir) if os.path.isdir(data_dir) else None
+    if manifest is None and has_shards(data_dir):
+        return
+    if manifest is not None:
+        diff = render.same_configuration(manifest, config)
+        missing = render.missing_shards(data_dir, manifest)
+        if not missing:
+            if diff:
+                logging.warning("%s was rendered with other settings than the --synth_* flags (%s differ); "
+                                "training on the data as rendered", data_dir, ", ".join(diff))
+            return
+        if diff or not FLAGS.render_if_empty:
+            raise FileNotFoundError(
+                f"{data_dir}: expected a complete synthetic set, found an interrupted render ({len(missing)} "
+                f"planned shards missing, first {missing[0]}); finish it by rerunning the python -m "
+                f"data_prep.synth command that started it" + (f" (its settings differ from the --synth_* flags "
+                                                              f"in {diff})" if diff else
+                                                              " or pass --render_if_empty"))
+        logging.info("%s: interrupted render, %d shards missing: resuming it", data_dir, len(missing))
+    elif not FLAGS.render_if_empty:
+        raise FileNotFoundError(f"{data_dir}: expected train-*.h5 and test-*.h5 shards, found none "
+                                "(render them with python -m data_prep.synth or pass --render_if_empty)")
+    else:
+        logging.info("No shards in %s: rendering the synthetic set (%d subjects x %d poses x %d views)", data_dir,
+                     FLAGS.synth_num_subjects, FLAGS.synth_poses_per_subject, FLAGS.synth_views_per_pose)
     t0 = time.time()
-    render.generate(data_dir, synth_dataset_config(), num_workers=FLAGS.synth_workers, progress=FLAGS.progress,
+    render.generate(data_dir, config, num_workers=FLAGS.synth_workers, progress=FLAGS.progress,
                     log=logging.info)
     logging.info("Rendering took %.1f s", time.time() - t0)
 

@@ -281,6 +281,42 @@ def plan_shards(config: DatasetConfig):
     return tasks
 
 
+def read_manifest(out_dir: str):
+    """The configuration dict recorded in ``out_dir/manifest.json`` by :func:`generate`, or None if absent."""
+    import json
+    import os
+
+    path = os.path.join(out_dir, MANIFEST)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: expected the JSON configuration written by data_prep.synth, found "
+                             f"unreadable JSON ({e})") from None
+
+
+def same_configuration(manifest: dict, config: DatasetConfig) -> list:
+    """Top-level keys in which a manifest dict and ``config`` differ (empty: the same dataset)."""
+    import json
+
+    new = json.loads(json.dumps(config.to_json_dict()))
+    return sorted(k for k in set(manifest) | set(new) if manifest.get(k) != new.get(k))
+
+
+def missing_shards(out_dir: str, manifest: dict) -> list:
+    """Names of the shards that the configuration in ``manifest`` plans but ``out_dir`` does not hold yet."""
+    import os
+
+    keys = ("num_subjects", "poses_per_subject", "views_per_pose", "seed", "test_fraction", "frames_per_shard")
+    try:
+        plan = plan_shards(DatasetConfig(**{k: manifest[k] for k in keys}))
+    except KeyError as e:
+        raise ValueError(f"{os.path.join(out_dir, MANIFEST)}: expected the key {e.args[0]!r}, found none") from None
+    return [t["name"] for t in plan if not os.path.exists(os.path.join(out_dir, t["name"]))]
+
+
 _WORKER = {}
 
 
@@ -394,11 +430,10 @@ def generate(out_dir: str, config: DatasetConfig, num_workers: int = 0, progress
     os.makedirs(out_dir, exist_ok=True)
     cfg_json = config.to_json_dict()
     manifest_path = os.path.join(out_dir, MANIFEST)
-    if os.path.exists(manifest_path):
-        with open(manifest_path) as f:
-            old = json.load(f)
-        if old != json.loads(json.dumps(cfg_json)):
-            diff = sorted(k for k in set(old) | set(cfg_json) if old.get(k) != json.loads(json.dumps(cfg_json)).get(k))
+    old = read_manifest(out_dir)
+    if old is not None:
+        diff = same_configuration(old, config)
+        if diff:
             raise ValueError(f"{manifest_path}: expected the same configuration to resume, found differences in "
                              f"{diff}; use a new --out_dir")
     else:
