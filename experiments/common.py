@@ -317,7 +317,7 @@ def render_demo_depth(png_path: str, subject_index: int = -1, pose_index: int = 
     import numpy as np
     from PIL import Image
 
-    from data_prep.synth import hands, noise as noise_lib, poses, render
+    from data_prep.synth import hands, poses, render
 
     cfg = synth_dataset_config()
     split = render.split_subjects(cfg.num_subjects, cfg.test_fraction, cfg.seed)
@@ -327,18 +327,11 @@ def render_demo_depth(png_path: str, subject_index: int = -1, pose_index: int = 
     theta = subject.theta_for(lib)[pose_index]
     verts, _ = subject.pose(theta)
     fc = cfg.frame
-    rng = np.random.default_rng(seed)
-    rot, target = render.sample_view(rng, fc.camera, fc.view)
-    verts = np.asarray(verts, np.float64)
-    translation = target - rot @ verts.mean(axis=0)
-    v_cam = verts @ rot.T + translation
-    out = render.raycast_depth(v_cam, np.asarray(hands.FACES), fc.camera)
-    depth = out["depth"]
-    if fc.noise == "kinect":
-        u0, v0, u1, v1 = out["window"]
-        depth = depth.copy()
-        depth[v0:v1, u0:u1] = noise_lib.apply_kinect_noise(depth[v0:v1, u0:u1], out["cos_incidence"][v0:v1, u0:u1],
-                                                           fc.camera.fx, rng, fc.noise_config)
+    placed = render.place_and_render(verts, hands.FACES, fc, np.random.default_rng(seed))
+    if placed is None:
+        raise RuntimeError(f"predict demo: no viewpoint in {fc.view.max_view_tries} draws kept test subject "
+                           f"{subject_index}, pose {pose_index} inside the image (seed {seed})")
+    depth, v_cam = placed["depth"], placed["vertices"]
     os.makedirs(os.path.dirname(os.path.abspath(png_path)), exist_ok=True)
     Image.fromarray(np.round(depth).astype(np.uint16)).save(png_path)
     center = fc.camera.points_to_uvd(v_cam.mean(axis=0))

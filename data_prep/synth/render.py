@@ -162,6 +162,39 @@ def resize_nearest(image, size: int):
     return image[rows][:, cols]
 
 
+def place_and_render(vertices_hand, faces, config: FrameConfig, rng):
+    """Draw a viewpoint that keeps the hand in the image, ray-cast the depth map and add the sensor noise.
+
+    Args:
+      vertices_hand: [V, 3] posed mesh in the neutral hand frame (mm). faces: [F, 3] int.
+      config: the frame configuration (camera, viewpoint ranges, noise). rng: numpy Generator.
+    Returns:
+      dict ``depth`` [H, W] float32 mm (0 = no return), ``rotation`` [3, 3] and ``translation`` [3]
+      (camera = rotation @ hand + translation), ``vertices`` [V, 3] camera mm; or None when no viewpoint
+      in ``config.view.max_view_tries`` draws keeps the hand inside the image.
+    """
+    cam = config.camera
+    vh = np.asarray(vertices_hand, dtype=np.float64)
+    centroid = vh.mean(axis=0)
+    for _ in range(max(1, config.view.max_view_tries)):
+        rot, target = sample_view(rng, cam, config.view)
+        translation = target - rot @ centroid
+        v_cam = vh @ rot.T + translation
+        if not config.view.require_in_view or in_view(v_cam, cam, config.view.in_view_margin_px):
+            break
+    else:
+        return None
+    render = raycast_depth(v_cam, faces, cam)
+    depth = render["depth"]
+    if config.noise == "kinect":
+        u0, v0, u1, v1 = render["window"]
+        if u1 > u0 and v1 > v0:
+            depth = depth.copy()
+            depth[v0:v1, u0:u1] = noise_lib.apply_kinect_noise(
+                depth[v0:v1, u0:u1], render["cos_incidence"][v0:v1, u0:u1], cam.fx, rng, config.noise_config)
+    return {"depth": depth, "rotation": rot, "translation": translation, "vertices": v_cam}
+
+
 def render_frame(vertices_hand, joints_hand, faces, config: FrameConfig, rng):
     """Place a posed hand in the camera, render, corrupt, sample and normalise.
 
@@ -178,26 +211,11 @@ def render_frame(vertices_hand, joints_hand, faces, config: FrameConfig, rng):
       viewpoint in ``max_view_tries`` draws keeps the hand inside the image).
     """
     cam = config.camera
-    vh = np.asarray(vertices_hand, dtype=np.float64)
-    jh = np.asarray(joints_hand, dtype=np.float64)
-    centroid = vh.mean(axis=0)
-    for _ in range(max(1, config.view.max_view_tries)):
-        rot, target = sample_view(rng, cam, config.view)
-        translation = target - rot @ centroid
-        v_cam = vh @ rot.T + translation
-        if not config.view.require_in_view or in_view(v_cam, cam, config.view.in_view_margin_px):
-            break
-    else:
+    placed = place_and_render(vertices_hand, faces, config, rng)
+    if placed is None:
         return None, "out_of_view"
-    j_cam = jh @ rot.T + translation
-    render = raycast_depth(v_cam, faces, cam)
-    depth = render["depth"]
-    if config.noise == "kinect":
-        u0, v0, u1, v1 = render["window"]
-        if u1 > u0 and v1 > v0:
-            depth = depth.copy()
-            depth[v0:v1, u0:u1] = noise_lib.apply_kinect_noise(
-                depth[v0:v1, u0:u1], render["cos_incidence"][v0:v1, u0:u1], cam.fx, rng, config.noise_config)
+    rot, translation, v_cam, depth = placed["rotation"], placed["translation"], placed["vertices"], placed["depth"]
+    j_cam = np.asarray(joints_hand, dtype=np.float64) @ rot.T + translation
     points_all = cam.depth_to_points(depth)
     if len(points_all) < config.min_pixels:
         return None, "too_few_pixels"
