@@ -4,7 +4,8 @@
 
 Restores the newest checkpoint of W (or --checkpoint), runs the whole split un-augmented and writes
 metrics.json (mean joint error of the dataset joints, 21-joint model error, shape error, point-cloud
-error, fraction of good frames at 10..80 mm), per_joint.csv, threshold_curve.csv and threshold_curve.png.
+error, fraction of good frames at 10..80 mm; for a set rendered by data_prep.synth also the rest-shape error
+of the predicted neutral mesh against the subject's, which separates shape from pose), per_joint.csv, threshold_curve.csv and threshold_curve.png.
 --data_dir defaults to the one recorded in W/flags.txt. A run trained on real shards (NYU, ICVL, MSRA) is
 forwarded to ``experiments.evaluate_real`` (the dataset's protocols), so one command evaluates any run.
 """
@@ -26,6 +27,18 @@ flags.DEFINE_integer("max_batches", 0, "Evaluate only the first N batches (0 = a
 from experiments import evaluate_real  # noqa: E402
 
 
+def synthetic_rest_shapes(data_dir):
+    """{subject id: [V, 3] neutral mesh (hand frame, mm)} of a set rendered by data_prep.synth (from its
+    manifest: the generator is deterministic given the seed), or None for shards from elsewhere."""
+    from data_prep.synth import hands, render
+
+    manifest = render.read_manifest(data_dir)
+    if manifest is None:
+        return None
+    subjects = hands.make_subjects(manifest["num_subjects"], manifest["seed"])
+    return {i: s.rest_vertices for i, s in enumerate(subjects)}
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -45,7 +58,8 @@ def main(argv):
                                                example_points_shape=(1, info["num_points"], 3))
     ds = pipeline.eval_dataset(data_dir, FLAGS.batch_size, split=FLAGS.split, include_vertices=info["has_vertices"])
     logging.info("Evaluating %s on %s/%s (ops backend %s)", ckpt, data_dir, FLAGS.split, ops.backend())
-    res = evaluation.evaluate(model, ds, max_batches=FLAGS.max_batches or None)
+    res = evaluation.evaluate(model, ds, max_batches=FLAGS.max_batches or None,
+                              rest_shapes=synthetic_rest_shapes(data_dir))
     out_dir = FLAGS.out_dir or os.path.join(FLAGS.workdir, "eval")
     names = info["joint_names"] if len(info["joint_names"]) == len(res["per_joint_error_mm"]) else None
     extra = {"checkpoint": ckpt, "data_dir": os.path.abspath(data_dir), "split": FLAGS.split}

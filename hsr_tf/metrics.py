@@ -131,6 +131,14 @@ class ShapeErrorMetric:
         return {self.result_key: float(self._sum / self._count)}
 
 
+class RestShapeErrorMetric(ShapeErrorMetric):
+    """Mean vertex error (mm) of a predicted neutral-pose mesh against the subject's true neutral mesh, both
+    in the hand frame: the shape alone, free of pose and placement errors (synthetic subjects only; not a
+    paper figure; ``hsr_tf.train.evaluation`` passes s T(beta, theta0), the neutral mesh at the predicted size)."""
+
+    result_key = "rest_shape_error_mm"
+
+
 def similarity_align(source, target):
     """Least-squares similarity transform of each ``source`` frame onto ``target`` (Umeyama 1991).
 

@@ -14,9 +14,10 @@ from hsr_tf.train import evaluation, pipeline, summaries
 P, J, V = 32, 21, 12
 
 
-def write_tiny_shards(d, n_train=40, n_test=10, seed=0):
+def write_tiny_shards(d, n_train=40, n_test=10, seed=0, test_subjects=None):
     rng = np.random.default_rng(seed)
     for split, n in (("train", n_train), ("test", n_test)):
+        extra = {"subject": np.asarray(test_subjects, np.int32)} if split == "test" and test_subjects is not None else {}
         cam_pts = rng.normal(size=(n, P, 3)) * [30, 40, 15] + [0, 0, 450] + rng.normal(size=(n, 1, 3)) * 20
         center = cam_pts.mean(axis=1)
         pts = (cam_pts - center[:, None]) / 150.0
@@ -24,7 +25,7 @@ def write_tiny_shards(d, n_train=40, n_test=10, seed=0):
         verts = cam_pts[:, :V] - 1.0
         shards_lib.write_shard(str(d / f"{split}-00000.h5"), {
             "points": pts, "joints": joints, "vertices": verts, "center": center, "scale": np.full(n, 150.0),
-            "frame_id": np.arange(n) + (0 if split == "train" else 1000)},
+            "frame_id": np.arange(n) + (0 if split == "train" else 1000), **extra},
             {"dataset": "synth", "split": split, "camera": {"fx": 588.03, "fy": 587.07, "cx": 320, "cy": 240,
                                                             "width": 640, "height": 480},
              "joint_names": [f"j{i}" for i in range(J)], "normalization": "center=mean;scale=fixed:150.0;obb=False"})
@@ -143,3 +144,28 @@ def test_visual_fn_writes_mesh_and_image(tmp_path):
     assert verts.shape == (2 * V + P, 3) and fcs.shape == (6, 3)
     np.testing.assert_array_equal(fcs[3:], faces + V + P)
     assert tuple(cols[0]) == summaries.PRED_COLOR and tuple(cols[-1]) == summaries.GT_COLOR
+
+
+def test_rest_shape_error_against_each_subjects_neutral_mesh(tmp_path):
+    """rest_shape_error_mm compares T(beta, theta0) with the neutral mesh of each frame's own subject."""
+    rng = np.random.default_rng(3)
+    subject = np.array([4, 7] * 5, np.int32)  # the test frames belong to two subjects
+    d = write_tiny_shards(tmp_path, test_subjects=subject)
+    rest = {4: rng.normal(size=(V, 3)) * 10, 7: rng.normal(size=(V, 3)) * 10}
+    predicted_rest = rng.normal(size=(V, 3)) * 10  # the same neutral mesh predicted for every frame
+
+    class RestNet(ShiftNet):
+        def call(self, points, training=False):
+            out = super().call(points, training)
+            n = tf.shape(points)[0]
+            out["rest_vertices"] = tf.broadcast_to(tf.constant(predicted_rest, tf.float32), [n, V, 3])
+            out["scale"] = tf.fill([n], 1.1 / 150.0)  # hand frame -> input units: 1.1 mm per mm
+            return out
+
+    ds = pipeline.eval_dataset(str(d), batch_size=4)
+    res = evaluation.evaluate(RestNet(np.zeros(3)), ds, rest_shapes=rest)
+    want = np.mean([np.linalg.norm(1.1 * predicted_rest - rest[s], axis=-1).mean() for s in subject])
+    np.testing.assert_allclose(res["rest_shape_error_mm"], want, rtol=1e-5)
+    assert "rest_shape_error_mm" not in evaluation.evaluate(RestNet(np.zeros(3)), ds)
+    with pytest.raises(ValueError, match=r"found none for \[7\]"):
+        evaluation.evaluate(RestNet(np.zeros(3)), ds, rest_shapes={4: rest[4]})

@@ -8,7 +8,12 @@ back to camera-frame mm with ``hsr_tf.data.reader.to_camera_mm`` and accumulates
   evaluation joints; mean, per joint, fraction of frames with max error <= threshold),
 * joint error of the 21 hand-model joints ``joints`` (only when the data has 21 joints, synthetic),
 * shape error (mean vertex error) when the batches carry ``vertices``,
-* point-cloud error (input point -> nearest predicted vertex, no cut-off).
+* point-cloud error (input point -> nearest predicted vertex, no cut-off),
+* rest-shape error: the predicted neutral mesh at the predicted size, s T(beta, theta0) (s the hand-to-input
+  scale, in mm per mm), against the subject's true neutral mesh, both in the hand frame (wrist at the
+  origin), when the caller knows the subjects' neutral meshes (``rest_shapes``; synthetic data). It measures
+  shape and size free of pose and placement; the size is in s, not beta, because the similarity transform
+  absorbs it.
 
 ``write_report`` writes ``metrics.json``, ``per_joint.csv``, ``threshold_curve.csv`` and
 ``threshold_curve.png``.
@@ -45,13 +50,17 @@ def outputs_to_mm(outputs: dict, batch: dict, keys: Sequence[str] = ("vertices",
 
 
 def evaluate(model, dataset: tf.data.Dataset, max_batches: Optional[int] = None, joint_names=None,
-             thresholds_mm=metrics_lib.DEFAULT_THRESHOLDS_MM, predict_fn=None) -> dict:
+             thresholds_mm=metrics_lib.DEFAULT_THRESHOLDS_MM, predict_fn=None, rest_shapes=None) -> dict:
     """Metrics of ``model`` over ``dataset`` (all of it, or its first ``max_batches`` batches).
+
+    Args:
+      rest_shapes: None, or a mapping subject id -> [V, 3] true neutral mesh (hand frame, mm) of every
+        subject in ``dataset``, whose batches then need ``subject``; adds ``rest_shape_error_mm``.
 
     Returns:
       dict with scalars ``mean_joint_error_mm`` (dataset joints), ``model_joint_error_mm`` (21 model
       joints, when comparable), ``shape_error_mm`` and ``aligned_shape_error_mm`` (when GT vertices
-      exist), ``point_cloud_error_mm``,
+      exist), ``point_cloud_error_mm``, ``rest_shape_error_mm`` (with ``rest_shapes``),
       ``num_frames``, ``seconds``; arrays ``per_joint_error_mm`` [J], ``thresholds_mm`` [T],
       ``fraction_good_frames`` [T].
     Raises:
@@ -63,6 +72,7 @@ def evaluate(model, dataset: tf.data.Dataset, max_batches: Optional[int] = None,
     shape_metric = metrics_lib.ShapeErrorMetric()
     aligned_shape_metric = metrics_lib.AlignedShapeErrorMetric()
     pc_metric = metrics_lib.PointCloudErrorMetric()
+    rest_metric = metrics_lib.RestShapeErrorMetric() if rest_shapes is not None else None
     has_shape = False
     has_model_joints = False
     t0 = time.perf_counter()
@@ -85,6 +95,17 @@ def evaluate(model, dataset: tf.data.Dataset, max_batches: Optional[int] = None,
             shape_metric.update(mm["vertices"], gt_vertices)
             aligned_shape_metric.update(mm["vertices"], gt_vertices)
         pc_metric.update(to_camera_mm(batch["points"], batch).numpy(), mm["vertices"])
+        if rest_metric is not None:
+            if "subject" not in batch:
+                raise ValueError("evaluate: rest_shapes needs the batches' 'subject' ids, found batches without")
+            ids = batch["subject"].numpy().tolist()
+            missing = sorted(set(ids) - set(rest_shapes))
+            if missing:
+                raise ValueError(f"evaluate: rest_shapes: expected a neutral mesh for every subject, found none "
+                                 f"for {missing}")
+            size = (out["scale"] * tf.cast(tf.reshape(batch["scale"], [-1]), tf.float32)).numpy()  # mm per mm
+            rest_metric.update(out["rest_vertices"].numpy() * size[:, None, None],
+                               np.stack([rest_shapes[i] for i in ids]))
     if n_batches == 0:
         raise ValueError("evaluate: expected at least one batch in the evaluation dataset, found none")
     res = joint_metric.result()
@@ -99,6 +120,8 @@ def evaluate(model, dataset: tf.data.Dataset, max_batches: Optional[int] = None,
     if has_shape:
         out.update(shape_metric.result())
         out.update(aligned_shape_metric.result())
+    if rest_metric is not None:
+        out.update(rest_metric.result())
     if has_model_joints:
         out["model_joint_error_mm"] = model_joint_metric.result()["mean_joint_error_mm"]
     out["seconds"] = time.perf_counter() - t0
