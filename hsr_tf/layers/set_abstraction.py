@@ -138,9 +138,10 @@ class _SharedMLP(keras.layers.Layer):
             h = self._apply_folded(rows, folded)
             return tf.reduce_max(tf.reshape(h, [per_chunk, s, c_out]), axis=1)
 
-        # Two chunks in flight keep both cores of a small CPU busy between the matmuls.
+        # Two chunks in flight keep both cores of a small CPU busy between the matmuls (graphs only: eager
+        # map_fn runs one at a time and warns about the setting).
         pooled = tf.map_fn(one_chunk, chunks, fn_output_signature=tf.TensorSpec([None, c_out], x.dtype),
-                           parallel_iterations=2)
+                           parallel_iterations=None if tf.executing_eagerly() else 2)
         pooled = tf.reshape(pooled, [-1, c_out])[:num_groups]
         out = tf.reshape(pooled, tf.concat([lead, [c_out]], axis=0))
         out.set_shape(x.shape[:2].concatenate([c_out]))
