@@ -139,6 +139,33 @@ class RestShapeErrorMetric(ShapeErrorMetric):
     result_key = "rest_shape_error_mm"
 
 
+def paired_difference(a, b, confidence=0.95, n_resamples=10000, seed=0):
+    """Mean of the paired differences ``b - a`` (e.g. per-frame errors of two runs on the same frames) with a
+    percentile bootstrap confidence interval over frames (``scipy.stats.bootstrap``).
+
+    Args:
+      a, b: [F] per-frame values of the two runs, frame i in both the same frame (F >= 2).
+    Returns:
+      dict ``mean_a``, ``mean_b``, ``mean_difference`` (b - a), ``ci_low``, ``ci_high``, ``confidence``,
+      ``num_frames``. The interval covers test-set sampling only, not the spread between training seeds.
+    """
+    from scipy import stats
+
+    a, b = np.asarray(a, np.float64).reshape(-1), np.asarray(b, np.float64).reshape(-1)
+    if a.shape != b.shape or a.size < 2:
+        raise ValueError(f"paired_difference: expected two [F] arrays of one length F >= 2, found {a.shape} and "
+                         f"{b.shape}")
+    diff = b - a
+    if np.all(diff == diff[0]):  # no spread: the interval is the value itself
+        low = high = float(diff[0])
+    else:
+        ci = stats.bootstrap((diff,), np.mean, confidence_level=confidence, n_resamples=n_resamples,
+                             method="percentile", random_state=np.random.default_rng(seed)).confidence_interval
+        low, high = float(ci.low), float(ci.high)
+    return {"mean_a": float(a.mean()), "mean_b": float(b.mean()), "mean_difference": float(diff.mean()),
+            "ci_low": low, "ci_high": high, "confidence": float(confidence), "num_frames": int(a.size)}
+
+
 def similarity_align(source, target):
     """Least-squares similarity transform of each ``source`` frame onto ``target`` (Umeyama 1991).
 

@@ -111,3 +111,25 @@ def test_aligned_shape_error_agrees_with_the_tf_procrustes_and_never_reflects():
     got = metrics.similarity_align(pred, gt)
     np.testing.assert_allclose(got, want, atol=2e-3)
     assert np.linalg.norm(got[0] - gt[0], axis=-1).mean() > 1.0
+
+
+def test_paired_difference_interval():
+    from hsr_tf.metrics import paired_difference
+
+    a = np.linspace(1.0, 2.0, 50)
+    d = paired_difference(a, a - 0.25)  # every frame 0.25 mm better: no spread, the interval is the value
+    assert d["mean_difference"] == pytest.approx(-0.25) and d["ci_low"] == pytest.approx(-0.25)
+    assert d["ci_high"] == pytest.approx(-0.25) and d["num_frames"] == 50
+    rng = np.random.default_rng(1)
+    n, sigma = 2000, 3.0
+    a = rng.uniform(5, 15, n)
+    b = a + 0.4 + rng.normal(0.0, sigma, n)
+    d = paired_difference(a, b, n_resamples=4000)
+    mean = (b - a).mean()
+    assert d["mean_difference"] == pytest.approx(mean)
+    # the normal-theory interval of a mean of n draws: +-1.96 sigma / sqrt(n)
+    half = 1.96 * (b - a).std(ddof=1) / np.sqrt(n)
+    assert d["ci_low"] == pytest.approx(mean - half, abs=0.2 * half)
+    assert d["ci_high"] == pytest.approx(mean + half, abs=0.2 * half)
+    with pytest.raises(ValueError, match="one length"):
+        paired_difference(a, b[:-1])

@@ -112,8 +112,16 @@ def test_evaluate_against_numpy(tmp_path):
     from scipy.spatial import cKDTree
     pc = np.mean([cKDTree(pred_v[f]).query(cam[f])[0].mean() for f in range(10)])
     np.testing.assert_allclose(res["point_cloud_error_mm"], pc, rtol=1e-4)
+    # Per-frame errors, in the frames' order, with their ids.
+    np.testing.assert_array_equal(res["per_frame"]["frame_id"], data["frame_id"])
+    np.testing.assert_allclose(res["per_frame"]["joint_error_mm"], err.mean(axis=1), rtol=1e-4)
+    np.testing.assert_allclose(res["per_frame"]["shape_error_mm"],
+                               np.linalg.norm(pred_v - data["vertices"], axis=-1).mean(axis=1), rtol=1e-4)
     # Report files.
     paths = evaluation.write_report(res, str(tmp_path / "eval"), joint_names=[f"j{i}" for i in range(J)])
+    table = evaluation.read_per_frame_csv(paths["per_frame"])
+    np.testing.assert_array_equal(table["frame_id"], data["frame_id"])
+    np.testing.assert_allclose(table["point_cloud_error_mm"], res["per_frame"]["point_cloud_error_mm"], atol=1e-4)
     doc = json.load(open(paths["metrics"]))
     np.testing.assert_allclose(doc["mean_joint_error_mm"], err.mean(), rtol=1e-4)
     rows = list(csv.reader(open(paths["per_joint"])))
@@ -169,3 +177,34 @@ def test_rest_shape_error_against_each_subjects_neutral_mesh(tmp_path):
     assert "rest_shape_error_mm" not in evaluation.evaluate(RestNet(np.zeros(3)), ds)
     with pytest.raises(ValueError, match=r"found none for \[7\]"):
         evaluation.evaluate(RestNet(np.zeros(3)), ds, rest_shapes={4: rest[4]})
+
+
+def test_compare_program_pairs_frames_by_id(tmp_path):
+    """experiments.compare: per-frame tables in different frame orders are paired by frame id."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    ids = np.arange(100, 140)
+    rng = np.random.default_rng(0)
+    shape_a = rng.uniform(5, 10, ids.size)
+    runs = {"a": (ids, shape_a), "b": (ids[::-1], (shape_a - 1.5)[::-1])}  # b: 1.5 mm better on every frame
+    for name, (fid, shape) in runs.items():
+        (tmp_path / name / "eval").mkdir(parents=True)
+        evaluation.write_per_frame_csv(str(tmp_path / name / "eval" / "per_frame.csv"),
+                                       {"frame_id": fid, "shape_error_mm": shape})
+    out = tmp_path / "cmp.json"
+    res = subprocess.run([sys.executable, "-m", "experiments.compare", f"--workdirs={tmp_path / 'a'},{tmp_path / 'b'}",
+                          f"--json_out={out}"], capture_output=True, text=True, cwd=root)
+    assert res.returncode == 0, res.stderr
+    rows = json.load(open(out))["metrics"]["shape_error_mm"]
+    assert rows[1]["mean_difference"] == pytest.approx(-1.5, abs=1e-3)
+    assert rows[1]["ci_low"] == pytest.approx(-1.5, abs=1e-3) and rows[1]["ci_high"] == pytest.approx(-1.5, abs=1e-3)
+    assert "joint_error_mm" not in json.load(open(out))["metrics"]  # absent columns are skipped
+    # runs over different frames are refused
+    evaluation.write_per_frame_csv(str(tmp_path / "b" / "eval" / "per_frame.csv"),
+                                   {"frame_id": ids[:-1], "shape_error_mm": shape_a[:-1]})
+    res = subprocess.run([sys.executable, "-m", "experiments.compare", f"--workdirs={tmp_path / 'a'},{tmp_path / 'b'}"],
+                         capture_output=True, text=True, cwd=root)
+    assert res.returncode != 0 and "expected the same evaluated frames" in res.stderr

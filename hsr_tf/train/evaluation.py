@@ -62,7 +62,9 @@ def evaluate(model, dataset: tf.data.Dataset, max_batches: Optional[int] = None,
       joints, when comparable), ``shape_error_mm`` and ``aligned_shape_error_mm`` (when GT vertices
       exist), ``point_cloud_error_mm``, ``rest_shape_error_mm`` (with ``rest_shapes``),
       ``num_frames``, ``seconds``; arrays ``per_joint_error_mm`` [J], ``thresholds_mm`` [T],
-      ``fraction_good_frames`` [T].
+      ``fraction_good_frames`` [T]; ``per_frame``: dict of [F] arrays, the per-frame errors (mean over
+      joints / vertices / points) under the names above with ``joint_error_mm`` for the dataset joints, plus
+      ``frame_id`` and ``subject`` when the batches carry them (for paired comparisons of runs).
     Raises:
       ValueError if the dataset yields no batch.
     """
@@ -73,6 +75,11 @@ def evaluate(model, dataset: tf.data.Dataset, max_batches: Optional[int] = None,
     aligned_shape_metric = metrics_lib.AlignedShapeErrorMetric()
     pc_metric = metrics_lib.PointCloudErrorMetric()
     rest_metric = metrics_lib.RestShapeErrorMetric() if rest_shapes is not None else None
+    per_frame = {}  # name -> list of [B] arrays
+
+    def record(name, values):
+        per_frame.setdefault(name, []).append(np.asarray(values).reshape(-1))
+
     has_shape = False
     has_model_joints = False
     t0 = time.perf_counter()
@@ -85,16 +92,19 @@ def evaluate(model, dataset: tf.data.Dataset, max_batches: Optional[int] = None,
         mm = outputs_to_mm(out, batch)
         gt_joints = to_camera_mm(batch["joints"], batch).numpy()
         pred_joints = mm["dataset_joints"] if "dataset_joints" in mm else mm["joints"]
-        joint_metric.update(pred_joints, gt_joints)
+        for key in ("frame_id", "subject"):
+            if key in batch:
+                record(key, batch[key].numpy())
+        record("joint_error_mm", joint_metric.update(pred_joints, gt_joints).mean(axis=1))
         if "joints" in mm and mm["joints"].shape[1] == gt_joints.shape[1]:
             has_model_joints = True
             model_joint_metric.update(mm["joints"], gt_joints)
         if "vertices" in batch:
             has_shape = True
             gt_vertices = to_camera_mm(batch["vertices"], batch).numpy()
-            shape_metric.update(mm["vertices"], gt_vertices)
-            aligned_shape_metric.update(mm["vertices"], gt_vertices)
-        pc_metric.update(to_camera_mm(batch["points"], batch).numpy(), mm["vertices"])
+            record("shape_error_mm", shape_metric.update(mm["vertices"], gt_vertices))
+            record("aligned_shape_error_mm", aligned_shape_metric.update(mm["vertices"], gt_vertices))
+        record("point_cloud_error_mm", pc_metric.update(to_camera_mm(batch["points"], batch).numpy(), mm["vertices"]))
         if rest_metric is not None:
             if "subject" not in batch:
                 raise ValueError("evaluate: rest_shapes needs the batches' 'subject' ids, found batches without")
@@ -104,8 +114,8 @@ def evaluate(model, dataset: tf.data.Dataset, max_batches: Optional[int] = None,
                 raise ValueError(f"evaluate: rest_shapes: expected a neutral mesh for every subject, found none "
                                  f"for {missing}")
             size = (out["scale"] * tf.cast(tf.reshape(batch["scale"], [-1]), tf.float32)).numpy()  # mm per mm
-            rest_metric.update(out["rest_vertices"].numpy() * size[:, None, None],
-                               np.stack([rest_shapes[i] for i in ids]))
+            record("rest_shape_error_mm", rest_metric.update(out["rest_vertices"].numpy() * size[:, None, None],
+                                                             np.stack([rest_shapes[i] for i in ids])))
     if n_batches == 0:
         raise ValueError("evaluate: expected at least one batch in the evaluation dataset, found none")
     res = joint_metric.result()
@@ -124,18 +134,20 @@ def evaluate(model, dataset: tf.data.Dataset, max_batches: Optional[int] = None,
         out.update(rest_metric.result())
     if has_model_joints:
         out["model_joint_error_mm"] = model_joint_metric.result()["mean_joint_error_mm"]
+    out["per_frame"] = {k: np.concatenate(v) for k, v in per_frame.items()}
     out["seconds"] = time.perf_counter() - t0
     return out
 
 
 def scalar_metrics(results: dict) -> dict:
     """The scalar entries of an :func:`evaluate` result (for TensorBoard / logs)."""
-    return {k: float(v) for k, v in results.items() if np.ndim(v) == 0}
+    return {k: float(v) for k, v in results.items() if not isinstance(v, dict) and np.ndim(v) == 0}
 
 
 def write_report(results: dict, out_dir: str, joint_names=None, label: str = "model",
                  extra: Optional[dict] = None) -> dict:
-    """Write metrics.json, per_joint.csv, threshold_curve.csv, threshold_curve.png into ``out_dir``.
+    """Write metrics.json, per_joint.csv, threshold_curve.csv, threshold_curve.png and (when the results have
+    them) per_frame.csv into ``out_dir``.
 
     Returns:
       {name: path} of the files written.
@@ -158,4 +170,38 @@ def write_report(results: dict, out_dir: str, joint_names=None, label: str = "mo
     metrics_lib.write_per_joint_csv(paths["per_joint"], per_joint, names)
     metrics_lib.write_threshold_csv(paths["curve_csv"], thr, frac)
     metrics_lib.plot_threshold_curve(paths["curve_png"], {label: (thr, frac)})
+    if results.get("per_frame"):
+        paths["per_frame"] = os.path.join(out_dir, "per_frame.csv")
+        write_per_frame_csv(paths["per_frame"], results["per_frame"])
     return paths
+
+
+def write_per_frame_csv(path: str, per_frame: dict) -> None:
+    """One row per frame: ``frame_id``, ``subject`` (when known) then the per-frame errors in mm."""
+    import csv
+
+    names = [k for k in ("frame_id", "subject") if k in per_frame] + sorted(
+        k for k in per_frame if k not in ("frame_id", "subject"))
+    lengths = {len(per_frame[k]) for k in names}
+    if len(lengths) != 1:
+        raise ValueError(f"per_frame: expected arrays of one length, found lengths {sorted(lengths)}")
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(names)
+        for row in zip(*(per_frame[k] for k in names)):
+            w.writerow([int(v) if k in ("frame_id", "subject") else f"{float(v):.4f}" for k, v in zip(names, row)])
+
+
+def read_per_frame_csv(path: str) -> dict:
+    """Inverse of :func:`write_per_frame_csv`: name -> [F] array (ids int64, errors float64)."""
+    import csv
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: expected the per-frame table written by experiments.evaluate, found no file")
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        raise ValueError(f"{path}: expected a header row, found an empty file")
+    names, body = rows[0], rows[1:]
+    return {n: np.asarray([r[i] for r in body], np.int64 if n in ("frame_id", "subject") else np.float64)
+            for i, n in enumerate(names)}
