@@ -5,13 +5,15 @@
 Restores the newest checkpoint of W (or --checkpoint), runs the whole split un-augmented and writes
 metrics.json (mean joint error of the dataset joints, 21-joint model error, shape error, point-cloud
 error, fraction of good frames at 10..80 mm; for a set rendered by data_prep.synth also the rest-shape error
-of the predicted neutral mesh against the subject's, which separates shape from pose), per_joint.csv, threshold_curve.csv and threshold_curve.png.
+of the predicted neutral mesh against the subject's, which separates shape from pose, beside the same error of
+the hand model's mean shape as a reference), per_joint.csv, threshold_curve.csv and threshold_curve.png.
 --data_dir defaults to the one recorded in W/flags.txt. A run trained on real shards (NYU, ICVL, MSRA) is
 forwarded to ``experiments.evaluate_real`` (the dataset's protocols), so one command evaluates any run.
 """
 import json
 import os
 
+import numpy as np
 from absl import app, flags, logging
 
 from experiments import common
@@ -58,8 +60,13 @@ def main(argv):
                                                example_points_shape=(1, info["num_points"], 3))
     ds = pipeline.eval_dataset(data_dir, FLAGS.batch_size, split=FLAGS.split, include_vertices=info["has_vertices"])
     logging.info("Evaluating %s on %s/%s (ops backend %s)", ckpt, data_dir, FLAGS.split, ops.backend())
-    res = evaluation.evaluate(model, ds, max_batches=FLAGS.max_batches or None,
-                              rest_shapes=synthetic_rest_shapes(data_dir))
+    rest_shapes = synthetic_rest_shapes(data_dir)
+    res = evaluation.evaluate(model, ds, max_batches=FLAGS.max_batches or None, rest_shapes=rest_shapes)
+    if rest_shapes is not None:
+        # Reference for rest_shape_error_mm: the hand model's mean shape B0 at its own size, same frames.
+        mean_shape = np.asarray(model.mean_shape(), np.float64)
+        res["rest_shape_error_mean_shape_mm"] = float(np.mean([
+            np.linalg.norm(mean_shape - rest_shapes[int(i)], axis=-1).mean() for i in res["per_frame"]["subject"]]))
     out_dir = FLAGS.out_dir or os.path.join(FLAGS.workdir, "eval")
     names = info["joint_names"] if len(info["joint_names"]) == len(res["per_joint_error_mm"]) else None
     extra = {"checkpoint": ckpt, "data_dir": os.path.abspath(data_dir), "split": FLAGS.split}
