@@ -64,3 +64,19 @@ def test_shards_without_manifest_are_used_as_they_are(tmp_path, parsed_flags):
     with flagsaver.flagsaver(render_if_empty=False, **SMALL):
         with pytest.raises(FileNotFoundError, match="expected train-\\*.h5 and test-\\*.h5 shards, found none"):
             common.ensure_data(str(empty))
+
+
+def test_predict_demo_depth_shows_the_hand_at_the_returned_centre(tmp_path, parsed_flags):
+    """render_demo_depth: a 16-bit depth PNG of a held-out subject, whole hand in view, centre on the hand."""
+    from PIL import Image
+
+    with flagsaver.flagsaver(**SMALL):
+        png, (u, v, d) = common.render_demo_depth(str(tmp_path / "depth.png"))
+    depth = np.asarray(Image.open(png)).astype(np.float64)
+    assert depth.shape == (480, 640)
+    rows, cols = np.nonzero(depth)
+    assert rows.size > 300
+    # in view with the renderer's margin: no hand pixel on the image border
+    assert rows.min() > 0 and cols.min() > 0 and rows.max() < 479 and cols.max() < 639
+    assert cols.min() <= u <= cols.max() and rows.min() <= v <= rows.max()
+    assert depth[depth > 0].min() - 20 <= d <= depth.max() + 20
