@@ -15,8 +15,8 @@ back to camera-frame mm with ``hsr_tf.data.reader.to_camera_mm`` and accumulates
   shape and size free of pose and placement; the size is in s, not beta, because the similarity transform
   absorbs it.
 
-``write_report`` writes ``metrics.json``, ``per_joint.csv``, ``threshold_curve.csv`` and
-``threshold_curve.png``.
+``write_report`` writes ``metrics.json``, ``per_joint.csv``, ``threshold_curve.csv``,
+``threshold_curve.png`` and ``per_frame.csv`` (per-frame errors, read back by ``read_per_frame_csv``).
 
 Legend: B batch, N points, V vertices, J joints, T thresholds.
 """
