@@ -45,7 +45,13 @@ flags.DEFINE_integer("shuffle_buffer", 8192, "Frames in the reader's shuffle buf
 flags.DEFINE_integer("seed", 0, "Seed of initialisation, data order and augmentation.")
 flags.DEFINE_integer("batch_size", 32, "Batch size (paper: 32).")
 flags.DEFINE_float("learning_rate", 1e-3, "Initial Adam learning rate (paper: 1e-3).")
-flags.DEFINE_float("lr_decay", 0.9, "Learning-rate factor per epoch, staircase (paper: 0.9).")
+flags.DEFINE_float("lr_decay", 0.9, "Learning-rate factor applied once per --lr_decay_samples samples seen, staircase "
+                   "(paper: 0.9 per epoch).")
+flags.DEFINE_integer("lr_decay_samples", 248_400,
+                     "Samples (frames, global batch x steps) seen between two learning-rate decays. Default: the "
+                     "paper's epoch, the 248,400 training frames of its synthetic set -- NOT one pass over "
+                     "--data_dir, so a small set keeps the paper's schedule per sample instead of decaying every "
+                     "few dozen steps. 0 = once per pass over --data_dir (the behaviour before this flag).")
 flags.DEFINE_integer("num_epochs", 50, "Epochs to train.")
 flags.DEFINE_integer("max_steps", 0, "Stop after this many steps in total (0 = num_epochs * steps_per_epoch).")
 flags.DEFINE_integer("checkpoint_every", 500, "Steps between checkpoints (and one at the end).")
@@ -83,7 +89,7 @@ flags.DEFINE_bool("export", True, "Export a SavedModel to WORKDIR/export after t
 flags.DEFINE_bool("predict", True, "Render one test depth image and run the exported model on it.")
 
 HPARAM_FLAGS = ("num_stages", "joint_regression", "transform", "lambda_joint", "lambda_chamfer", "lambda_mean_shape",
-                "lambda_shape", "chamfer_tau_mm", "loss_reduction", "batch_size", "learning_rate", "lr_decay",
+                "lambda_shape", "chamfer_tau_mm", "loss_reduction", "batch_size", "learning_rate", "lr_decay", "lr_decay_samples",
                 "augment", "seed", "supervision")
 HPARAM_METRICS = ("metrics/mean_joint_error_mm", "metrics/shape_error_mm", "metrics/point_cloud_error_mm")
 
@@ -227,7 +233,8 @@ def train_model(model, loss_fn, data_dir: str, workdir: str, heldout, eval_fn, h
     spe = pipeline.steps_per_epoch(data_dir, FLAGS.batch_size, split=train_split)
     cfg = loop.TrainConfig(workdir=workdir, steps_per_epoch=spe, num_epochs=FLAGS.num_epochs,
                            max_steps=FLAGS.max_steps or None, learning_rate=FLAGS.learning_rate,
-                           lr_decay=FLAGS.lr_decay, checkpoint_every=FLAGS.checkpoint_every,
+                           lr_decay=FLAGS.lr_decay, lr_decay_samples=FLAGS.lr_decay_samples or None,
+                           batch_size=FLAGS.batch_size, checkpoint_every=FLAGS.checkpoint_every,
                            summary_every=FLAGS.summary_every, eval_every=FLAGS.eval_every,
                            visual_every=FLAGS.visual_every, progress=FLAGS.progress)
     visual_fn = None

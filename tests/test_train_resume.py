@@ -216,3 +216,20 @@ def test_checkpoint_holds_every_variable_including_batchnorm_statistics(tmp_path
     assert len(restored) == len(trained)
     for (path, value), got in zip(trained, restored):  # paths differ between instances (auto names); order doesn't
         np.testing.assert_array_equal(got, value, err_msg=path)
+
+
+def test_learning_rate_decays_per_samples_seen(tmp_path):
+    """lr = 1e-3 * 0.9 ** floor(step * batch / lr_decay_samples), independent of the epoch length."""
+    keras.utils.set_random_seed(3)
+    cfg = loop.TrainConfig(workdir=str(tmp_path / "s"), steps_per_epoch=N_FRAMES // BATCH, num_epochs=10,
+                           max_steps=13, lr_decay_samples=20, batch_size=BATCH, summary_every=2, progress=False)
+    tr = loop.Trainer(TinyNet(), loss_fn, make_data(seed=7), cfg, seed=3)
+    tr.train()
+    # 13 steps x 8 samples = 104 samples -> floor(104 / 20) = 5 decays (the epoch of 6 steps would give 2).
+    np.testing.assert_allclose(float(tr.optimizer.learning_rate.numpy()), 1e-3 * 0.9 ** 5, rtol=1e-6)
+    sched = tr.optimizer._learning_rate
+    # Step 2 = 16 samples: none yet; step 3 = 24 samples: one; step 5 = 40 samples: two.
+    for step, decays in ((2, 0), (3, 1), (4, 1), (5, 2), (7, 2), (8, 3)):
+        np.testing.assert_allclose(float(sched(step)), 1e-3 * 0.9 ** decays, rtol=1e-6, err_msg=f"step {step}")
+    with pytest.raises(ValueError, match="batch_size"):
+        loop.TrainConfig(workdir=str(tmp_path), steps_per_epoch=6, lr_decay_samples=100)

@@ -1,4 +1,4 @@
-"""Custom training loop: tf.function step, Adam with per-epoch staircase decay, resumable checkpoints.
+"""Custom training loop: tf.function step, Adam with staircase decay per samples seen, resumable checkpoints.
 
 Resume contract (tested in tests/test_train_resume.py): the training data of epoch ``e`` is
 ``train_dataset_fn(e)``, a tf.data pipeline that must be a deterministic function of
@@ -44,12 +44,17 @@ class TrainConfig:
 
     Attributes:
       workdir: run directory (checkpoints/, tb/, flags.txt, command.txt, model_config.json).
-      steps_per_epoch: batches per epoch (the learning rate decays once per epoch).
+      steps_per_epoch: batches per epoch of the data (data order / resume; the learning rate decays per
+        epoch only when ``lr_decay_samples`` is None).
       num_epochs: epochs to train; the run ends at ``num_epochs * steps_per_epoch`` steps
         unless ``max_steps`` is smaller.
       max_steps: optional cap on the total number of steps (counted across restarts).
       learning_rate: initial Adam learning rate (paper: 1e-3).
-      lr_decay: factor applied once per epoch (paper: 0.9), staircase.
+      lr_decay: factor applied once per ``lr_decay_samples`` samples seen (paper: 0.9 per epoch), staircase.
+      lr_decay_samples: samples (frames, summed over replicas) between two decays. The paper decays once
+        per epoch of its ~240K-frame set; on a small set a per-epoch decay drives the rate to ~0 within a
+        few thousand steps, so programs pass the paper's epoch size here. None: once per epoch of this data.
+      batch_size: global batch (samples per step); required with ``lr_decay_samples``.
       checkpoint_every: steps between checkpoints (one is always written at the end).
       summary_every: steps between scalar summaries (loss terms averaged over the interval, lr).
       eval_every: steps between held-out evaluations (0 = only at the end).
@@ -64,6 +69,8 @@ class TrainConfig:
     max_steps: Optional[int] = None
     learning_rate: float = 1e-3
     lr_decay: float = 0.9
+    lr_decay_samples: Optional[int] = None
+    batch_size: Optional[int] = None
     checkpoint_every: int = 500
     summary_every: int = 50
     eval_every: int = 0
@@ -82,6 +89,19 @@ class TrainConfig:
             raise ValueError(f"checkpoint_every: expected >= 1, found {self.checkpoint_every}")
         if self.summary_every < 1:
             raise ValueError(f"summary_every: expected >= 1, found {self.summary_every}")
+        if self.lr_decay_samples is not None:
+            if self.lr_decay_samples < 1:
+                raise ValueError(f"lr_decay_samples: expected >= 1 or None, found {self.lr_decay_samples}")
+            if self.batch_size is None or self.batch_size < 1:
+                raise ValueError(f"batch_size: expected the global batch (>= 1) with lr_decay_samples, found "
+                                 f"{self.batch_size}")
+
+    @property
+    def lr_decay_steps(self) -> float:
+        """Optimizer steps between two decays (fractional: the staircase floors step / this)."""
+        if self.lr_decay_samples is None:
+            return float(self.steps_per_epoch)
+        return self.lr_decay_samples / float(self.batch_size)
 
     @property
     def total_steps(self) -> int:
@@ -90,9 +110,9 @@ class TrainConfig:
 
 
 def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
-    """Adam with lr = learning_rate * lr_decay ** floor(step / steps_per_epoch)."""
+    """Adam with lr = learning_rate * lr_decay ** floor(step / lr_decay_steps) (see ``TrainConfig``)."""
     schedule = keras.optimizers.schedules.ExponentialDecay(
-        initial_learning_rate=config.learning_rate, decay_steps=config.steps_per_epoch,
+        initial_learning_rate=config.learning_rate, decay_steps=config.lr_decay_steps,
         decay_rate=config.lr_decay, staircase=True)
     return keras.optimizers.Adam(learning_rate=schedule)
 
