@@ -14,7 +14,8 @@ correspondences (``hsr_tf.data.datasets``), on each stage's 21 model joints; Cha
 
 Reuses ``experiments.common``: its flags (model, loss weights, training schedule, ops), ``build_model``,
 ``command_line``, ``run_subprocess`` and ``HPARAM_*``; and the library's training loop, pipeline and metrics.
-Evaluation is ``experiments.evaluate_real`` (the dataset protocols of section IV-A); export is
+Evaluation is ``experiments.evaluate_real`` (run as a subprocess; its scoring, shared with the held-out figures
+during training, is ``hsr_tf.train.real_evaluation``); export is
 ``experiments.export``.
 
 Legend: B batch, J dataset joints, Jd regression joints, F frames.
@@ -125,10 +126,10 @@ def train_and_evaluate(spec, data_dir: str, workdir: str, test_split: str = "tes
         init_from_run(model, FLAGS.init_from, info["num_points"])
     loss_fn = build_loss(model, spec, reg_idx)
     heldout = pipeline.eval_dataset(data_dir, FLAGS.batch_size, split=test_split, include_vertices=False)
-    from experiments import evaluate_real
+    from hsr_tf.train import real_evaluation
 
     def eval_fn(m, step):
-        res = evaluate_real.evaluate_model(m, heldout, spec, reg_idx, has_regression=FLAGS.joint_regression,
+        res = real_evaluation.evaluate_model(m, heldout, spec, reg_idx, has_regression=FLAGS.joint_regression,
                                            max_batches=FLAGS.eval_batches or None)
         return {f"{p}/mean_joint_error_mm": r["mean_joint_error_mm"] for p, r in res["protocols"].items()} | {
             "point_cloud_error_mm": res["point_cloud_error_mm"]}

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 from scipy.spatial.transform import Rotation
 
-from hsr_tf.geometry.palm_frame import palm_frame
+from hsr_tf.hand_model.palm_frame import palm_frame
 from hsr_tf.hand_model import HandModelLayer
 from hsr_tf.losses import HandShapeLoss
 from hsr_tf.models import HandShapeNet, outputs_to_camera_mm

@@ -4,7 +4,7 @@ import pytest
 import tensorflow as tf
 from scipy.spatial.transform import Rotation
 
-from hsr_tf.geometry.palm_frame import from_palm_frame, palm_frame, palm_frame_np, to_palm_frame
+from hsr_tf.hand_model.palm_frame import from_palm_frame, palm_frame, palm_frame_np, to_palm_frame
 from hsr_tf.hand_model.skeleton import PALM_JOINTS, forward_kinematics_np
 
 from _hand_model_toy import rest_joints_toy

@@ -107,21 +107,21 @@ def test_msra_fold_dirs_and_average(tmp_path):
 
 
 def test_protocol_columns():
-    from experiments import evaluate_real
+    from hsr_tf.train import real_evaluation
 
-    table = evaluate_real.protocols_of(datasets.NYU)
+    table = real_evaluation.protocols_of(datasets.NYU)
     assert set(table) == {"standard14", "model_based10", "correspondence21"}
     # 14-joint regression output: both NYU protocols are computable, the 21-joint ablation one is not
     reg14 = datasets.NYU.regression_joint_indices("eval")
-    cols = evaluate_real._prediction_columns(table["model_based10"], reg14)
+    cols = real_evaluation.prediction_columns(table["model_based10"], reg14)
     np.testing.assert_array_equal(reg14[cols], table["model_based10"].joint_indices)
-    assert evaluate_real._prediction_columns(table["correspondence21"], reg14) is None
+    assert real_evaluation.prediction_columns(table["correspondence21"], reg14) is None
     # the paired joints (no joint regression) do not contain PALM_2/PALM_3/TH_KNU2_B of the 14
-    assert evaluate_real._prediction_columns(table["standard14"], datasets.NYU.dataset_joint_indices) is None
-    cols = evaluate_real._prediction_columns(table["correspondence21"], datasets.NYU.dataset_joint_indices)
+    assert real_evaluation.prediction_columns(table["standard14"], datasets.NYU.dataset_joint_indices) is None
+    cols = real_evaluation.prediction_columns(table["correspondence21"], datasets.NYU.dataset_joint_indices)
     np.testing.assert_array_equal(cols, np.arange(21))
     with pytest.raises(ValueError, match="eval_protocols"):
-        evaluate_real.protocols_of(datasets.ICVL, ["standard14"])
+        real_evaluation.protocols_of(datasets.ICVL, ["standard14"])
 
 
 @pytest.mark.slow

@@ -1,5 +1,8 @@
 """The palm frame used by stage 2 of the depth network to derotate the input.
 
+It lives in ``hsr_tf.hand_model`` (not ``hsr_tf.geometry``) because it needs the skeleton's palm joints: the
+geometry package stays below the hand model in the import ladder.
+
 The canonical frame is the neutral hand frame of ``hsr_tf.hand_model.skeleton``:
 fingers along +y, palm facing -z, thumb towards +x. ``palm_frame`` returns a
 rotation ``R`` [B,3,3] and an origin ``o`` [B,3] such that, for a point ``p`` in

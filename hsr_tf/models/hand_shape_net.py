@@ -10,7 +10,7 @@ Stage k (k = 1, 2) on points P_k [B,N,3] in frame F_k:
     V = s R V_h + t,  J = s R J_h + t                                               (in F_k)
 
 F_1 is the (normalised) input frame. For stage 2 the palm frame (R_p, o_p) of the stage-1 joints
-J (wrist + five finger roots, ``hsr_tf.geometry.palm_frame``) derotates the input:
+J (wrist + five finger roots, ``hsr_tf.hand_model.palm_frame``) derotates the input:
 P_2 = R_p^T (P - o_p); stage-2 results are mapped back with p -> R_p p + o_p. The scale ``s``
 absorbs the hand-frame mm -> normalised-unit conversion (about 1/150 for the reader's fixed
 150 mm scale).
@@ -36,10 +36,10 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from hsr_tf.geometry.palm_frame import METHODS as PALM_METHODS
-from hsr_tf.geometry.palm_frame import from_palm_frame, palm_frame, to_palm_frame
 from hsr_tf.geometry.procrustes import apply_similarity, similarity_procrustes
 from hsr_tf.hand_model.layer import HandModelLayer
+from hsr_tf.hand_model.palm_frame import METHODS as PALM_METHODS
+from hsr_tf.hand_model.palm_frame import from_palm_frame, palm_frame, to_palm_frame
 from hsr_tf.layers.heads import JointRegression, MLPHead, SimilarityHead, regressor_kernel
 from hsr_tf.layers.set_abstraction import GlobalSetAbstraction, SetAbstraction
 
