@@ -99,3 +99,17 @@ def test_changed_configuration_refuses_to_resume(tmp_path):
     other = render.DatasetConfig(num_subjects=2, poses_per_subject=22, views_per_pose=1, frames_per_shard=64, seed=1)
     with pytest.raises(ValueError, match=r"manifest\.json: expected the same configuration.*seed"):
         render.generate(str(tmp_path), other, num_workers=1, progress=False, log=lambda *_: None)
+
+
+def test_cli_renders_fewer_poses_than_the_named_gestures(tmp_path):
+    # --poses_per_subject=5 used to fail ("expected >= 22"): 2 subjects x 5 poses x 1 view = 10 frame slots
+    out = tmp_path / "small"
+    args = [sys.executable, "-m", "data_prep.synth", f"--out_dir={out}", "--num_subjects=2", "--poses_per_subject=5",
+            "--views_per_pose=1", "--frames_per_shard=8", "--num_workers=1", "--seed=1", "--noprogress",
+            "--test_fraction=0"]
+    res = subprocess.run(args, env=_env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    ids = np.concatenate([d["frame_id"] for d in _read_all(out).values()])
+    assert 8 <= len(ids) <= 10 and ids.max() < 10
+    bad = subprocess.run(args[:4] + ["--poses_per_subject=0"], env=_env(), capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "poses_per_subject" in bad.stderr

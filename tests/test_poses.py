@@ -107,3 +107,16 @@ def test_theta_for_conventions(subject, library):
     assert tip_after(17, poses.ABD, -15, 20)[0] < -5.0  # pinky abduction < 0: ulnar (-x)
     assert tip_after(1, poses.ABD, 30, 4)[2] < -10.0  # thumb palmar abduction: away from the palm (-z)
     assert tip_after(2, poses.FLEX, 40, 4)[0] < -5.0  # thumb flexion: across the palm (-x)
+
+
+def test_small_libraries_are_the_first_named_gestures():
+    # any positive count works; P < 22 takes the first P gestures in GESTURE_NAMES order, deterministically
+    big = poses.pose_library(40, seed=3)
+    for p in (1, 5, 21, 22):
+        lib = poses.pose_library(p, seed=p)
+        assert lib.names == list(poses.GESTURE_NAMES[:p]) and lib.angles.shape == (p, 21, 3)
+        np.testing.assert_array_equal(lib.angles, big.angles[:p])  # a prefix of every larger library
+    assert poses.pose_library(5).names == ["open", "relaxed", "fist", "point", "pinch"]
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="num_poses: expected a positive whole number"):
+            poses.pose_library(bad)

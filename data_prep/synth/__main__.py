@@ -3,6 +3,7 @@
   python -m data_prep.synth --out_dir=D --num_subjects=S --poses_per_subject=P --views_per_pose=K \
       --seed=0 --num_workers=0 --noise=kinect --camera=nyu
 
+Any --poses_per_subject >= 1 works (P < 22: the first P named gestures; see poses.pose_library).
 Small configuration (tests, demo): --num_subjects=10 --poses_per_subject=100 --views_per_pose=3 (3000 frames).
 Full configuration (paper size, ~276K frames): --num_subjects=50 --poses_per_subject=1840 --views_per_pose=3.
 See data_prep/synth/render.py for the viewpoint and frame model, data_prep/synth/noise.py for the noise model,
@@ -12,9 +13,12 @@ from absl import app, flags, logging
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out_dir", None, "Output directory for the shards (created).")
-flags.DEFINE_integer("num_subjects", 50, "Number of procedural subjects.")
-flags.DEFINE_integer("poses_per_subject", 1840, "Poses from the pose library applied to every subject.")
-flags.DEFINE_integer("views_per_pose", 3, "Random viewpoints per (subject, pose).")
+flags.DEFINE_integer("num_subjects", 50, "Number of procedural subjects.", lower_bound=1)
+flags.DEFINE_integer("poses_per_subject", 1840, "Poses from the pose library applied to every subject: any P >= 1; "
+                     "P < 22 takes the first P named gestures (open, relaxed, fist, point, pinch, ...), P >= 22 all "
+                     "22 gestures, their jittered variants, then sampled poses (data_prep/synth/poses.py).",
+                     lower_bound=1)
+flags.DEFINE_integer("views_per_pose", 3, "Random viewpoints per (subject, pose).", lower_bound=1)
 flags.DEFINE_integer("seed", 0, "Seed of subjects, poses, split and every frame.")
 flags.DEFINE_integer("num_workers", 0, "Worker processes (0 = all cores).")
 flags.DEFINE_enum("noise", "kinect", ["kinect", "none"], "Sensor noise model.")

@@ -200,16 +200,27 @@ def jitter(angles, rng, flex_sd=5.0, abd_sd=2.5):
 def pose_library(num_poses=1840, seed=0, variants_per_gesture=20):
     """The key-pose library: every named gesture, jittered variants of them, then sampled poses.
 
+    Which poses, for P = ``num_poses``:
+
+    * P >= len(GESTURES) (22): all named gestures (in ``GESTURE_NAMES`` order), then up to
+      ``variants_per_gesture`` jittered variants of each (as many as fit evenly), then sampled poses to fill P.
+    * 1 <= P < 22: the first P named gestures in ``GESTURE_NAMES`` order (open, relaxed, fist, point, pinch, ...),
+      no randomness. These are also the first P poses of every larger library, so a small set is a prefix of a
+      bigger one with the same seed.
+
     Args:
-      num_poses: total number of poses (>= len(GESTURES)).
+      num_poses: total number of poses (>= 1).
       seed: integer seed (deterministic).
       variants_per_gesture: jittered copies of each gesture.
     Returns:
       PoseLibrary with names [num_poses] and angles [num_poses, 21, 3] (radians), all within limits.
     """
+    if isinstance(num_poses, bool) or int(num_poses) != num_poses or num_poses < 1:
+        raise ValueError(f"num_poses: expected a positive whole number of poses, found {num_poses!r}")
     num_poses = int(num_poses)
     if num_poses < len(GESTURES):
-        raise ValueError(f"num_poses: expected >= {len(GESTURES)} (the named gestures), found {num_poses}")
+        names = list(GESTURE_NAMES[:num_poses])
+        return PoseLibrary(names, np.stack([GESTURES[n] for n in names]))
     rng = np.random.default_rng(int(seed))
     names = list(GESTURE_NAMES)
     blocks = [np.stack([GESTURES[n] for n in names])]
