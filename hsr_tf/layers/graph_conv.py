@@ -1,0 +1,239 @@
+"""Graph layers of the RGB mesh network (Ge et al. section 4.2): Chebyshev convolution, tree up/down-sampling.
+
+Legend: B batch, M graph nodes of the layer's level (incl. fake nodes), F_in / F_out features, K Chebyshev order.
+
+The graph comes either from the packaged coarsened hand-mesh graph (``level`` l of
+:func:`hsr_tf.graph.load_mesh_graph`, or of ``graph_path``) or, for tests and other graphs, from an explicit
+rescaled Laplacian ``laplacian={"indices": [[r, c], ...], "values": [...], "num_nodes": M}`` kept in the config.
+Node 2i and 2i+1 of a level are the children of node i of the next coarser level (see hsr_tf.graph.coarsening),
+so ``GraphUpsample`` repeats every node twice per level and ``GraphMaxPool`` takes the max over consecutive pairs.
+"""
+from __future__ import annotations
+
+import keras
+import numpy as np
+import scipy.sparse
+import tensorflow as tf
+
+from hsr_tf.graph import load_mesh_graph
+
+
+def _laplacian_spec(laplacian) -> dict:
+    """A scipy sparse matrix or a spec dict -> {"indices", "values", "num_nodes"} (sorted, float32 values)."""
+    if isinstance(laplacian, dict):
+        return {"indices": [list(map(int, ij)) for ij in laplacian["indices"]],
+                "values": [float(v) for v in laplacian["values"]], "num_nodes": int(laplacian["num_nodes"])}
+    coo = scipy.sparse.coo_matrix(laplacian)
+    if coo.shape[0] != coo.shape[1]:
+        raise ValueError(f"laplacian: expected a square matrix, found {coo.shape}")
+    order = np.lexsort((coo.col, coo.row))
+    return {"indices": np.stack([coo.row[order], coo.col[order]], 1).tolist(),
+            "values": coo.data[order].astype(np.float32).tolist(), "num_nodes": int(coo.shape[0])}
+
+
+def _graph_laplacian(level, graph_path):
+    graph = load_mesh_graph(graph_path)
+    if not 0 <= level <= graph.levels:
+        raise ValueError(f"level: expected 0..{graph.levels}, found {level}")
+    coo = scipy.sparse.coo_matrix(graph.rescaled_laplacian(level))
+    order = np.lexsort((coo.col, coo.row))
+    return np.stack([coo.row[order], coo.col[order]], 1).astype(np.int64), coo.data[order].astype(np.float32), \
+        graph.num_nodes(level)
+
+
+@keras.saving.register_keras_serializable(package="hsr_tf")
+class ChebConv(keras.layers.Layer):
+    """Chebyshev spectral graph convolution, Eq. (1): f_out = sum_k T_k(L~) f_in theta_k + bias.
+
+    T_0 f = f, T_1 f = L~ f, T_k f = 2 L~ T_{k-1} f - T_{k-2} f (the recurrence, on sparse L~).
+
+    Args:
+      filters: F_out.
+      K: number of Chebyshev terms T_0..T_{K-1} (paper: 3, a degree-2 polynomial of L~: 2-hop support).
+      level: coarsening level of the packaged mesh graph (0 = the mesh with fake nodes).
+      graph_path: mesh-graph .npz (None = packaged).
+      laplacian: explicit rescaled Laplacian (scipy sparse or spec dict); overrides level/graph_path.
+      use_bias: add a bias per output feature.
+
+    Call: ``x [B, M, F_in]`` -> ``[B, M, F_out]``.
+    """
+
+    def __init__(self, filters, K=3, level=0, graph_path=None, laplacian=None, use_bias=True,
+                 kernel_initializer="glorot_uniform", **kwargs):
+        super().__init__(**kwargs)
+        self.filters, self.K, self.level = int(filters), int(K), int(level)
+        if self.K < 1:
+            raise ValueError(f"K: expected >= 1, found {K}")
+        self.graph_path = graph_path
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self._lap_spec = None if laplacian is None else _laplacian_spec(laplacian)
+        if self._lap_spec is not None:
+            idx = np.asarray(self._lap_spec["indices"], np.int64).reshape(-1, 2)
+            vals = np.asarray(self._lap_spec["values"], np.float32)
+            self.num_nodes = self._lap_spec["num_nodes"]
+        else:
+            idx, vals, self.num_nodes = _graph_laplacian(self.level, graph_path)
+        self._lap_indices, self._lap_values = idx, vals
+
+    def build(self, input_shape):
+        if len(input_shape) != 3 or input_shape[1] != self.num_nodes or input_shape[2] is None:
+            raise ValueError(f"{self.name}: x: expected [B, {self.num_nodes}, F_in], found {tuple(input_shape)}")
+        f_in = int(input_shape[2])
+        # Glorot over (K * F_in) fan-in, as one dense layer on the stacked T_k f would have.
+        self.kernel = self.add_weight(name="kernel", shape=(self.K * f_in, self.filters),
+                                      initializer=self.kernel_initializer)
+        self.bias = self.add_weight(name="bias", shape=(self.filters,), initializer="zeros") if self.use_bias else None
+        self.f_in = f_in
+
+    def _laplacian(self):
+        return tf.sparse.SparseTensor(self._lap_indices, tf.constant(self._lap_values, self.compute_dtype),
+                                      (self.num_nodes, self.num_nodes))
+
+    def call(self, x):
+        x = tf.convert_to_tensor(x)
+        lap = self._laplacian()
+        b = tf.shape(x)[0]
+        m, f_in = self.num_nodes, self.f_in
+        # [B, M, F] -> [M, F * B] so every T_k product is one sparse x dense matmul.
+        x0 = tf.reshape(tf.transpose(x, [1, 2, 0]), [m, -1])
+        terms = [x0]
+        if self.K > 1:
+            terms.append(tf.sparse.sparse_dense_matmul(lap, x0))
+        for _ in range(2, self.K):
+            terms.append(2.0 * tf.sparse.sparse_dense_matmul(lap, terms[-1]) - terms[-2])
+        t = tf.reshape(tf.stack(terms, 0), [self.K, m, f_in, b])     # [K, M, F_in, B]
+        t = tf.reshape(tf.transpose(t, [3, 1, 0, 2]), [b, m, self.K * f_in])  # [B, M, K * F_in], k-major
+        y = tf.matmul(t, tf.cast(self.kernel, t.dtype))
+        if self.bias is not None:
+            y = y + tf.cast(self.bias, y.dtype)
+        return y
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.num_nodes, self.filters)
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg.update(filters=self.filters, K=self.K, level=self.level, graph_path=self.graph_path,
+                   laplacian=self._lap_spec, use_bias=self.use_bias,
+                   kernel_initializer=keras.initializers.serialize(self.kernel_initializer))
+        return cfg
+
+
+@keras.saving.register_keras_serializable(package="hsr_tf")
+class GraphUpsample(keras.layers.Layer):
+    """Nearest-neighbour upsampling over the tree: every node copied to its 2^levels children.
+
+    Call: ``x [B, M, F]`` -> ``[B, M * 2^levels, F]``.
+    """
+
+    def __init__(self, levels=1, **kwargs):
+        super().__init__(**kwargs)
+        self.levels = int(levels)
+        if self.levels < 1:
+            raise ValueError(f"levels: expected >= 1, found {levels}")
+
+    def call(self, x):
+        if len(x.shape) != 3:
+            raise ValueError(f"{self.name}: x: expected [B, M, F], found {tuple(x.shape)}")
+        return tf.repeat(x, 2 ** self.levels, axis=1)
+
+    def compute_output_shape(self, input_shape):
+        m = None if input_shape[1] is None else input_shape[1] * 2 ** self.levels
+        return (input_shape[0], m, input_shape[2])
+
+    def get_config(self):
+        return {**super().get_config(), "levels": self.levels}
+
+
+@keras.saving.register_keras_serializable(package="hsr_tf")
+class GraphMaxPool(keras.layers.Layer):
+    """Max over the 2^levels descendants of each coarse node.
+
+    With ``real_mask`` (bool [M] of the input level, e.g. ``MeshGraph.real_mask(l)``) fake nodes are left out
+    of the max -- they carry no mesh signal -- and a coarse node with only fake descendants gets 0.
+
+    Call: ``x [B, M, F]`` -> ``[B, M / 2^levels, F]``.
+    """
+
+    def __init__(self, levels=1, real_mask=None, **kwargs):
+        super().__init__(**kwargs)
+        self.levels = int(levels)
+        if self.levels < 1:
+            raise ValueError(f"levels: expected >= 1, found {levels}")
+        self.real_mask = None if real_mask is None else [bool(v) for v in np.asarray(real_mask).ravel()]
+        if self.real_mask is not None and len(self.real_mask) % 2 ** self.levels:
+            raise ValueError(f"real_mask: expected a multiple of {2 ** self.levels} nodes, found "
+                             f"{len(self.real_mask)}")
+
+    def call(self, x):
+        if len(x.shape) != 3 or x.shape[1] is None or x.shape[1] % 2 ** self.levels:
+            raise ValueError(f"{self.name}: x: expected [B, M, F] with M a multiple of {2 ** self.levels}, "
+                             f"found {tuple(x.shape)}")
+        m, f, g = x.shape[1], x.shape[2], 2 ** self.levels
+        groups = tf.reshape(x, [-1, m // g, g, f])
+        if self.real_mask is None:
+            return tf.reduce_max(groups, axis=2)
+        if len(self.real_mask) != m:
+            raise ValueError(f"{self.name}: x: expected {len(self.real_mask)} nodes (real_mask), found {m}")
+        mask = tf.reshape(tf.constant(self.real_mask), [1, m // g, g, 1])
+        lowest = tf.constant(np.finfo(np.float32).min, x.dtype)
+        pooled = tf.reduce_max(tf.where(mask, groups, lowest), axis=2)
+        any_real = tf.reduce_any(mask, axis=2)
+        return tf.where(any_real, pooled, tf.zeros_like(pooled))
+
+    def compute_output_shape(self, input_shape):
+        m = None if input_shape[1] is None else input_shape[1] // 2 ** self.levels
+        return (input_shape[0], m, input_shape[2])
+
+    def get_config(self):
+        return {**super().get_config(), "levels": self.levels, "real_mask": self.real_mask}
+
+
+@keras.saving.register_keras_serializable(package="hsr_tf")
+class ToGraphNodes(keras.layers.Layer):
+    """Mesh vertices in vertex order -> level-0 graph nodes in tree order (fake nodes = 0).
+
+    Call: ``x [B, V, F]`` -> ``[B, M_0, F]``.
+    """
+
+    def __init__(self, graph_path=None, **kwargs):
+        super().__init__(**kwargs)
+        self.graph_path = graph_path
+        graph = load_mesh_graph(graph_path)
+        self.num_vertices, self.num_nodes = graph.num_vertices, graph.num_nodes(0)
+        perm = graph.perms[0]
+        # index into [x, 0]: a real node reads its vertex, a fake node the appended zero row.
+        self._gather = np.where(perm < self.num_vertices, perm, self.num_vertices).astype(np.int32)
+
+    def call(self, x):
+        if len(x.shape) != 3 or x.shape[1] != self.num_vertices:
+            raise ValueError(f"{self.name}: x: expected [B, {self.num_vertices}, F], found {tuple(x.shape)}")
+        padded = tf.concat([x, tf.zeros_like(x[:, :1])], axis=1)
+        return tf.gather(padded, self._gather, axis=1)
+
+    def get_config(self):
+        return {**super().get_config(), "graph_path": self.graph_path}
+
+
+@keras.saving.register_keras_serializable(package="hsr_tf")
+class FromGraphNodes(keras.layers.Layer):
+    """Level-0 graph nodes in tree order -> mesh vertices in vertex order (fake nodes dropped).
+
+    Call: ``x [B, M_0, F]`` -> ``[B, V, F]``.
+    """
+
+    def __init__(self, graph_path=None, **kwargs):
+        super().__init__(**kwargs)
+        self.graph_path = graph_path
+        graph = load_mesh_graph(graph_path)
+        self.num_nodes = graph.num_nodes(0)
+        self._gather = graph.vertex_positions().astype(np.int32)
+
+    def call(self, x):
+        if len(x.shape) != 3 or x.shape[1] != self.num_nodes:
+            raise ValueError(f"{self.name}: x: expected [B, {self.num_nodes}, F], found {tuple(x.shape)}")
+        return tf.gather(x, self._gather, axis=1)
+
+    def get_config(self):
+        return {**super().get_config(), "graph_path": self.graph_path}
