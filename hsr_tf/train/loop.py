@@ -29,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 import keras
 
+from hsr_tf import precision as precision_lib
 from hsr_tf.train import summaries as summaries_lib
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ class TrainConfig:
       visual_every: steps between mesh / image summaries (0 = never).
       max_to_keep: checkpoints kept on disk.
       progress: show a tqdm progress bar.
+      optimizer: "adam" (the depth paper) or "rmsprop" (the RGB paper, Ge et al. section 5.1).
     """
 
     workdir: str
@@ -77,8 +79,11 @@ class TrainConfig:
     visual_every: int = 0
     max_to_keep: int = 3
     progress: bool = True
+    optimizer: str = "adam"
 
     def __post_init__(self):
+        if self.optimizer not in ("adam", "rmsprop"):
+            raise ValueError(f"optimizer: expected 'adam' or 'rmsprop', found {self.optimizer!r}")
         if self.steps_per_epoch < 1:
             raise ValueError(f"steps_per_epoch: expected >= 1, found {self.steps_per_epoch}")
         if self.num_epochs < 1:
@@ -110,11 +115,23 @@ class TrainConfig:
 
 
 def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
-    """Adam with lr = learning_rate * lr_decay ** floor(step / lr_decay_steps) (see ``TrainConfig``)."""
+    """Adam (or RMSprop) with lr = learning_rate * lr_decay ** floor(step / lr_decay_steps) (see ``TrainConfig``)."""
     schedule = keras.optimizers.schedules.ExponentialDecay(
         initial_learning_rate=config.learning_rate, decay_steps=config.lr_decay_steps,
         decay_rate=config.lr_decay, staircase=True)
-    return keras.optimizers.Adam(learning_rate=schedule)
+    if config.optimizer == "rmsprop":
+        optimizer = keras.optimizers.RMSprop(learning_rate=schedule)
+    else:
+        optimizer = keras.optimizers.Adam(learning_rate=schedule)
+    # Under mixed_float16 a dynamic loss scale (hsr_tf.precision); other policies: the optimizer as is.
+    return precision_lib.wrap_optimizer(optimizer)
+
+
+def model_input(batch: Mapping, input_key):
+    """``batch[input_key]``, or ``{k: batch[k]}`` for a tuple of keys (models taking a dict)."""
+    if isinstance(input_key, str):
+        return batch[input_key]
+    return {k: batch[k] for k in input_key}
 
 
 def save_model_config(model: keras.Model, workdir: str) -> str:
@@ -139,13 +156,15 @@ def model_checkpoint_objects(model: keras.Model) -> dict:
 
 
 def load_model_from_workdir(workdir: str, checkpoint: Optional[str] = None,
-                            example_points_shape=(1, 1024, 3)) -> tuple[keras.Model, str]:
+                            example_points_shape=(1, 1024, 3), example_input=None) -> tuple[keras.Model, str]:
     """Rebuild the model of a run from its model_config.json and restore its newest checkpoint.
 
     Args:
       workdir: run directory written by :class:`Trainer`.
       checkpoint: explicit checkpoint prefix; default the newest in ``workdir/checkpoints``.
       example_points_shape: shape of the dummy input used to build the variables.
+      example_input: the dummy input itself (e.g. a dict); default the model's ``example_input()`` when it has
+        one, else zeros of ``example_points_shape``.
     Returns:
       (model with restored weights, checkpoint path).
     Raises:
@@ -166,7 +185,10 @@ def load_model_from_workdir(workdir: str, checkpoint: Optional[str] = None,
     awaiting = [layer for layer in model._flatten_layers() if getattr(layer, "_awaiting_weights", False)]
     for layer in awaiting:
         layer._awaiting_weights = False
-    model(tf.zeros(example_points_shape, tf.float32), training=False)
+    if example_input is None:
+        example_input = model.example_input() if hasattr(model, "example_input") else \
+            tf.zeros(example_points_shape, tf.float32)
+    model(example_input, training=False)
     if checkpoint is None:
         checkpoint = tf.train.latest_checkpoint(os.path.join(workdir, CHECKPOINT_SUBDIR))
         if checkpoint is None:
@@ -193,13 +215,16 @@ class Trainer:
       visual_fn: optional ``(model, step, writer) -> None`` writing mesh/image summaries.
       run_info: optional {"flags": text, "command": text, "hparams": {name: value}} written to
         the workdir (flags.txt, command.txt) and TensorBoard (text, hparams).
-      input_key: key of the model input in the batch dict.
+      input_key: key of the model input in the batch dict, or a tuple of keys (the model gets a dict).
+      variables_fn: optional ``model -> list of variables`` trained (e.g. one sub-network per phase of a
+        schedule); default ``model.trainable_variables``.
       seed: seeds Python/NumPy/TF global generators (model initialisation).
     """
 
     def __init__(self, model: keras.Model, loss_fn: Callable, train_dataset_fn: Callable[[int], tf.data.Dataset],
                  config: TrainConfig, eval_fn: Optional[Callable] = None, visual_fn: Optional[Callable] = None,
-                 run_info: Optional[Mapping] = None, input_key: str = "points", seed: int = 0):
+                 run_info: Optional[Mapping] = None, input_key="points", seed: int = 0,
+                 variables_fn: Optional[Callable] = None):
         self.model = model
         self.loss_fn = loss_fn
         self.train_dataset_fn = train_dataset_fn
@@ -208,6 +233,7 @@ class Trainer:
         self.visual_fn = visual_fn
         self.run_info = dict(run_info or {})
         self.input_key = input_key
+        self.variables_fn = variables_fn
         self.seed = seed
         os.makedirs(config.workdir, exist_ok=True)
         self.optimizer = make_optimizer(config)
@@ -220,8 +246,8 @@ class Trainer:
     def _build(self, example_batch):
         if self._built:
             return
-        self.model(example_batch[self.input_key], training=False)
-        self.optimizer.build(self.model.trainable_variables)
+        self.model(model_input(example_batch, self.input_key), training=False)
+        self.optimizer.build(self._variables())
         self.checkpoint = tf.train.Checkpoint(**model_checkpoint_objects(self.model), optimizer=self.optimizer,
                                               step=self.step)
         self.manager = tf.train.CheckpointManager(
@@ -236,22 +262,32 @@ class Trainer:
             return 0
         self.checkpoint.restore(latest).assert_existing_objects_matched()
         step = int(self.step.numpy())
-        if int(self.optimizer.iterations.numpy()) != step:
+        # A loss-scaled optimizer (float16) does not count the steps it skipped for non-finite gradients.
+        scaled = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
+        iterations = int(self.optimizer.iterations.numpy())
+        if iterations != step and not (scaled and iterations <= step):
             raise RuntimeError(f"{latest}: optimizer iterations {int(self.optimizer.iterations.numpy())} "
                                f"disagree with the stored step {step}")
         log.info("Resumed from %s at step %d", latest, step)
         return step
 
+    def _variables(self):
+        return list(self.variables_fn(self.model)) if self.variables_fn is not None else \
+            self.model.trainable_variables
+
     def _make_train_step(self):
         model, optimizer, loss_fn, key = self.model, self.optimizer, self.loss_fn, self.input_key
+        select = self._variables
+        loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
         @tf.function(reduce_retracing=True)
         def train_step(batch, epoch):
             with tf.GradientTape() as tape:
-                outputs = model(batch[key], training=True)
+                outputs = model(model_input(batch, key), training=True)
                 total, terms = loss_fn(batch, outputs, epoch)
-            variables = model.trainable_variables
-            grads = tape.gradient(total, variables)
+                scaled = optimizer.scale_loss(total) if loss_scaled else total
+            variables = select()
+            grads = tape.gradient(scaled, variables)  # a LossScaleOptimizer unscales them when applying
             missing = [v.path for v, g in zip(variables, grads) if g is None]
             if missing:
                 raise ValueError(f"loss_fn: expected a gradient for every trainable variable, none for {missing}")
@@ -353,7 +389,8 @@ class Trainer:
                         if k != "step":
                             acc.setdefault(k, []).append(v)
                     n_interval += 1
-                    samples_interval += int(tf.shape(batch[self.input_key])[0])
+                    first_key = self.input_key if isinstance(self.input_key, str) else self.input_key[0]
+                    samples_interval += int(tf.shape(batch[first_key])[0])
                     if step % cfg.summary_every == 0 or step == total:
                         dt = max(time.perf_counter() - t_interval, 1e-9)
                         rate = samples_interval / dt
