@@ -299,3 +299,8 @@ def plot_threshold_curve(path, curves, title="Fraction of frames within distance
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+# The RGB paper's 3D PCK protocol lives in its own module (keeps this one short); re-exported here.
+from hsr_tf.pose_metrics import (AUC_RANGES_MM, DEFAULT_PCK_THRESHOLDS_MM, PCKMetric, auc,  # noqa: E402,F401
+                                 pck_curve, plot_pck_curves, root_relative_errors, write_pck_csv)

@@ -1,0 +1,179 @@
+"""Rendered Hand Pose dataset (RHD, Zimmermann & Brox 2017) -> RGB shards.
+
+    python -m data_prep.rhd --raw_dir=R --out_dir=D [--split=train,test]
+
+Raw layout, per split directory ``R/training`` (41,258 samples) and ``R/evaluation`` (2,728):
+
+* ``color/%05d.png`` 320x320 RGB; ``depth/%05d.png`` 320x320 RGB with depth in metres
+  ``(R * 256 + G) / 65535 * 5`` (B unused); ``mask/%05d.png`` 320x320 single channel (mode L or P):
+  0 background, 1 person, 2-17 left hand, 18-33 right hand;
+* ``anno_training.pickle`` / ``anno_evaluation.pickle``: a dict from the integer sample id to a dict with
+  ``xyz`` [42, 3] (metres, camera frame, OpenCV y down), ``uv_vis`` [42, 3] (u, v px, visibility 0/1) and
+  ``K`` [3, 3] (intrinsics). Keypoints 0-20 the left hand, 21-41 the right; within a hand 0 wrist, then
+  thumb, index, middle, ring, little, each tip -> MCP.
+
+Conversion per sample: the hand with more mask pixels (ties: the right hand) is kept, as the evaluation
+protocol does; metres -> mm, y negated (our frame is y up), each finger reversed to root -> tip (our order).
+A left hand is mirrored into our right-hand model (``mirrored`` = 1). The mask is the chosen hand's
+(0/255). Sidecar per frame (``.extra.npz``): ``crop_box`` and ``joints_visible`` [21] (``uv_vis`` flags, our
+order) for visible-only evaluation. Split names: ``training`` -> ``train``, ``evaluation`` -> ``test``;
+``frame_index`` = the sample id.
+
+Legend: J joints (21 per hand).
+"""
+from __future__ import annotations
+
+import os
+import pickle
+
+import numpy as np
+
+from data_prep import _rgb_common as rg
+from data_prep._raw_common import RawDataError, require_dir, require_file
+
+SIZE = 320
+RAW_SPLITS = {"train": "training", "test": "evaluation"}
+#: our joint k <- RHD joint (within one hand) OURS_FROM_RHD[k]: wrist, then each finger reversed
+OURS_FROM_RHD = np.array([0] + [1 + 4 * f + (3 - k) for f in range(5) for k in range(4)])
+LEFT_LABELS, RIGHT_LABELS = (2, 17), (18, 33)
+DEPTH_SCALE_MM = 5000.0 / 65535.0   # metres = (R*256 + G) / 65535 * 5
+
+
+def read_annotations(path: str) -> dict:
+    """Load and check ``anno_*.pickle`` -> {sample id: {'xyz' [42, 3], 'uv_vis' [42, 3], 'K' [3, 3]}} float64.
+
+    Raises:
+      RawDataError naming the file and the sample on a missing key or a wrong shape.
+    """
+    require_file(path, "an RHD annotation pickle (dict id -> {xyz, uv_vis, K})")
+    try:
+        with open(path, "rb") as f:
+            anno = pickle.load(f)
+    except Exception as e:
+        raise RawDataError(f"{path}: expected a readable pickle of the RHD annotations: {e}") from e
+    if not isinstance(anno, dict) or not anno:
+        raise RawDataError(f"{path}: expected a non-empty dict sample id -> annotation, found {type(anno).__name__}")
+    out = {}
+    shapes = {"xyz": (42, 3), "uv_vis": (42, 3), "K": (3, 3)}
+    for sid, entry in anno.items():
+        if not isinstance(entry, dict):
+            raise RawDataError(f"{path}: sample {sid!r}: expected a dict with keys xyz, uv_vis, K, "
+                               f"found {type(entry).__name__}")
+        checked = {}
+        for key, shape in shapes.items():
+            if key not in entry:
+                raise RawDataError(f"{path}: sample {sid!r}: expected key '{key}', found keys {sorted(entry)}")
+            a = np.asarray(entry[key], dtype=np.float64)
+            if a.shape != shape:
+                raise RawDataError(f"{path}: sample {sid!r}: '{key}': expected shape {list(shape)}, found {list(a.shape)}")
+            if not np.all(np.isfinite(a)):
+                raise RawDataError(f"{path}: sample {sid!r}: '{key}': expected finite values, found NaN/Inf")
+            checked[key] = a
+        out[int(sid)] = checked
+    return out
+
+
+def decode_depth(path: str) -> np.ndarray:
+    """``depth/%05d.png`` -> [320, 320] float64 mm."""
+    rgb = rg.read_png(path, ("RGB", "RGBA"), (SIZE, SIZE), "an RHD depth PNG (metres = (R*256 + G) / 65535 * 5)")
+    return (rgb[..., 0].astype(np.float64) * 256.0 + rgb[..., 1].astype(np.float64)) * DEPTH_SCALE_MM
+
+
+def read_mask(path: str) -> np.ndarray:
+    m = rg.read_png(path, ("L", "P"), (SIZE, SIZE), "an RHD mask PNG (0 bg, 1 person, 2-17 left, 18-33 right)")
+    if m.size and int(m.max()) > 33:
+        raise RawDataError(f"{path}: expected mask labels 0..33, found a maximum of {int(m.max())}")
+    return m
+
+
+def choose_hand(mask) -> tuple:
+    """(is_left, hand mask [H, W] bool): the hand with more mask pixels (ties: right)."""
+    left = (mask >= LEFT_LABELS[0]) & (mask <= LEFT_LABELS[1])
+    right = (mask >= RIGHT_LABELS[0]) & (mask <= RIGHT_LABELS[1])
+    if left.sum() > right.sum():
+        return True, left
+    return False, right
+
+
+def hand_to_ours(xyz42, uv_vis42, is_left: bool):
+    """One hand of an annotation -> (joints [21, 3] mm our frame and order, visible [21] uint8)."""
+    base = 0 if is_left else 21
+    xyz = np.asarray(xyz42, dtype=np.float64)[base:base + 21][OURS_FROM_RHD] * 1000.0
+    xyz = xyz * np.array([1.0, -1.0, 1.0])
+    vis = np.asarray(uv_vis42)[base:base + 21, 2][OURS_FROM_RHD] > 0.5
+    return xyz, vis.astype(np.uint8)
+
+
+def load_frame(source, crop: rg.CropConfig):
+    """Loader: source = ('rhd', colour, depth, mask png paths, annotation dict) -> (record, '')."""
+    _, colour_path, depth_path, mask_path, ann = source
+    image = rg.read_png(colour_path, ("RGB",), (SIZE, SIZE), "an RHD colour PNG")
+    depth = decode_depth(depth_path)
+    is_left, hand_mask = choose_hand(read_mask(mask_path))
+    if not hand_mask.any():
+        return None, "no hand pixel in the mask"
+    joints, vis = hand_to_ours(ann["xyz"], ann["uv_vis"], is_left)
+    rg.check_joints(joints, f"{colour_path} ({'left' if is_left else 'right'} hand 'xyz')")
+    k = ann["K"]
+    intr = (k[0, 0], k[1, 1], k[0, 2], k[1, 2])
+    rec = rg.make_frame(image, depth, hand_mask, joints, intr, left=is_left, crop=crop)
+    rec["joints_visible"] = vis
+    return rec, ""
+
+
+def list_frames(raw_dir: str, split: str, max_frames=None) -> list:
+    """RGBTasks of one split in sample-id order (every PNG checked to exist)."""
+    raw = RAW_SPLITS[split]
+    d = require_dir(os.path.join(raw_dir, raw), f"the RHD '{raw}' directory")
+    anno = read_annotations(os.path.join(d, f"anno_{raw}.pickle"))
+    ids = sorted(anno)
+    if max_frames is not None:
+        ids = ids[:int(max_frames)]
+    tasks = []
+    for sid in ids:
+        paths = [os.path.join(d, sub, f"{sid:05d}.png") for sub in ("color", "depth", "mask")]
+        for p, what in zip(paths, ("colour image", "depth map", "mask")):
+            require_file(p, f"the {what} of annotated sample {sid}")
+        tasks.append(rg.RGBTask(name=paths[0], frame_index=sid, source=("rhd", *paths, anno[sid])))
+    return tasks
+
+
+def convert(raw_dir: str, out_dir: str, splits=("train", "test"), *, crop: rg.CropConfig = rg.CropConfig(),
+            shard_size: int = 1024, num_workers=None, max_frames=None, progress: bool = True) -> dict:
+    """Convert RHD splits; returns split -> ``_rgb_common.convert_split`` result."""
+    from data_prep.rhd import load_frame as loader  # importable by name in workers, also under `python -m`
+
+    attrs = {"dataset": "rhd", "source": os.path.abspath(raw_dir), "root_convention": "wrist",
+             "hand": "the hand with more mask pixels; left hands mirrored (x -> -x, image flipped, cx -> S-1-cx)",
+             "image_background": "real", "mask_values": "0/255", "mask_source": "RHD mask of the chosen hand",
+             "depth_source": "RHD depth (registered)", "extra_fields": "crop_box,joints_visible"}
+    results = {}
+    for split in splits:
+        tasks = list_frames(raw_dir, split, max_frames=max_frames)
+        results[split] = rg.convert_split(tasks, out_dir=out_dir, split=split, loader=loader, crop=crop,
+                                          attrs=attrs, shard_size=shard_size, num_workers=num_workers,
+                                          progress=progress)
+    return results
+
+
+def main(argv):
+    del argv
+    from absl import flags
+
+    from data_prep import _raw_common as rc
+
+    FLAGS = flags.FLAGS
+    splits = rc.parse_splits(FLAGS.split, tuple(RAW_SPLITS))
+    crop = rg.CropConfig(image_size=FLAGS.image_size, margin=FLAGS.crop_margin)
+    results = convert(FLAGS.raw_dir, FLAGS.out_dir, splits, crop=crop, shard_size=FLAGS.shard_size,
+                      num_workers=FLAGS.num_workers, max_frames=FLAGS.max_frames, progress=FLAGS.progress)
+    for split, res in results.items():
+        print(rc.summarize(res, split))
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+
+    rg.define_flags("RHD")
+    flags.DEFINE_string("split", "train,test", "comma-separated splits (train = training, test = evaluation)")
+    app.run(main)
