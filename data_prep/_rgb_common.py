@@ -50,7 +50,7 @@ class CropConfig:
 
     image_size: int = 256
     margin: float = 0.25
-    mask_radius: float = 20.0
+    mask_radius: float = 25.0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -234,5 +234,5 @@ if __name__ == "__main__":
     flags.DEFINE_string("split", "train,test", "comma-separated splits to write")
     flags.DEFINE_enum("root", "wrist", list(ROOTS), "joint 0: the wrist (ring_MCP + 2 (palm - ring_MCP)) or the "
                       "raw palm centre")
-    flags.DEFINE_float("mask_radius", 20.0, "mask = depth pixels within this distance (mm) of a bone")
+    flags.DEFINE_float("mask_radius", 25.0, "mask = depth pixels within this distance (mm) of a bone")
     app.run(main)

@@ -41,6 +41,15 @@ FINGER_COLOURS = np.array([[200, 170, 150],    # palm / wrist
                            [210, 40, 210]], dtype=np.float64)  # little
 BACKGROUND_Z_MM = 1100.0
 RHD_CAMERA = Camera(283.0, 283.0, 160.0, 160.0, 320, 320)
+# The raw formats, written out here independently of the readers (raw index -> our joint index):
+#: STB: 0 palm centre, 1-4 little MCP -> tip, 5-8 ring, 9-12 middle, 13-16 index, 17-20 thumb MCP -> tip
+STB_RAW_TO_OURS = (None, 17, 18, 19, 20, 13, 14, 15, 16, 9, 10, 11, 12, 5, 6, 7, 8, 1, 2, 3, 4)
+#: RHD (within a hand): 0 wrist, then thumb, index, middle, ring, little, each tip -> MCP
+RHD_RAW_TO_OURS = (0, 4, 3, 2, 1, 8, 7, 6, 5, 12, 11, 10, 9, 16, 15, 14, 13, 20, 19, 18, 17)
+STB_COLOUR = Camera(607.92271, 607.88192, 314.78337, 236.42484, 640, 480)
+STB_DEPTH = Camera(475.62768, 474.77709, 336.41179, 238.77962, 640, 480)
+STB_ROTVEC = (0.00531, -0.01196, 0.00301)
+STB_T = np.array([-24.0381, -0.4563, -1.2326])      # X_depth = R(r) X_colour + T, OpenCV frames, mm
 _MIRROR = np.array([-1.0, 1.0, 1.0])
 _FLIP_Y = np.array([1.0, -1.0, 1.0])
 
@@ -155,11 +164,10 @@ def write_stb(root: str, frames_per_sequence: int = 2, seed: int = 0) -> dict:
     """
     import scipy.io
     from PIL import Image
+    from scipy.spatial.transform import Rotation
 
-    from data_prep import stb
-
-    colour_cam, depth_cam = stb.cameras()
-    r, t = stb.depth_to_colour_cv()
+    colour_cam, depth_cam = STB_COLOUR, STB_DEPTH
+    r, t = Rotation.from_rotvec(STB_ROTVEC).as_matrix(), STB_T
     rot_d, trans_d = np.diag(_FLIP_Y) @ r @ np.diag(_FLIP_Y), _FLIP_Y * t  # X_depth = rot_d X_colour + trans_d (ours)
     rng = np.random.default_rng(seed)
     hands = procedural_hands(2 * frames_per_sequence, seed)
@@ -181,7 +189,8 @@ def write_stb(root: str, frames_per_sequence: int = 2, seed: int = 0) -> dict:
             png = np.stack([(dm & 0xFF), (dm >> 8), np.zeros_like(dm)], axis=-1).astype(np.uint8)
             Image.fromarray(png, mode="RGB").save(os.path.join(d, f"SK_depth_{i}.png"))
             raw = np.zeros((21, 3))
-            raw[stb.OURS_FROM_STB[1:]] = j_l[1:]
+            for i_raw, ours in enumerate(STB_RAW_TO_OURS[1:], start=1):
+                raw[i_raw] = j_l[ours]
             raw[0] = 0.5 * (j_l[0] + j_l[13])                     # palm centre: the wrist rule inverted
             raw_cv_colour = raw * _FLIP_Y
             para.append((raw_cv_colour @ r.T + t).T)              # [3, 21] depth-camera OpenCV mm
@@ -215,28 +224,26 @@ def _rhd_sample(rng, main, other, left_main: bool):
         sel = cast["mesh"] == k
         mask[sel] = (2 if h == "left" else 18) + np.minimum(nearest_joint(cast["points"][sel], hands[h][2]), 15)
     xyz, uv_vis = np.zeros((42, 3)), np.zeros((42, 3))
-    from data_prep import rhd
-
+    raw_to_ours = np.array(RHD_RAW_TO_OURS)
+    ours_to_raw = np.argsort(raw_to_ours)          # ours_to_raw[our joint] = raw index
     for k, h in enumerate(order):
         j = hands[h][2]
         uvd = cam.points_to_uvd(j)
         col = np.clip(np.rint(uvd[:, 0]).astype(int), 0, 319)
         row = np.clip(np.rint(uvd[:, 1]).astype(int), 0, 319)
         vis = (cast["mesh"][row, col] == k) & (np.abs(cast["depth"][row, col] - j[:, 2]) < 15.0)
-        slot = np.zeros((21, 3))
-        slot[rhd.OURS_FROM_RHD] = j * _FLIP_Y / 1000.0             # metres, OpenCV frame, RHD order
-        xyz[21 * k:21 * k + 21] = slot
-        uv_vis[21 * k + rhd.OURS_FROM_RHD] = np.stack([uvd[:, 0], uvd[:, 1], vis.astype(float)], axis=-1)
+        xyz[21 * k:21 * k + 21] = (j * _FLIP_Y / 1000.0)[raw_to_ours]      # metres, OpenCV frame, RHD order
+        uv_vis[21 * k:21 * k + 21] = np.stack([uvd[:, 0], uvd[:, 1], vis.astype(float)], axis=-1)[raw_to_ours]
     k_mat = np.array([[cam.fx, 0.0, cam.cx], [0.0, cam.fy, cam.cy], [0.0, 0.0, 1.0]])
     main_key = "left" if left_main else "right"
     n_main = int(((mask >= 2) & (mask <= 17)).sum() if left_main else (mask >= 18).sum())
     n_other = int(((mask >= 18).sum()) if left_main else ((mask >= 2) & (mask <= 17)).sum())
     assert n_main > n_other, "fixture: the main hand must have more mask pixels"
     j_main_phys = hands[main_key][2]
-    vis_main = uv_vis[(0 if left_main else 21) + rhd.OURS_FROM_RHD, 2]
+    main_rows = (0 if left_main else 21) + ours_to_raw
     truth = {"joints": j_main_phys * _MIRROR if left_main else j_main_phys,
-             "vertices": v_main, "faces": main[1], "left": left_main, "visible": vis_main.astype(np.uint8),
-             "uv": uv_vis[(0 if left_main else 21) + rhd.OURS_FROM_RHD, :2]}
+             "vertices": v_main, "faces": main[1], "left": left_main,
+             "visible": uv_vis[main_rows, 2].astype(np.uint8), "uv": uv_vis[main_rows, :2]}
     return image, cast["depth"], mask, {"xyz": xyz, "uv_vis": uv_vis, "K": k_mat}, truth
 
 
@@ -270,3 +277,36 @@ def write_rhd(root: str, counts=None, seed: int = 0) -> dict:
             pickle.dump(anno, f)
         truth[split] = truths
     return truth
+
+
+# ---------------------------------------------------------------------- helpers for the reader tests
+def crop_camera(camera4, size: int) -> Camera:
+    """Camera of a stored crop: (fx, fy, cx, cy) [4] and its size."""
+    fx, fy, cx, cy = (float(x) for x in camera4)
+    return Camera(fx, fy, cx, cy, size, size)
+
+
+def raycast_crop(vertices, faces, camera4, size: int, background_z=None):
+    """Ray-cast a mesh (reader convention) through a stored crop's camera -> raycast() dict."""
+    meshes = [(vertices, faces)]
+    if background_z is not None:
+        meshes.append(background_quad(background_z))
+    return raycast(meshes, crop_camera(camera4, size))
+
+
+def classify_colour(rgb):
+    """[..., 3] pixel colours -> [...] index into FINGER_COLOURS by direction (cosine), brightness ignored."""
+    c = np.asarray(rgb, dtype=np.float64)
+    ref = FINGER_COLOURS / np.linalg.norm(FINGER_COLOURS, axis=-1, keepdims=True)
+    c = c / np.maximum(np.linalg.norm(c, axis=-1, keepdims=True), 1e-9)
+    return np.argmax(c @ ref.T, axis=-1)
+
+
+def uv_in_original(joints_uv, crop_box, mirrored, size: int):
+    """Map a stored crop's 2D joints [J, 2] back into the original image (undo mirroring, then the crop)."""
+    uv = np.asarray(joints_uv, dtype=np.float64).copy()
+    if mirrored:
+        uv[:, 0] = size - 1 - uv[:, 0]
+    u0, v0, side = (float(x) for x in crop_box)
+    k = size / side
+    return np.stack([(uv[:, 0] + 0.5) / k - 0.5 + u0, (uv[:, 1] + 0.5) / k - 0.5 + v0], axis=-1)
