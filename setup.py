@@ -38,7 +38,7 @@ setup(
         "pillow>=9.0",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-timeout>=2.1"],
+        "test": ["pytest>=7", "pytest-timeout>=2.1", "hypothesis>=6"],
         "bench": ["torch", "smplx", "fpsample"],
     },
 )
