@@ -61,6 +61,10 @@ flags.DEFINE_integer("eval_batches", 8, "Held-out batches per evaluation during 
 flags.DEFINE_integer("visual_every", 1000, "Steps between mesh / image summaries (0 = never).")
 flags.DEFINE_enum("ops", "auto", ["auto", "compiled", "fallback"], "PointNet++ ops backend used for training.")
 flags.DEFINE_bool("progress", True, "Console progress bar.")
+flags.DEFINE_enum("precision", "float32", ["float32", "mixed_bfloat16", "mixed_float16", "auto"],
+                  "Keras dtype policy of the network's MLPs (geometry, losses and metrics stay float32; see "
+                  "hsr_tf/precision.py). auto: mixed_bfloat16 where the CPU (amx_bf16 / avx512_bf16) or GPU "
+                  "(compute capability >= 8.0) has native bfloat16, else float32; mixed_float16 adds loss scaling.")
 
 # ---------------------------------------------------------------------------------------------- model
 flags.DEFINE_integer("num_stages", 2, "Shape-network stages (paper: 2; 1 = 'without stage 2').")
@@ -163,12 +167,23 @@ def ensure_data(data_dir: str) -> None:
     logging.info("Rendering took %.1f s", time.time() - t0)
 
 
+def apply_precision() -> str:
+    """Set Keras' global dtype policy from --precision (before any layer is built); returns and logs it."""
+    from hsr_tf import precision
+
+    name = precision.resolve(FLAGS.precision)
+    precision.set_policy(name)
+    logging.info("Precision: --precision=%s -> %s", FLAGS.precision, name)
+    return name
+
+
 def build_model(data_info: dict):
-    """HandShapeNet for the model flags and the data's joints (normalised input frame)."""
+    """HandShapeNet for the model flags and the data's joints (normalised input frame), under --precision."""
     import json
     from hsr_tf.hand_model import HandModel
     from hsr_tf.models import HandShapeNet
 
+    apply_precision()
     overrides = json.loads(FLAGS.shape_network) if FLAGS.shape_network else None
     return HandShapeNet(hand_model=HandModel.load(FLAGS.hand_model), num_dataset_joints=data_info["num_joints"],
                         num_stages=FLAGS.num_stages, use_joint_regression=FLAGS.joint_regression,

@@ -1,6 +1,6 @@
 """Export a trained run as a self-contained SavedModel (camera-frame mm in and out).
 
-  python -m experiments.export --workdir=W --export_dir=E [--export_ops=fallback|compiled]
+  python -m experiments.export --workdir=W --export_dir=E [--export_ops=fallback|compiled] [--precision=...]
 
 serving_default: points float32 [B, 1024, 3] camera mm -> vertices [B, 1305, 3], joints [B, 21, 3],
 dataset_joints [B, D, 3] (camera mm), center [B, 3], scale [B]; signature "faces" -> [F, 3].
@@ -59,6 +59,7 @@ def main(argv):
         norm = {"center_mode": "mean", "scale_mode": "fixed", "fixed_scale": 150.0, "obb": False}
     if norm["obb"]:
         raise ValueError(f"{data_dir}: expected shards normalised without OBB rotation to export, found obb=True")
+    meta_precision = common.apply_precision()  # the MLPs' compute dtype of the exported graph
     model, ckpt = loop.load_model_from_workdir(FLAGS.workdir, FLAGS.checkpoint,
                                                example_points_shape=(1, info["num_points"], 3))
     faces = model.faces
@@ -66,7 +67,7 @@ def main(argv):
     meta = {"joint_names": [str(n) for n in info["joint_names"]],
             "model_joint_names": list(__import__("hsr_tf.hand_model.skeleton", fromlist=["x"]).JOINT_NAMES),
             "checkpoint": os.path.abspath(ckpt), "ops_backend": FLAGS.export_ops, "camera": info["camera"],
-            "dataset": info["dataset"]}
+            "dataset": info["dataset"], "precision": meta_precision}
     with ops.use_backend(FLAGS.export_ops):
         export_lib.export_saved_model(model, export_dir, faces, num_points=info["num_points"],
                                       center_mode=norm["center_mode"], scale_mode=norm["scale_mode"],

@@ -21,6 +21,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from hsr_tf import precision
+
 
 def _final_initializer(scale):
     # Glorot-uniform with its limit multiplied by ``scale`` (variance by scale^2).
@@ -59,8 +61,9 @@ class MLPHead(keras.layers.Layer):
         self.drop = keras.layers.Dropout(self.dropout) if self.dropout > 0 else None
         bias_init = "zeros" if self.final_bias_init is None else keras.initializers.Constant(
             np.asarray(self.final_bias_init, np.float32))
+        # The regressed values (theta, beta, joints, transform) in float32 under any precision policy.
         self.out = keras.layers.Dense(units, kernel_initializer=_final_initializer(self.final_init_scale),
-                                      bias_initializer=bias_init, name="out")
+                                      bias_initializer=bias_init, name="out", dtype=precision.FLOAT32_POLICY)
 
     def build(self, input_shape):
         if len(input_shape) != 2 or input_shape[-1] is None:
@@ -156,7 +159,7 @@ class JointRegression(keras.layers.Layer):
     """
 
     def __init__(self, num_joints, use_bias=False, kernel_init=None, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(**precision.float32_layer_kwargs(kwargs))  # vertices in, joints out: geometry
         self.num_joints = int(num_joints)
         if self.num_joints < 1:
             raise ValueError(f"num_joints: expected >= 1, found {num_joints}")
@@ -165,7 +168,7 @@ class JointRegression(keras.layers.Layer):
             np.asarray(kernel_init, np.float32))
         self._kernel_shape_hint = None if kernel_init is None else tuple(np.shape(kernel_init))
         self.dense = keras.layers.Dense(self.num_joints * 3, use_bias=self.use_bias, kernel_initializer=init,
-                                        name="dense")
+                                        name="dense", dtype=precision.FLOAT32_POLICY)
 
     def build(self, input_shape):
         if len(input_shape) != 3 or input_shape[-1] != 3 or input_shape[1] is None:

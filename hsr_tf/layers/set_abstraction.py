@@ -16,6 +16,10 @@ concatenated with features) and a max-pool over N, giving ``[B, C']`` (no single
 
 Both call ops from :mod:`hsr_tf.ops`; with the compiled backend they cannot be XLA-compiled, so
 ``supports_jit`` is False then (it is True with the pure-TF fallback).
+
+Precision: both levels are float32 layers (the ops take float32 coordinates and features); only the shared
+MLP follows the global mixed-precision policy (:mod:`hsr_tf.precision`): its input is cast to the policy's
+compute dtype and its pooled output back to float32.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ import keras
 import tensorflow as tf
 
 from hsr_tf import ops
+from hsr_tf import precision
 
 
 def _check_mlp(mlp, cls: str):
@@ -119,10 +124,13 @@ class _SharedMLP(keras.layers.Layer):
         so that every layer's activations of a chunk stay in cache instead of streaming [B*M*S, C]
         tensors (up to 512 MiB for the paper-size first level at B = 32) through memory between layers;
         measured 2-3x faster on a 2-core CPU (WORKSPACE_NOTES.md). ``chunk_rows = 0`` disables it.
+        The input is cast to the layer's compute dtype (bfloat16/float16 under a mixed policy), the result
+        is float32.
         """
+        x = tf.cast(x, self.compute_dtype)
         s = x.shape[2]
         if training or not self.chunk_rows or s is None:
-            return tf.reduce_max(self(x, training=training), axis=2)
+            return tf.cast(tf.reduce_max(self(x, training=training), axis=2), tf.float32)
         folded = self._folded_weights(x.dtype)
         c_in, c_out = x.shape[-1], self.mlp[-1]
         lead = tf.shape(x)[:2]
@@ -145,7 +153,7 @@ class _SharedMLP(keras.layers.Layer):
         pooled = tf.reshape(pooled, [-1, c_out])[:num_groups]
         out = tf.reshape(pooled, tf.concat([lead, [c_out]], axis=0))
         out.set_shape(x.shape[:2].concatenate([c_out]))
-        return out
+        return tf.cast(out, tf.float32)
 
     def get_config(self):
         return {**super().get_config(), "mlp": self.mlp, "chunk_rows": self.chunk_rows}
@@ -172,7 +180,7 @@ class SetAbstraction(keras.layers.Layer):
 
     def __init__(self, npoint, radius, nsample, mlp, sampling="fps", grouping="ball",
                  normalize_by_radius=False, use_xyz=True, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(**precision.float32_layer_kwargs(kwargs))
         if isinstance(npoint, bool) or not isinstance(npoint, int) or npoint < 1:
             raise ValueError(f"SetAbstraction: npoint must be an int >= 1, found {npoint!r}")
         if isinstance(nsample, bool) or not isinstance(nsample, int) or nsample < 1:
@@ -255,7 +263,7 @@ class GlobalSetAbstraction(keras.layers.Layer):
     """
 
     def __init__(self, mlp, use_xyz=True, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(**precision.float32_layer_kwargs(kwargs))
         self.mlp = _check_mlp(mlp, "GlobalSetAbstraction")
         self.use_xyz = bool(use_xyz)
         self.shared_mlp = _SharedMLP(self.mlp, name="mlp")

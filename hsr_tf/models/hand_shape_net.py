@@ -36,6 +36,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from hsr_tf import precision
 from hsr_tf.geometry.procrustes import apply_similarity, similarity_procrustes
 from hsr_tf.hand_model.layer import HandModelLayer
 from hsr_tf.hand_model.palm_frame import METHODS as PALM_METHODS
@@ -84,7 +85,9 @@ class ShapeNetwork(keras.layers.Layer):
         for key in list(kwargs):
             if key in cfg:
                 cfg[key] = kwargs.pop(key)
-        super().__init__(**kwargs)
+        # float32 container: the set-abstraction levels run float32 ops; only their MLPs and the heads'
+        # hidden layers follow a mixed policy (hsr_tf.precision).
+        super().__init__(**precision.float32_layer_kwargs(kwargs))
         if transform not in TRANSFORMS:
             raise ValueError(f"transform: expected one of {TRANSFORMS}, found {transform!r}")
         self.num_joints, self.num_betas = int(num_joints), int(num_betas)
@@ -170,7 +173,8 @@ class HandShapeNet(keras.Model):
                  joint_regression_bias=False, joint_regression_init="auto", transform="procrustes",
                  transform_scale_init=1.0 / 150.0, predict_root_rotation=False, palm_method="template",
                  stage2_center="palm", palm_frame_gradient=False, shape_network=None, **kwargs):
-        super().__init__(**kwargs)
+        # Geometry (hand model, Procrustes, palm frame) is float32 under any policy (hsr_tf.precision).
+        super().__init__(**precision.float32_layer_kwargs(kwargs))
         if num_stages not in (1, 2):
             raise ValueError(f"num_stages: expected 1 or 2, found {num_stages!r}")
         if transform not in TRANSFORMS:
@@ -187,7 +191,7 @@ class HandShapeNet(keras.Model):
         if isinstance(hand_model, HandModelLayer):
             self.hand_model_layer = hand_model
         else:
-            self.hand_model_layer = HandModelLayer(hand_model, name="hand_model")
+            self.hand_model_layer = HandModelLayer(hand_model, name="hand_model", dtype=precision.FLOAT32_POLICY)
         hm = self.hand_model_layer
         self.num_stages = int(num_stages)
         self.use_joint_regression = bool(use_joint_regression)
