@@ -162,6 +162,27 @@ def resize_nearest(image, size: int):
     return image[rows][:, cols]
 
 
+def sample_placement(vertices_hand, camera: Camera, view: ViewConfig, rng):
+    """Draw viewpoints (:func:`sample_view`) until the hand is in view (``view.require_in_view``).
+
+    Args:
+      vertices_hand: [V, 3] posed mesh in the neutral hand frame (mm). rng: numpy Generator.
+    Returns:
+      (rotation [3, 3], translation [3], vertices [V, 3] camera mm) with camera = rotation @ hand + translation;
+      or None when no draw in ``view.max_view_tries`` keeps the hand inside the image. The RGB renderer
+      (data_prep.synth_rgb) calls this with the same per-frame rng, so both sets share every viewpoint.
+    """
+    vh = np.asarray(vertices_hand, dtype=np.float64)
+    centroid = vh.mean(axis=0)
+    for _ in range(max(1, view.max_view_tries)):
+        rot, target = sample_view(rng, camera, view)
+        translation = target - rot @ centroid
+        v_cam = vh @ rot.T + translation
+        if not view.require_in_view or in_view(v_cam, camera, view.in_view_margin_px):
+            return rot, translation, v_cam
+    return None
+
+
 def place_and_render(vertices_hand, faces, config: FrameConfig, rng):
     """Draw a viewpoint that keeps the hand in the image, ray-cast the depth map and add the sensor noise.
 
@@ -174,16 +195,10 @@ def place_and_render(vertices_hand, faces, config: FrameConfig, rng):
       in ``config.view.max_view_tries`` draws keeps the hand inside the image.
     """
     cam = config.camera
-    vh = np.asarray(vertices_hand, dtype=np.float64)
-    centroid = vh.mean(axis=0)
-    for _ in range(max(1, config.view.max_view_tries)):
-        rot, target = sample_view(rng, cam, config.view)
-        translation = target - rot @ centroid
-        v_cam = vh @ rot.T + translation
-        if not config.view.require_in_view or in_view(v_cam, cam, config.view.in_view_margin_px):
-            break
-    else:
+    placed = sample_placement(vertices_hand, cam, config.view, rng)
+    if placed is None:
         return None
+    rot, translation, v_cam = placed
     render = raycast_depth(v_cam, faces, cam)
     depth = render["depth"]
     if config.noise == "kinect":

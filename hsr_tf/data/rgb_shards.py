@@ -19,6 +19,7 @@ its first axis and is chunked by frame and compressed (gzip by default, lzf on r
 | subject     | int32   | [F]          | optional; generating subject / person id                             |
 | sequence    | int32 or str | [F]     | optional; sequence id or name (e.g. STB 'B1Counting')                |
 | pose, view  | int32   | [F]          | optional; synthetic pose-library index / viewpoint index             |
+| skin_tone, lighting | int32 | [F]    | optional; synthetic skin-tone / lighting set-up index (data_prep.synth_rgb) |
 
 Pixel convention: integer pixel (row r, col c) is the ray through (u, v) = (c, r) (pixel centres), images are
 indexed ``image[v, u]``. A crop resized by factor k maps u -> (u + 0.5) k - 0.5 (and cx, cy alike; fx, fy -> k f).
@@ -61,6 +62,8 @@ FIELDS = {
     "sequence": ("seq", ()),
     "pose": (np.int32, ()),
     "view": (np.int32, ()),
+    "skin_tone": (np.int32, ()),
+    "lighting": (np.int32, ()),
 }
 REQUIRED_FIELDS = ("image", "mask", "depth", "joints", "joints_uv", "camera", "bone_scale", "root_depth",
                    "mirrored", "frame_index")
