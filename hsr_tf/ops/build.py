@@ -19,6 +19,11 @@ library is missing or stale.
   on PATH, TensorFlow is a CUDA build and a GPU device node exists (``/dev/nvidia0``). Any failure of the
   CUDA part is reported and the CPU-only library is built instead; the CUDA build never breaks the CPU
   build.
+* Renderer (:mod:`hsr_tf.render`): a second, independent library ``hsr_render_<key>.so`` from
+  ``hsr_tf/render/src/render_ops.cc`` plus tensorflow-graphics' CPU rasteriser
+  (``tensorflow_graphics/rendering/kernels/rasterize_triangles_impl.cc``, compiled from the installed
+  wheel: its prebuilt ``.so`` does not load under recent TensorFlow). Same flags, lock and cache
+  directory; its failure never affects the PointNet++ library (``hsr_tf.render`` falls back to pure TF).
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ import argparse
 import contextlib
 import fcntl
 import hashlib
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -189,6 +195,67 @@ def ensure_built(force: bool = False, cuda_mode: str = "", verbose: bool = False
     return path
 
 
+RENDER_SRC_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "render", "src")
+RENDER_SOURCES = ("render_ops.cc",)
+TFG_RASTERIZER = ("rasterize_triangles_impl.cc", "rasterize_triangles_impl.h")
+
+
+def tfg_kernel_dir() -> str:
+    """Directory of tensorflow-graphics' rasteriser sources (found without importing the package)."""
+    spec = importlib.util.find_spec("tensorflow_graphics")
+    if spec is None or not spec.submodule_search_locations:
+        raise BuildError("tensorflow-graphics is not installed (its rasteriser source is needed)")
+    d = os.path.join(list(spec.submodule_search_locations)[0], "rendering", "kernels")
+    missing = [n for n in TFG_RASTERIZER if not os.path.exists(os.path.join(d, n))]
+    if missing:
+        raise BuildError(f"tensorflow-graphics at {d} lacks {missing} (expected in its wheel)")
+    return d
+
+
+def render_build_key() -> str:
+    """Hash of the renderer sources, tfg's rasteriser, TensorFlow version and flags (16 hex digits)."""
+    tf = _tf()
+    h = hashlib.sha256()
+    paths = [os.path.join(RENDER_SRC_DIR, n) for n in RENDER_SOURCES] + \
+        [os.path.join(tfg_kernel_dir(), n) for n in TFG_RASTERIZER]
+    for path in paths:
+        with open(path, "rb") as f:
+            h.update(os.path.basename(path).encode() + b"\0" + f.read())
+    h.update(tf.__version__.encode())
+    h.update(" ".join(tf.sysconfig.get_compile_flags() + tf.sysconfig.get_link_flags() + EXTRA_CXXFLAGS).encode())
+    return h.hexdigest()[:16]
+
+
+def ensure_render_built(force: bool = False, verbose: bool = False) -> str:
+    """Path of an up-to-date renderer library, building it under the lock if needed. Raises BuildError."""
+    log = print if verbose else (lambda *_: None)
+    tf = _tf()
+    cxx = os.environ.get("CXX", "g++")
+    directory = lib_dir()
+    path = os.path.join(directory, f"hsr_render_{render_build_key()}.so")
+    if os.path.exists(path) and not force:
+        return path
+    with _locked(directory):
+        if os.path.exists(path) and not force:
+            return path
+        if shutil.which(cxx) is None:
+            raise BuildError(f"no C++ compiler: '{cxx}' is not on PATH (set CXX or install g++)")
+        msg = f"hsr_tf.ops.build: compiling {path} (renderer)"
+        log(msg) if verbose else print(msg + " ...", file=sys.stderr, flush=True)
+        tfg = tfg_kernel_dir()
+        srcs = [os.path.join(RENDER_SRC_DIR, n) for n in RENDER_SOURCES] + [os.path.join(tfg, TFG_RASTERIZER[0])]
+        with tempfile.TemporaryDirectory(dir=directory) as tmp:
+            tmp_out = os.path.join(tmp, "lib.so")
+            _run([cxx, *srcs, "-o", tmp_out, *tf.sysconfig.get_compile_flags(), "-I" + tfg, *EXTRA_CXXFLAGS,
+                  *tf.sysconfig.get_link_flags()], log)
+            os.replace(tmp_out, path)
+        for name in os.listdir(directory):
+            if name.startswith("hsr_render_") and name.endswith(".so") and name != os.path.basename(path):
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(directory, name))
+    return path
+
+
 def build_cuda_harness(out_path: str, verbose: bool = True) -> str:
     """Compiles the standalone CUDA harness (no TensorFlow) with nvcc; returns its path."""
     log = print if verbose else (lambda *_: None)
@@ -216,6 +283,13 @@ def main(argv=None) -> int:
         print(f"hsr_tf.ops.build: FAILED: {e}\nThe pure-TensorFlow fallback will be used.", file=sys.stderr)
         return 1
     print(f"hsr_tf.ops.build: OK {path}")
+    try:
+        rpath = ensure_render_built(force=args.force, verbose=True)
+        _tf().load_op_library(rpath)
+        print(f"hsr_tf.ops.build: OK {rpath}")
+    except (BuildError, Exception) as e:  # noqa: BLE001 (the renderer's failure must not fail the ops build)
+        print(f"hsr_tf.ops.build: renderer FAILED: {e}\nhsr_tf.render will use its pure-TensorFlow fallback.",
+              file=sys.stderr)
     return 0
 
 
