@@ -58,6 +58,11 @@ FIELDS = {
 REQUIRED_FIELDS = ("points", "joints", "center", "scale")
 
 
+# What h5py raises on a damaged file: OSError (truncated, bad superblock, checksum), RuntimeError (bad B-tree or
+# attribute metadata), KeyError/ValueError (inconsistent object headers).
+_H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError)
+
+
 class ShardError(ValueError):
     """A shard file is missing, unreadable, truncated, or does not follow the schema."""
 
@@ -95,7 +100,9 @@ def write_shard(path: str, arrays: dict, attrs: dict) -> None:
     tmp = path + ".tmp"
     with h5py.File(tmp, "w") as f:
         for name, arr in arrays.items():
-            f.create_dataset(name, data=arr.astype(FIELDS[name][0], copy=False))
+            # Fletcher-32 checksums (chunked storage): a flipped byte in the data fails the read instead of
+            # loading silently wrong values. Empty fields cannot be chunked and carry no data to protect.
+            f.create_dataset(name, data=arr.astype(FIELDS[name][0], copy=False), fletcher32=arr.size > 0)
         for key, value in attrs.items():
             if isinstance(value, (list, tuple)):
                 f.attrs[key] = np.array([str(v) for v in value], dtype=h5py.string_dtype())
@@ -108,7 +115,7 @@ def _check_arrays(path, arrays, attrs):
     """Schema check of in-memory arrays (used by the writer and the loader)."""
     for key in REQUIRED_ATTRS:
         if key not in attrs:
-            raise ShardError(f"{path}: attribute '{key}': expected, missing (found {sorted(attrs)})")
+            raise ShardError(f"{path}: attribute '{key}': expected, missing (found {sorted(map(str, attrs))})")
     if int(attrs["schema_version"]) != SCHEMA_VERSION:
         raise ShardError(f"{path}: attribute 'schema_version': expected {SCHEMA_VERSION}, found {attrs['schema_version']}")
     num_joints = len(list(attrs["joint_names"]))
@@ -152,13 +159,14 @@ def read_attrs(path: str) -> dict:
     try:
         with h5py.File(path, "r") as f:
             return _attrs_of(f)
-    except OSError as e:
+    except _H5_ERRORS as e:
         raise ShardError(f"{path}: cannot open as HDF5 (missing, truncated or corrupt): {e}") from e
 
 
 def _attrs_of(f) -> dict:
     out = {}
     for key, value in f.attrs.items():
+        key = str(_decode(key))  # a damaged name can come back as bytes
         if isinstance(value, np.ndarray) and value.dtype.kind in "OSU":
             out[key] = [_decode(v) for v in value.tolist()]
         elif isinstance(value, np.generic):
@@ -185,15 +193,18 @@ def validate_shard(path: str) -> dict:
             attrs = _attrs_of(f)
             shapes, dtypes = {}, {}
             for name, obj in f.items():
+                name = str(_decode(name))  # a damaged name can come back as bytes
                 if not isinstance(obj, h5py.Dataset):
                     raise ShardError(f"{path}: field '{name}': expected a dataset, found a group")
                 shapes[name] = tuple(obj.shape)
                 dtypes[name] = np.dtype(obj.dtype)
-    except OSError as e:
+    except ShardError:
+        raise
+    except _H5_ERRORS as e:
         raise ShardError(f"{path}: cannot open as HDF5 (missing, truncated or corrupt): {e}") from e
     for key in REQUIRED_ATTRS:
         if key not in attrs:
-            raise ShardError(f"{path}: attribute '{key}': expected, missing (found {sorted(attrs)})")
+            raise ShardError(f"{path}: attribute '{key}': expected, missing (found {sorted(map(str, attrs))})")
     if int(attrs["schema_version"]) != SCHEMA_VERSION:
         raise ShardError(f"{path}: attribute 'schema_version': expected {SCHEMA_VERSION}, "
                          f"found {attrs['schema_version']}")
@@ -230,11 +241,13 @@ def load_shard(path: str, fields=None) -> dict:
                     raise ShardError(f"{path}: field '{name}': requested but missing (found {sorted(f.keys())})")
                 try:
                     out[name] = f[name][()]
-                except (OSError, RuntimeError, ValueError) as e:
+                except (OSError, RuntimeError, ValueError, KeyError) as e:
                     raise ShardError(f"{path}: field '{name}': cannot read data (truncated or corrupt): {e}") from e
                 if out[name].dtype.kind == "f" and not np.all(np.isfinite(out[name])):
                     raise ShardError(f"{path}: field '{name}': expected finite values, found NaN/Inf")
-    except OSError as e:
+    except ShardError:
+        raise
+    except _H5_ERRORS as e:
         raise ShardError(f"{path}: cannot open as HDF5 (missing, truncated or corrupt): {e}") from e
     return out
 
