@@ -20,7 +20,7 @@ setup(
     packages=find_packages(include=["hsr_tf", "hsr_tf.*", "data_prep", "data_prep.*",
                                     "experiments", "experiments.*", "benchmarks", "benchmarks.*"]),
     package_data={
-        "hsr_tf": ["assets/*.npz", "ops/src/*.cc", "ops/src/*.h", "ops/src/*.cu", "ops/src/*.cuh",
+        "hsr_tf": ["assets/*.npz", "assets/pretrained/*/*", "ops/src/*.cc", "ops/src/*.h", "ops/src/*.cu", "ops/src/*.cuh",
                    "render/src/*.cc"],
         "experiments": ["flags/*.flags"],
     },
