@@ -10,6 +10,11 @@ Writes ``--frames`` NYU-format frames (rendered hands, tests/fixtures_raw.py; or
   into a fresh directory with ``--num_workers`` processes.
 
 Prints frames/s of both and their ratio (goal: conversion within 2x of decoding).
+
+STB (``--stb_frames`` > 0): writes an STB-format tree (B1Counting, 640x480 colour + depth PNGs rendered by
+tests/fixtures_rgb_raw.py, a few distinct frames repeated), then on the same files: decode of every colour and
+depth PNG (``data_prep.stb.read_colour`` + ``decode_depth``) vs the whole ``data_prep.stb.convert`` (labels +
+decode + depth warp into the colour camera + crop + mask + RGB shard write), same worker count.
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ flags.DEFINE_integer("num_workers", None, "processes for both measurements (defa
 flags.DEFINE_string("raw_dir", None, "an existing NYU-format root to use instead of rendering fixtures")
 flags.DEFINE_integer("shard_size", 64, "frames per shard")
 flags.DEFINE_integer("repeats", 2, "best of N timings of each")
+flags.DEFINE_integer("stb_frames", 64, "STB-format frames for the STB conversion rate (0: skip it)")
 
 
 def _decode_chunk(paths):
@@ -37,6 +43,54 @@ def _decode_chunk(paths):
     for p in paths:
         nyu.decode_depth_png(p)
     return len(paths)
+
+
+def _decode_stb_chunk(pairs):
+    from data_prep import stb
+
+    for colour, depth in pairs:
+        stb.read_colour(colour)
+        stb.decode_depth(depth)
+    return len(pairs)
+
+
+def _stb_rate(tmp, workers):
+    """STB conversion vs decoding the same PNGs alone (frames/s); see the module docstring."""
+    from data_prep import stb
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+    import fixtures_rgb_raw
+
+    raw = os.path.join(tmp, "stb_raw")
+    t0 = time.perf_counter()
+    fixtures_rgb_raw.write_stb(raw, frames_per_sequence=FLAGS.stb_frames, unique=4, seed=0)
+    print(f"wrote {FLAGS.stb_frames} STB-format frames per sequence in {time.perf_counter() - t0:.1f} s")
+    tasks = stb.list_frames(raw, ["B1Counting"])["test"]
+    pairs = [t.source[1:3] for t in tasks]
+    n = len(pairs)
+    chunks = [pairs[i::workers] for i in range(workers)]
+    ctx = multiprocessing.get_context("fork")
+    decode_s, convert_s = [], []
+    for _ in range(FLAGS.repeats):
+        t0 = time.perf_counter()
+        if workers > 1:
+            with ctx.Pool(workers) as pool:
+                assert sum(pool.map(_decode_stb_chunk, chunks)) == n
+        else:
+            _decode_stb_chunk(pairs)
+        decode_s.append(time.perf_counter() - t0)
+        out = os.path.join(tmp, "stb_out")
+        shutil.rmtree(out, ignore_errors=True)
+        t0 = time.perf_counter()
+        res = stb.convert(raw, out, sequences=["B1Counting"], shard_size=max(1, n // workers), num_workers=workers,
+                          progress=False)
+        convert_s.append(time.perf_counter() - t0)
+    d, c = min(decode_s), min(convert_s)
+    report = {"stb_frames": n, "workers": workers, "written": res["test"]["frames"], "decode_fps": n / d,
+              "convert_fps": n / c, "convert_over_decode_time": c / d}
+    print(json.dumps(report, indent=2))
+    print(f"STB PNG decode (colour + depth): {n / d:.1f} frames/s; full conversion: {n / c:.1f} frames/s; "
+          f"conversion takes {c / d:.2f}x the decode time ({workers} workers)")
 
 
 def main(argv):
@@ -82,6 +136,8 @@ def main(argv):
         print(json.dumps(report, indent=2))
         print(f"NYU PNG decode: {n / d:.1f} frames/s; full conversion: {n / c:.1f} frames/s; "
               f"conversion takes {c / d:.2f}x the decode time ({workers} workers)")
+        if FLAGS.stb_frames > 0:
+            _stb_rate(tmp, workers)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -154,8 +154,11 @@ def _mirror_mesh(verts, faces):
 
 
 # ---------------------------------------------------------------------- STB
-def write_stb(root: str, frames_per_sequence: int = 2, seed: int = 0) -> dict:
+def write_stb(root: str, frames_per_sequence: int = 2, seed: int = 0, unique: int | None = None) -> dict:
     """Write B1Counting (images/B1Counting) and B2Random (B2Random/) with their labels; see module doc.
+
+    ``unique``: render only this many distinct frames per sequence and repeat them (PNG copies and label
+    columns) up to ``frames_per_sequence`` (for benchmarks; the truth covers every frame).
 
     Returns:
       sequence -> dict ``joints`` [N, 21, 3] (the reader's expected output: mirrored into the right hand,
@@ -170,14 +173,24 @@ def write_stb(root: str, frames_per_sequence: int = 2, seed: int = 0) -> dict:
     r, t = Rotation.from_rotvec(STB_ROTVEC).as_matrix(), STB_T
     rot_d, trans_d = np.diag(_FLIP_Y) @ r @ np.diag(_FLIP_Y), _FLIP_Y * t  # X_depth = rot_d X_colour + trans_d (ours)
     rng = np.random.default_rng(seed)
-    hands = procedural_hands(2 * frames_per_sequence, seed)
+    import shutil
+
+    distinct = frames_per_sequence if unique is None else max(1, min(int(unique), frames_per_sequence))
+    hands = procedural_hands(2 * distinct, seed)
     truth = {}
     for s_i, (seq, subdir) in enumerate((("B1Counting", "images/B1Counting"), ("B2Random", "B2Random"))):
         d = os.path.join(root, subdir)
         os.makedirs(d, exist_ok=True)
         para, rec = [], {"joints": [], "palm": [], "vertices": []}
         for i in range(frames_per_sequence):
-            hand = hands[s_i * frames_per_sequence + i]
+            if i >= distinct:                                     # a repeat of frame i % distinct
+                for kind in ("color", "depth"):
+                    shutil.copyfile(os.path.join(d, f"SK_{kind}_{i % distinct}.png"), os.path.join(d, f"SK_{kind}_{i}.png"))
+                para.append(para[i % distinct])
+                for k in rec:
+                    rec[k].append(rec[k][i % distinct])
+                continue
+            hand = hands[s_i * distinct + i]
             v_r, j_r = place(hand, colour_cam, rng)
             v_l, faces_l = _mirror_mesh(v_r, hand[1])
             j_l = j_r * _MIRROR

@@ -137,3 +137,17 @@ def test_hand_choice_rule():
     j, _ = rhd.hand_to_ours(xyz, np.ones((42, 3)), is_left=False)
     np.testing.assert_allclose(j[1] / 1000.0 * np.array([1, -1, 1]), xyz[21 + 4] * 1.0, atol=1e-12)
     np.testing.assert_allclose(j[4] / 1000.0 * np.array([1, -1, 1]), xyz[21 + 1], atol=1e-12)
+
+
+def test_command_line(converted, tmp_path):
+    import subprocess
+
+    out = tmp_path / "cli"
+    proc = subprocess.run([sys.executable, "-m", "data_prep.rhd", f"--raw_dir={converted['raw']}", f"--out_dir={out}",
+                           "--split=test", "--num_workers=1", "--noprogress"],
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "test: wrote 2 frames in 1 shards" in proc.stdout
+    arrays, _ = rgb_shards.read_rgb_shard(str(out / "test-00000.h5"))
+    np.testing.assert_allclose(arrays["joints"], converted["shards"]["test"][0]["joints"], atol=1e-6)

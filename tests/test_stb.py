@@ -195,3 +195,18 @@ def test_warp_plane_matches_the_analytic_depth():
             assert filled.sum() / inner.sum() >= coverage
         else:
             assert filled.sum() / inner.sum() < 0.9   # magnification 1.28: nearest splatting leaves holes
+
+
+def test_command_line(converted, tmp_path):
+    import subprocess
+
+    out = tmp_path / "cli"
+    proc = subprocess.run([sys.executable, "-m", "data_prep.stb", f"--raw_dir={converted['raw']}", f"--out_dir={out}",
+                           "--sequences=B1Counting", "--num_workers=1", "--noprogress", "--image_size=128"],
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "test: wrote 2 frames in 1 shards" in proc.stdout
+    arrays, attrs = rgb_shards.read_rgb_shard(str(out / "test-00000.h5"))
+    assert arrays["image"].shape == (2, 128, 128, 3) and attrs["sequences"] == "B1Counting"
+    np.testing.assert_allclose(arrays["joints"], converted["truth"]["B1Counting"]["joints"], atol=0.5)
