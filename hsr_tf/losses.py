@@ -9,7 +9,7 @@
     L_S  = sum_i ||V_i - V*_i||^2          over the N = 1305 vertices          (Eq. 7)
     L_B0 = sum_i ||T_i(beta, theta0) - B0_i||^2  over the N vertices          (Eq. 8)
 
-How the terms are assembled (see WORKSPACE_NOTES.md ("Depth model")):
+How the terms are assembled (see docs/papers.md ("Depth network, losses and metrics")):
 
 * Units: every term is computed in MILLIMETRES (squared), whatever the input
   normalisation: offsets in the normalised input frame are multiplied by the batch's

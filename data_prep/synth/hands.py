@@ -2,7 +2,7 @@
 
 Every subject is built from a seed: anatomical parameters (bone lengths, palm width and thickness,
 finger radii and taper, finger splay, thumb placement and opposition) are drawn from adult ranges
-(see WORKSPACE_NOTES.md ("Generator")), then a mesh with the SAME topology for everyone is laid out on them:
+(see docs/synthetic_hands.md ("Anatomy")), then a mesh with the SAME topology for everyone is laid out on them:
 
 * a palm tube of ``PALM_LEVELS`` rings of ``PALM_RING`` vertices from the wrist to the knuckles, its
   top ring scalloped over the four knuckles, a hole on the radial-palmar side where the thumb leaves,

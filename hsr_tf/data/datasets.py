@@ -60,7 +60,7 @@ NYU_PAPER_LIST = (31, 29, 27, 26, 25, 24, 22, 20, 19, 18, 16, 14, 13, 12, 10, 8,
 NYU_EVAL14 = (0, 3, 6, 9, 12, 15, 18, 21, 24, 25, 27, 30, 31, 32)
 #: The ten joints of the model-based protocol on the first 2,440 NYU test frames
 #: (Tagliasacchi et al. 2015, Tan et al. 2016, Taylor et al. 2016). OUR READING, see
-#: WORKSPACE_NOTES.md ("Real datasets"): the fingertip and the middle joint of each of the five
+#: docs/papers.md ("Real-data evaluation protocols"): the fingertip and the middle joint of each of the five
 #: fingers, i.e. the 14 standard joints without the three palm/wrist joints (30, 31, 32)
 #: and the thumb base (27), whose positions depend on each tracker's palm model.
 NYU_MODEL_BASED10 = (0, 3, 6, 9, 12, 15, 18, 21, 24, 25)

@@ -5,7 +5,7 @@ replacement; when the cloud has fewer than P points, keep all of them and add
 randomly repeated ones. The result is shuffled so that no index carries meaning
 (farthest point sampling downstream starts at index 0).
 
-Normalisation (default, documented in WORKSPACE_NOTES.md ("Synthetic data")):
+Normalisation (default, documented in docs/synthetic_hands.md ("Points and normalisation")):
   centre ``c`` = mean of the sampled points (``center_mode='mean'``; or the
     axis-aligned bounding-box centre, ``'bbox'``),
   scale  ``s`` = a FIXED 150 mm (the half-size of a 300 mm hand cube,

@@ -18,7 +18,7 @@ built from the cross-covariance. Compared with the SVD form (Umeyama 1991), this
   instead divides by ``sigma_i^2 - sigma_j^2`` for every pair: on perfectly well-posed
   inputs with two equal singular values (e.g. a planar square) TF's ``svd`` gradient
   replaces 1/0 by 0 and is then wrong (measured: error 1.17 for a gradient of size
-  2.7, see WORKSPACE_NOTES.md ("Depth model")), and near such ties it is huge.
+  2.7, see docs/papers.md ("Depth network, losses and metrics")), and near such ties it is huge.
 
 The eigenvector gradient is written explicitly (``_top_eigenvector``) with the
 eigenvalue gaps clamped from below, so it stays finite (and bounded) even on

@@ -1,7 +1,7 @@
 """Keras layer evaluating the SMPL-style hand model (paper section III-B, Eqs. 1-3).
 
 Legend: B batch, V vertices (1305), S shape parameters (10), J joints (21),
-P pose-blend features (9 * (J - 1) = 180). Millimetres, neutral hand frame (DESIGN.md).
+P pose-blend features (9 * (J - 1) = 180). Millimetres, neutral hand frame (docs/conventions.md, docs/hand_model.md).
 
   T(beta, theta) = B0 + sum_n beta_n B_n + pose_feature(R(theta)) . P            (Eq. 1)
   J0(beta)       = J_re T(beta, theta0)                                          (Eq. 2)
