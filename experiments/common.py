@@ -73,6 +73,13 @@ flags.DEFINE_enum("transform", "procrustes", ["procrustes", "regress"],
                   "Hand-to-input transform {s,R,t}: similarity Procrustes of model joints onto predicted joints, "
                   "or regressed directly.")
 flags.DEFINE_string("hand_model", None, "Hand model .npz (default: the packaged asset).")
+flags.DEFINE_string("init_from", None,
+                    "Initial weights: a run's WORKDIR (its newest checkpoint) or 'pretrained:NAME' (the weights shipped "
+                    "in hsr_tf/assets/pretrained/NAME, e.g. pretrained:depth). Variables are matched by path and shape "
+                    "(e.g. a joint regression of another joint count stays initialised); the hand model's constants "
+                    "come from --hand_model, not from the source. Ignored when WORKDIR already has a checkpoint "
+                    "(resume). The network flags (--shape_network, --num_stages, ...) must describe the source's "
+                    "network for its weights to fit.")
 flags.DEFINE_string("shape_network", None,
                     "JSON dict of ShapeNetwork overrides (see hsr_tf.models.SHAPE_NETWORK_DEFAULTS), e.g. smaller "
                     "set-abstraction levels for CPU demos.")
@@ -190,6 +197,80 @@ def build_model(data_info: dict):
                         transform=FLAGS.transform, shape_network=overrides)
 
 
+PRETRAINED_PREFIX = "pretrained:"
+
+
+def load_model_spec(spec: str, num_points: int = 1024):
+    """The trained model named by ``spec``: ``pretrained:NAME`` (shipped weights) or a run WORKDIR (newest checkpoint).
+
+    Returns:
+      (Keras model with restored weights, checkpoint prefix it came from).
+    """
+    if spec.startswith(PRETRAINED_PREFIX):
+        from hsr_tf import pretrained
+
+        name = spec[len(PRETRAINED_PREFIX):]
+        return pretrained.load(name), pretrained.checkpoint_prefix(name)
+    if not os.path.isdir(spec):
+        raise FileNotFoundError(f"{spec}: expected a run WORKDIR (model_config.json, checkpoints/) or "
+                                f"'{PRETRAINED_PREFIX}NAME', found no directory")
+    from hsr_tf.train import loop
+
+    return loop.load_model_from_workdir(spec, example_points_shape=(1, num_points, 3))
+
+
+def training_manifest_path(spec: str) -> str:
+    """The data_prep.synth manifest of the set the model named by ``spec`` was trained on (the shipped model's
+    ``training_data.json``, or ``manifest.json`` in the run's recorded --data_dir)."""
+    if spec.startswith(PRETRAINED_PREFIX):
+        from hsr_tf import pretrained
+
+        return os.path.join(pretrained.asset_dir(spec[len(PRETRAINED_PREFIX):]), "training_data.json")
+    data_dir = workdir_flag(spec, "data_dir")
+    if data_dir is None:
+        raise FileNotFoundError(f"{os.path.join(spec, 'flags.txt')}: expected the run's --data_dir, found none")
+    return os.path.join(data_dir, "manifest.json")
+
+
+def init_from(model, spec: str, num_points: int) -> int:
+    """Copy the weights of the model named by ``spec`` (see :func:`load_model_spec`) into ``model``.
+
+    Variables are matched by path and shape. The hand model's constants (``model.hand_model_layer``) are not
+    copied: they come from --hand_model; a warning says when the source was trained with other values.
+    Returns:
+      the number of variables copied (none raises: the two models share no variable).
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    src, ckpt = load_model_spec(spec, num_points)
+    model(tf.zeros((1, num_points, 3)), training=False)
+    by_path = {v.path: v for v in src.variables}
+    hand_layer = getattr(model, "hand_model_layer", None)
+    constants = {id(v) for v in hand_layer.variables} if hand_layer is not None else set()
+    copied, skipped, other_hand_model = 0, [], []
+    for v in model.variables:
+        s = by_path.get(v.path)
+        fits = s is not None and tuple(s.shape) == tuple(v.shape)
+        if id(v) in constants:
+            if not fits or not np.allclose(s.numpy(), v.numpy(), rtol=1e-5, atol=1e-5):
+                other_hand_model.append(v.path)
+            continue
+        if fits:
+            v.assign(s)
+            copied += 1
+        else:
+            skipped.append(v.path)
+    if copied == 0:
+        raise ValueError(f"--init_from={spec}: expected variables matching this model, found none ({ckpt})")
+    if other_hand_model:
+        logging.warning("--init_from=%s was trained with another hand model (%s differ from --hand_model's); its "
+                        "network weights are used with this run's hand model", spec, other_hand_model[:4])
+    logging.info("Initialised %d variables from %s; %d left as initialised: %s", copied, ckpt, len(skipped),
+                 skipped[:8])
+    return copied
+
+
 def build_loss(model, lambda_shape: float):
     from hsr_tf import losses
 
@@ -287,6 +368,11 @@ def run(supervision: str) -> dict:
     info = pipeline.read_data_info(FLAGS.data_dir)
     keras.utils.set_random_seed(FLAGS.seed)
     model = build_model(info)
+    import tensorflow as tf
+    from hsr_tf.train import loop
+
+    if FLAGS.init_from and tf.train.latest_checkpoint(os.path.join(workdir, loop.CHECKPOINT_SUBDIR)) is None:
+        init_from(model, FLAGS.init_from, info["num_points"])
     loss_fn = build_loss(model, lambda_shape)
     heldout = pipeline.eval_dataset(FLAGS.data_dir, FLAGS.batch_size, include_vertices=info["has_vertices"])
     predict_fn = None

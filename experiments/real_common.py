@@ -35,9 +35,6 @@ FLAGS = flags.FLAGS
 flags.DEFINE_enum("reg_joints", "eval", ["eval", "correspondence"],
                   "Joints of the joint-regression network: the dataset's evaluation joints (NYU 14, ICVL 16, MSRA 21) "
                   "or the joints paired with our 21 (the paper's ablation, Table II(b)).")
-flags.DEFINE_string("init_from", None, "Workdir of a (synthetic) run whose newest checkpoint initialises the model "
-                    "(variables matched by path and shape; e.g. the joint regression is skipped when Jd differs). "
-                    "Ignored when this workdir already has a checkpoint (resume).")
 flags.DEFINE_string("eval_protocols", None, "Comma-separated protocols for the final evaluation (default: all of the "
                     "dataset's, plus 'correspondence21' when --reg_joints=correspondence or without joint regression).")
 flags.DEFINE_string("msra_test_subjects", "P0,P1,P2,P3,P4,P5,P6,P7,P8",
@@ -73,31 +70,8 @@ def build_loss(model, spec, reg_idx):
 
 
 def init_from_run(model, init_dir: str, num_points: int) -> int:
-    """Copy the variables of ``init_dir``'s newest checkpoint into ``model`` where path and shape match.
-
-    Returns:
-      the number of variables copied (0 raises: the runs do not share a model).
-    """
-    import tensorflow as tf
-
-    from hsr_tf.train import loop
-
-    src, ckpt = loop.load_model_from_workdir(init_dir, example_points_shape=(1, num_points, 3))
-    model(tf.zeros((1, num_points, 3)), training=False)
-    by_path = {v.path: v for v in src.variables}
-    copied, skipped = 0, []
-    for v in model.variables:
-        s = by_path.get(v.path)
-        if s is not None and tuple(s.shape) == tuple(v.shape):
-            v.assign(s)
-            copied += 1
-        else:
-            skipped.append(v.path)
-    if copied == 0:
-        raise ValueError(f"--init_from={init_dir}: expected variables matching this model, found none ({ckpt})")
-    logging.info("Initialised %d variables from %s; %d left as initialised: %s", copied, ckpt, len(skipped),
-                 skipped[:8])
-    return copied
+    """--init_from (a run WORKDIR or pretrained:NAME): see :func:`experiments.common.init_from`."""
+    return common.init_from(model, init_dir, num_points)
 
 
 def train_and_evaluate(spec, data_dir: str, workdir: str, test_split: str = "test", train_split: str = "train") -> dict:
