@@ -15,6 +15,12 @@ STB (``--stb_frames`` > 0): writes an STB-format tree (B1Counting, 640x480 colou
 tests/fixtures_rgb_raw.py, a few distinct frames repeated), then on the same files: decode of every colour and
 depth PNG (``data_prep.stb.read_colour`` + ``decode_depth``) vs the whole ``data_prep.stb.convert`` (labels +
 decode + depth warp into the colour camera + crop + mask + RGB shard write), same worker count.
+
+Synthetic RGB (``--rgb_poses`` > 0): renders the same frames (``--rgb_subjects`` subjects x ``--rgb_poses`` poses
+x 1 view, same seed, hence the same subjects, poses and viewpoints) with ``data_prep.synth`` (depth maps, the
+peer) and with ``data_prep.synth_rgb`` (shaded ``--rgb_image_size`` crops + mask + crop depth), same worker
+count, and prints both rates and their ratio; then reads the RGB set back through ``hsr_tf.data.rgb_reader``
+(background compositing, crop and colour jitter, heat-maps; batch 32) and prints its frames/s.
 """
 from __future__ import annotations
 
@@ -35,6 +41,9 @@ flags.DEFINE_string("raw_dir", None, "an existing NYU-format root to use instead
 flags.DEFINE_integer("shard_size", 64, "frames per shard")
 flags.DEFINE_integer("repeats", 2, "best of N timings of each")
 flags.DEFINE_integer("stb_frames", 64, "STB-format frames for the STB conversion rate (0: skip it)")
+flags.DEFINE_integer("rgb_poses", 24, "poses per subject of the synthetic RGB vs depth render rate (0: skip it)")
+flags.DEFINE_integer("rgb_subjects", 4, "subjects of the synthetic RGB vs depth render rate")
+flags.DEFINE_integer("rgb_image_size", 256, "crop size S of the synthetic RGB render")
 
 
 def _decode_chunk(paths):
@@ -93,6 +102,46 @@ def _stb_rate(tmp, workers):
           f"conversion takes {c / d:.2f}x the decode time ({workers} workers)")
 
 
+def _rgb_rate(tmp, workers):
+    """Synthetic RGB render vs depth render of the same frames, then the RGB reader's rate; see the docstring."""
+    import dataclasses
+
+    from data_prep.synth import render as depth_render
+    from data_prep.synth_rgb import dataset as rgb_dataset
+    from hsr_tf.data import rgb_reader
+
+    common = dict(num_subjects=FLAGS.rgb_subjects, poses_per_subject=FLAGS.rgb_poses, views_per_pose=1, seed=0,
+                  frames_per_shard=max(1, FLAGS.rgb_poses // 2))
+    depth_cfg = depth_render.DatasetConfig(**common)
+    base = rgb_dataset.RGBDatasetConfig().frame
+    rgb_cfg = rgb_dataset.RGBDatasetConfig(**common, frame=dataclasses.replace(base, image_size=FLAGS.rgb_image_size))
+    quiet = lambda *a, **k: None  # noqa: E731
+    depth = depth_render.generate(os.path.join(tmp, "synth_depth"), depth_cfg, num_workers=workers, progress=False,
+                                  log=quiet)
+    rgb = rgb_dataset.generate(os.path.join(tmp, "synth_rgb"), rgb_cfg, num_workers=workers, progress=False,
+                               log=quiet)
+    frames = depth["frames"]
+    assert rgb["frames"] == frames, (rgb["frames"], frames)
+    depth_fps = frames / depth["seconds"]
+    rgb_fps = frames / rgb["seconds"]
+    ds = rgb_reader.make_rgb_dataset(os.path.join(tmp, "synth_rgb"), "train", 32, image_size=FLAGS.rgb_image_size,
+                                     augment=True, seed=0, drop_remainder=False, repeat=True)
+    it = iter(ds)
+    next(it)  # warm-up: tracing, shard open
+    n_batches, n_frames, t0 = 0, 0, time.perf_counter()
+    while n_batches < 8:
+        n_frames += int(next(it)["image"].shape[0])
+        n_batches += 1
+    reader_fps = n_frames / (time.perf_counter() - t0)
+    report = {"synth_frames": frames, "workers": workers, "image_size": FLAGS.rgb_image_size,
+              "depth_render_fps": depth_fps, "rgb_render_fps": rgb_fps, "rgb_over_depth_time": depth_fps / rgb_fps,
+              "rgb_reader_fps": reader_fps}
+    print(json.dumps(report, indent=2))
+    print(f"synthetic render of the same {frames} frames: depth {depth_fps:.1f} frames/s, RGB "
+          f"{rgb_fps:.1f} frames/s (RGB takes {depth_fps / rgb_fps:.2f}x the depth time, {workers} workers); "
+          f"RGB reader with augmentation: {reader_fps:.0f} frames/s")
+
+
 def main(argv):
     del argv
     from data_prep import nyu
@@ -138,6 +187,8 @@ def main(argv):
               f"conversion takes {c / d:.2f}x the decode time ({workers} workers)")
         if FLAGS.stb_frames > 0:
             _stb_rate(tmp, workers)
+        if FLAGS.rgb_poses > 0:
+            _rgb_rate(tmp, workers)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
