@@ -83,13 +83,13 @@ def test_synth_full_train_evaluate_export(tmp_path):
     assert max(rep["max_abs_diff_mm_vs_keras"].values()) < 0.05
     # TensorBoard: loss terms incl. the shape loss, lr, held-out metrics, mesh + image summaries.
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    acc = EventAccumulator(os.path.join(wd, "tb", "train"), size_guidance={"tensors": 0})
+    acc = EventAccumulator(os.path.join(wd, "train"), size_guidance={"tensors": 0})
     acc.Reload()
     tags = set(acc.Tags()["tensors"])
     assert {"loss", "loss/stage1/shape", "loss/stage2/chamfer", "loss/regression/joint",
             "optim/learning_rate"} <= tags, tags
     assert any(t.endswith("/render") for t in tags) and any("overlay" in t for t in tags)
-    ev = EventAccumulator(os.path.join(wd, "tb", "eval"), size_guidance={"tensors": 0})
+    ev = EventAccumulator(os.path.join(wd, "eval"), size_guidance={"tensors": 0})
     ev.Reload()
     assert "metrics/mean_joint_error_mm" in ev.Tags()["tensors"]
     # The exported model in a fresh process with TensorFlow alone: camera-mm in, camera-mm out.

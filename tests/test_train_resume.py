@@ -145,7 +145,7 @@ def test_flags_and_command_written(tmp_path):
     tr.train()
     assert (tmp_path / "f" / "flags.txt").read_text() == info["flags"]
     assert info["command"] in (tmp_path / "f" / "command.txt").read_text()
-    acc = _events(tmp_path / "f" / "tb" / "train")
+    acc = _events(tmp_path / "f" / "train")
     tags = acc.Tags()["tensors"]
     assert "run/flags" in tags and "run/command" in tags
     text = acc.Tensors("run/flags")[0].tensor_proto.string_val[0].decode()
@@ -155,7 +155,7 @@ def test_flags_and_command_written(tmp_path):
     loss_events = {e.step: tf.make_ndarray(e.tensor_proto) for e in acc.Tensors("loss")}
     np.testing.assert_allclose(loss_events[2], np.mean([tr.history[0]["loss"], tr.history[1]["loss"]]), rtol=1e-6)
     # hparams at the TensorBoard root of the run.
-    root = _events(tmp_path / "f" / "tb")
+    root = _events(tmp_path / "f")
     assert any("hparams" in t for t in root.Tags()["tensors"]) or root.PluginTagToContent("hparams")
     # A rerun with changed flags keeps the old ones.
     info2 = dict(info, flags="--batch_size=8\n--seed=8\n")

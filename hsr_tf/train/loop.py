@@ -13,6 +13,20 @@ whole shuffle buffer (1024 x 3 floats per buffered frame) and does not work thro
 ``py_function``/generator stages (h5py readers), whereas (seed, epoch) determinism costs
 only the re-read of the skipped batches of one epoch.
 
+Workdir layout: ``checkpoints/`` (:mod:`hsr_tf.train.checkpoints`: written atomically, kill-safe),
+``train/`` and ``eval/`` (TensorBoard event files of the training and held-out scalars; the hparams at the
+workdir itself, so ``tensorboard --logdir runs`` lists ``<run>/train`` and ``<run>/eval`` per workdir),
+``flags.txt``, ``command.txt``, ``model_config.json``, ``.lock`` (:mod:`hsr_tf.train.workdir_lock`: a second
+run on the same workdir refuses to start).
+
+Distribution (:mod:`hsr_tf.train.distribute`): the Trainer takes a ``tf.distribute`` strategy; each global
+batch of ``train_dataset_fn`` is split over the replicas, so the data order and the resume contract above do
+not depend on the number of replicas. Only the chief writes checkpoints, summaries and workdir files.
+
+Faults: a non-finite loss (or gradient) stops the run before the update is applied, with a message naming
+the step and the frames of the batch, so no checkpoint ever holds the poisoned weights; with
+``on_nonfinite="skip"`` the batch is skipped instead and counted (``faults/nonfinite_skipped``).
+
 Legend: B batch, N points (1024), V vertices (1305), J joints.
 """
 from __future__ import annotations
@@ -22,6 +36,8 @@ import importlib
 import json
 import logging
 import os
+import shutil
+import tempfile
 import time
 from typing import Callable, Mapping, Optional
 
@@ -30,13 +46,23 @@ import tensorflow as tf
 import keras
 
 from hsr_tf import precision as precision_lib
+from hsr_tf.train import checkpoints as checkpoints_lib
+from hsr_tf.train import distribute as distribute_lib
+from hsr_tf.train import progress as progress_lib
 from hsr_tf.train import summaries as summaries_lib
+from hsr_tf.train import workdir_lock
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_SUBDIR = "checkpoints"
-TENSORBOARD_SUBDIR = "tb"
+TRAIN_SUMMARY_SUBDIR = "train"  # TensorBoard run <workdir>/train
+EVAL_SUMMARY_SUBDIR = "eval"  # TensorBoard run <workdir>/eval (beside the evaluation reports)
 MODEL_CONFIG_FILE = "model_config.json"
+NONFINITE_POLICIES = ("stop", "skip")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss or its gradient is NaN/Inf; no update was applied from the batch."""
 
 
 @dataclasses.dataclass
@@ -44,7 +70,7 @@ class TrainConfig:
     """Optimisation and bookkeeping settings of one run.
 
     Attributes:
-      workdir: run directory (checkpoints/, tb/, flags.txt, command.txt, model_config.json).
+      workdir: run directory (checkpoints/, train/, eval/, flags.txt, command.txt, model_config.json, .lock).
       steps_per_epoch: batches per epoch of the data (data order / resume; the learning rate decays per
         epoch only when ``lr_decay_samples`` is None).
       num_epochs: epochs to train; the run ends at ``num_epochs * steps_per_epoch`` steps
@@ -61,8 +87,14 @@ class TrainConfig:
       eval_every: steps between held-out evaluations (0 = only at the end).
       visual_every: steps between mesh / image summaries (0 = never).
       max_to_keep: checkpoints kept on disk.
-      progress: show a tqdm progress bar.
+      progress: show a tqdm progress bar; without it, log a line every ``log_every`` steps.
+      log_every: steps between progress log lines when ``progress`` is off (0 = ``summary_every``).
       optimizer: "adam" (the depth paper) or "rmsprop" (the RGB paper, Ge et al. section 5.1).
+      on_nonfinite: "stop" (raise :class:`NonFiniteLossError` naming the step and frames) or "skip" (skip
+        the batch, count it; the step still advances so the data order is kept).
+      max_consecutive_skips: with "skip", raise after this many non-finite batches in a row.
+      sync_batchnorm: with more than one replica, BatchNorm statistics over the global batch (all replicas)
+        instead of each replica's slice (see :mod:`hsr_tf.train.distribute`).
     """
 
     workdir: str
@@ -79,9 +111,19 @@ class TrainConfig:
     visual_every: int = 0
     max_to_keep: int = 3
     progress: bool = True
+    log_every: int = 0
     optimizer: str = "adam"
+    on_nonfinite: str = "stop"
+    max_consecutive_skips: int = 20
+    sync_batchnorm: bool = True
 
     def __post_init__(self):
+        if self.on_nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(f"on_nonfinite: expected one of {NONFINITE_POLICIES}, found {self.on_nonfinite!r}")
+        if self.log_every < 0:
+            raise ValueError(f"log_every: expected >= 0, found {self.log_every}")
+        if self.max_consecutive_skips < 1:
+            raise ValueError(f"max_consecutive_skips: expected >= 1, found {self.max_consecutive_skips}")
         if self.optimizer not in ("adam", "rmsprop"):
             raise ValueError(f"optimizer: expected 'adam' or 'rmsprop', found {self.optimizer!r}")
         if self.steps_per_epoch < 1:
@@ -137,8 +179,9 @@ def model_input(batch: Mapping, input_key):
 def save_model_config(model: keras.Model, workdir: str) -> str:
     """Write the Keras serialisation of ``model`` (class + config, no weights) to the workdir."""
     path = os.path.join(workdir, MODEL_CONFIG_FILE)
-    with open(path, "w") as f:
-        json.dump(keras.saving.serialize_keras_object(model), f, indent=1, sort_keys=True)
+    # Atomic: every worker of a multi-worker run may write the same file.
+    checkpoints_lib.atomic_write_text(
+        path, json.dumps(keras.saving.serialize_keras_object(model), indent=1, sort_keys=True))
     return path
 
 
@@ -204,27 +247,31 @@ class Trainer:
     """Runs (and resumes) the optimisation of a Keras model with a custom loss.
 
     Args:
-      model: Keras model called as ``model(batch[input_key], training=...)`` returning a dict.
-      loss_fn: ``loss_fn(batch, outputs, epoch) -> (total scalar, {term name: scalar})``;
-        ``epoch`` is an int32 scalar tensor (0-based) so schedules inside the loss do not retrace.
-      train_dataset_fn: ``epoch -> tf.data.Dataset`` of batch dicts; deterministic in epoch (see
+      model: Keras model called as ``model(batch[input_key], training=...)`` returning a dict. Under a
+        strategy other than the default, create it inside ``strategy.scope()``.
+      loss_fn: ``loss_fn(batch, outputs, epoch) -> (total scalar, {term name: scalar})``, the mean over the
+        batch it is given (a replica's slice under a strategy); ``epoch`` is an int32 scalar tensor (0-based)
+        so schedules inside the loss do not retrace.
+      train_dataset_fn: ``epoch -> tf.data.Dataset`` of global batch dicts; deterministic in epoch (see
         module docstring). It is cut to ``steps_per_epoch`` batches.
       config: :class:`TrainConfig`.
       eval_fn: optional ``(model, step) -> {metric name: float}`` run every ``eval_every`` steps and
-        at the end; its results go to TensorBoard ``eval`` and are returned by :meth:`train`.
-      visual_fn: optional ``(model, step, writer) -> None`` writing mesh/image summaries.
+        at the end (chief only); its results go to TensorBoard ``eval`` and are returned by :meth:`train`.
+      visual_fn: optional ``(model, step, writer) -> None`` writing mesh/image summaries (chief only).
       run_info: optional {"flags": text, "command": text, "hparams": {name: value}} written to
         the workdir (flags.txt, command.txt) and TensorBoard (text, hparams).
       input_key: key of the model input in the batch dict, or a tuple of keys (the model gets a dict).
       variables_fn: optional ``model -> list of variables`` trained (e.g. one sub-network per phase of a
         schedule); default ``model.trainable_variables``.
       seed: seeds Python/NumPy/TF global generators (model initialisation).
+      strategy: a ``tf.distribute`` strategy (:func:`hsr_tf.train.distribute.make_strategy`); default the
+        current one (TensorFlow's default strategy: one device).
     """
 
     def __init__(self, model: keras.Model, loss_fn: Callable, train_dataset_fn: Callable[[int], tf.data.Dataset],
                  config: TrainConfig, eval_fn: Optional[Callable] = None, visual_fn: Optional[Callable] = None,
                  run_info: Optional[Mapping] = None, input_key="points", seed: int = 0,
-                 variables_fn: Optional[Callable] = None):
+                 variables_fn: Optional[Callable] = None, strategy: Optional[tf.distribute.Strategy] = None):
         self.model = model
         self.loss_fn = loss_fn
         self.train_dataset_fn = train_dataset_fn
@@ -235,39 +282,63 @@ class Trainer:
         self.input_key = input_key
         self.variables_fn = variables_fn
         self.seed = seed
+        self.strategy = strategy or tf.distribute.get_strategy()
+        self.is_chief = distribute_lib.is_chief(self.strategy)
+        if config.batch_size is not None:
+            distribute_lib.replica_batch_size(self.strategy, config.batch_size)  # fail before any work
         os.makedirs(config.workdir, exist_ok=True)
-        self.optimizer = make_optimizer(config)
-        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+        with self.strategy.scope():
+            self.optimizer = make_optimizer(config)
+            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+            self.skipped = tf.Variable(0, dtype=tf.int64, trainable=False, name="nonfinite_skipped")
         self._built = False
-        self._train_step = None
+        self._step_fns = None
         self.history: list[dict] = []  # per-step {"step", "loss", terms...}, this process only
+        self.skipped_batches: list[dict] = []  # {"step", "epoch", "batch", "loss", ids...}, this process only
 
     # ------------------------------------------------------------------ setup
     def _build(self, example_batch):
         if self._built:
             return
-        self.model(model_input(example_batch, self.input_key), training=False)
-        self.optimizer.build(self._variables())
-        self.checkpoint = tf.train.Checkpoint(**model_checkpoint_objects(self.model), optimizer=self.optimizer,
-                                              step=self.step)
-        self.manager = tf.train.CheckpointManager(
-            self.checkpoint, os.path.join(self.config.workdir, CHECKPOINT_SUBDIR), max_to_keep=self.config.max_to_keep,
-            step_counter=self.step, checkpoint_interval=None)
+        strategy = self.strategy
+        with strategy.scope():
+            self.model(model_input(example_batch, self.input_key), training=False)
+            self.optimizer.build(self._variables())
+        if strategy is not tf.distribute.get_strategy() or strategy.num_replicas_in_sync > 1:
+            outside = [v.path for v in self.model.variables
+                       if not strategy.extended.variable_created_in_scope(getattr(v, "value", v))]
+            if outside:
+                raise ValueError(f"model: expected every variable created under strategy.scope() (construct and "
+                                 f"build the model inside `with strategy.scope():`), found {len(outside)} created "
+                                 f"outside, e.g. {outside[:3]}")
+        if self.config.sync_batchnorm and strategy.num_replicas_in_sync > 1:
+            n = distribute_lib.synchronize_batchnorm(self.model)
+            log.info("BatchNorm statistics over the global batch (%d layers synchronised across replicas)", n)
+        self._objects = dict(model_checkpoint_objects(self.model), optimizer=self.optimizer, step=self.step)
+        self.checkpoint = tf.train.Checkpoint(**self._objects, nonfinite_skipped=self.skipped)
+        self.checkpoint.save_counter  # created now, on every worker alike, rather than lazily by the first save
+        self.checkpointer = checkpoints_lib.AtomicCheckpointer(
+            self.checkpoint, os.path.join(self.config.workdir, CHECKPOINT_SUBDIR), self.config.max_to_keep)
         self._built = True
 
     def restore(self) -> int:
         """Restore the newest checkpoint if any; returns the step to continue from."""
-        latest = self.manager.latest_checkpoint
+        latest = self.checkpointer.latest_checkpoint
         if latest is None:
             return 0
-        self.checkpoint.restore(latest).assert_existing_objects_matched()
+        names = {name for name, _ in tf.train.list_variables(latest)}
+        # Checkpoints written before the skip counter existed restore without it (it stays 0).
+        has_skips = any(name.startswith("nonfinite_skipped/") for name in names)
+        ckpt = self.checkpoint if has_skips else tf.train.Checkpoint(**self._objects)
+        ckpt.restore(latest).assert_existing_objects_matched()
         step = int(self.step.numpy())
+        applied = step - int(self.skipped.numpy())
         # A loss-scaled optimizer (float16) does not count the steps it skipped for non-finite gradients.
         scaled = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
         iterations = int(self.optimizer.iterations.numpy())
-        if iterations != step and not (scaled and iterations <= step):
-            raise RuntimeError(f"{latest}: optimizer iterations {int(self.optimizer.iterations.numpy())} "
-                               f"disagree with the stored step {step}")
+        if iterations != applied and not (scaled and iterations <= applied):
+            raise RuntimeError(f"{latest}: optimizer iterations {iterations} disagree with the stored step {step} "
+                               f"minus {step - applied} skipped non-finite batches")
         log.info("Resumed from %s at step %d", latest, step)
         return step
 
@@ -275,26 +346,57 @@ class Trainer:
         return list(self.variables_fn(self.model)) if self.variables_fn is not None else \
             self.model.trainable_variables
 
-    def _make_train_step(self):
-        model, optimizer, loss_fn, key = self.model, self.optimizer, self.loss_fn, self.input_key
+    def _make_step_fns(self):
+        """Two tf.functions: gradients (and whether they are finite), then the update -- so a poisoned batch
+        can be refused before it touches the weights."""
+        model, loss_fn, key, strategy = self.model, self.loss_fn, self.input_key, self.strategy
         select = self._variables
+        optimizer = self.optimizer
         loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+        replicas = strategy.num_replicas_in_sync
 
-        @tf.function(reduce_retracing=True)
-        def train_step(batch, epoch):
+        def replica_gradients(batch, epoch):
             with tf.GradientTape() as tape:
                 outputs = model(model_input(batch, key), training=True)
                 total, terms = loss_fn(batch, outputs, epoch)
-                scaled = optimizer.scale_loss(total) if loss_scaled else total
+                # Each replica's mean / R, summed over replicas by the optimizer: the mean over the global batch.
+                objective = total / replicas if replicas > 1 else total
+                scaled = optimizer.scale_loss(objective) if loss_scaled else objective
             variables = select()
             grads = tape.gradient(scaled, variables)  # a LossScaleOptimizer unscales them when applying
             missing = [v.path for v, g in zip(variables, grads) if g is None]
             if missing:
                 raise ValueError(f"loss_fn: expected a gradient for every trainable variable, none for {missing}")
-            optimizer.apply_gradients(zip(grads, variables))
-            return total, terms
+            finite = tf.math.is_finite(tf.cast(total, tf.float32))
+            if not loss_scaled:  # under loss scaling, overflowing gradients are the LossScaleOptimizer's business
+                finite = tf.logical_and(finite, tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads]))
+            return total, terms, grads, 1.0 - tf.cast(finite, tf.float32)
 
-        return train_step
+        @tf.function(reduce_retracing=True)
+        def compute(batch, epoch):
+            total, terms, grads, bad = strategy.run(replica_gradients, args=(batch, epoch))
+            mean = tf.distribute.ReduceOp.MEAN
+            total = strategy.reduce(mean, total, axis=None)
+            terms = {k: strategy.reduce(mean, v, axis=None) for k, v in terms.items()}
+            # finite on every replica <=> no replica flagged its loss or gradients
+            return total, terms, grads, strategy.reduce(tf.distribute.ReduceOp.SUM, bad, axis=None) == 0.0
+
+        @tf.function(reduce_retracing=True)
+        def apply(grads):
+            strategy.run(lambda g: optimizer.apply_gradients(zip(g, select())), args=(grads,))
+
+        return compute, apply
+
+    def _save(self, step: int) -> None:
+        if self.is_chief:
+            self.checkpointer.save(step)
+            return
+        # Every worker takes part in a save (MultiWorkerMirroredStrategy); the others' copies are thrown away.
+        tmp = tempfile.mkdtemp(prefix="hsr_tf_worker_ckpt_")
+        try:
+            self.checkpoint.write(os.path.join(tmp, "ckpt"))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     def _write_run_info(self, writer, root_writer):
         flags_text = self.run_info.get("flags")
@@ -325,16 +427,40 @@ class Trainer:
                 summaries_lib.write_hparams(self.run_info["hparams"], self.run_info.get("hparam_metrics", ()))
             root_writer.flush()
 
+    def _nonfinite_message(self, step, epoch, index, batch, loss_v, terms, grads_finite) -> str:
+        bad = {k: float(v) for k, v in terms.items() if np.ndim(v) == 0 and not np.isfinite(float(v))}
+        what = f"the loss is {loss_v}" if not np.isfinite(loss_v) else "the loss is finite but a gradient is not"
+        ids = {k: np.asarray(batch[k]).reshape(-1).tolist() for k in ("frame_id", "subject") if k in batch}
+        frames = "; ".join(f"{k} {v}" for k, v in ids.items()) if ids else \
+            "the batch has no frame_id field (it is batch %d of epoch %d's deterministic order)" % (index, epoch)
+        return (f"step {step} (epoch {epoch}, batch {index} of the epoch): {what}"
+                f"{f' (non-finite terms {bad})' if bad else ''}{'' if grads_finite else '; gradients non-finite'}. "
+                f"Frames of the batch: {frames}")
+
     # ------------------------------------------------------------------ main loop
     def train(self, stop_after: Optional[int] = None) -> dict:
-        """Train until ``config.total_steps`` (resuming if checkpoints exist).
+        """Train until ``config.total_steps`` (resuming if checkpoints exist), holding the workdir lock.
 
         Args:
           stop_after: test hook simulating a kill: return after this many steps of THIS process
             without the final checkpoint (only periodic checkpoints survive, as after SIGKILL).
         Returns:
-          {"step": final step, "eval": last evaluation metrics or {}, "interrupted": bool}.
+          {"step": final step, "eval": last evaluation metrics or {}, "interrupted": bool,
+           "skipped": non-finite batches skipped in total}.
+        Raises:
+          WorkdirLockedError when another live run holds the workdir; NonFiniteLossError (on_nonfinite="stop");
+          CheckpointWriteError when a checkpoint cannot be written (previous ones intact).
         """
+        lock = None
+        if self.is_chief:
+            lock = workdir_lock.WorkdirLock(self.config.workdir, command=self.run_info.get("command")).acquire()
+        try:
+            return self._train(stop_after)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _train(self, stop_after: Optional[int]) -> dict:
         cfg = self.config
         keras.utils.set_random_seed(self.seed)
         spe = cfg.steps_per_epoch
@@ -342,27 +468,39 @@ class Trainer:
         if first is None:
             raise ValueError("train_dataset_fn(0): expected at least one batch, found an empty dataset")
         self._build(first)
+        if self.is_chief:
+            self.checkpointer.sweep()
         start = self.restore()
-        if self._train_step is None:
-            self._train_step = self._make_train_step()
-        tb_dir = os.path.join(cfg.workdir, TENSORBOARD_SUBDIR)
-        train_writer = tf.summary.create_file_writer(os.path.join(tb_dir, "train"))
-        eval_writer = tf.summary.create_file_writer(os.path.join(tb_dir, "eval"))
-        self._write_run_info(train_writer, tf.summary.create_file_writer(tb_dir))
+        if self._step_fns is None:
+            self._step_fns = self._make_step_fns()
+        compute, apply = self._step_fns
+        wd = cfg.workdir
+        if self.is_chief:
+            train_writer = tf.summary.create_file_writer(os.path.join(wd, TRAIN_SUMMARY_SUBDIR))
+            eval_writer = tf.summary.create_file_writer(os.path.join(wd, EVAL_SUMMARY_SUBDIR))
+            self._write_run_info(train_writer, tf.summary.create_file_writer(wd))
+        else:
+            train_writer = eval_writer = tf.summary.create_noop_writer()
+        first_key = self.input_key if isinstance(self.input_key, str) else self.input_key[0]
+        log.info("%s", distribute_lib.describe(self.strategy, int(first[first_key].shape[0])))
         total = cfg.total_steps
         last_eval: dict = {}
         if start >= total:
             log.info("Nothing to train: step %d >= total %d", start, total)
-            if self.eval_fn is not None:
+            if self.eval_fn is not None and self.is_chief:
                 last_eval = self._evaluate(eval_writer)
-            return {"step": start, "eval": last_eval, "interrupted": False}
+            return {"step": start, "eval": last_eval, "interrupted": False, "skipped": int(self.skipped.numpy())}
 
-        bar = None
-        if cfg.progress:
+        bar = plog = None
+        if cfg.progress and self.is_chief:
             from tqdm.auto import tqdm
             bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, desc="train")
+        elif self.is_chief:
+            plog = progress_lib.ProgressLog(log, total, start, cfg.log_every or cfg.summary_every)
+        self._plog = plog
         step = start
         done_here = 0
+        consecutive_skips = 0
         acc: dict[str, list] = {}
         t_interval = time.perf_counter()
         n_interval = 0
@@ -374,33 +512,57 @@ class Trainer:
                 skip = step - epoch * spe
                 ds = self.train_dataset_fn(epoch).take(spe).skip(skip)
                 epoch_t = tf.constant(epoch, tf.int32)
-                for batch in ds:
-                    loss, terms = self._train_step(batch, epoch_t)
+                for index, batch in enumerate(ds, start=skip):
+                    loss, terms, grads, finite = compute(distribute_lib.distribute_batch(self.strategy, batch), epoch_t)
+                    loss_v = float(loss.numpy())
+                    ok = bool(finite.numpy()) and np.isfinite(loss_v)
+                    if ok:
+                        apply(grads)
+                        consecutive_skips = 0
+                    else:
+                        message = self._nonfinite_message(step + 1, epoch, index, batch, loss_v, terms,
+                                                          bool(finite.numpy()))
+                        if cfg.on_nonfinite == "stop":
+                            raise NonFiniteLossError(
+                                f"{message}. No update was applied from this batch and no checkpoint holds it "
+                                f"(newest checkpoint: {self.checkpointer.latest_checkpoint or 'none'}). "
+                                "on_nonfinite='skip' (--on_nonfinite=skip) skips such batches and counts them")
+                        consecutive_skips += 1
+                        self.skipped.assign_add(1)
+                        self.skipped_batches.append({"step": step + 1, "epoch": epoch, "batch": index,
+                                                     "loss": loss_v, "message": message})
+                        log.warning("Skipped a non-finite batch (%d so far): %s", int(self.skipped.numpy()), message)
+                        if consecutive_skips >= cfg.max_consecutive_skips:
+                            raise NonFiniteLossError(
+                                f"{consecutive_skips} non-finite batches in a row (max_consecutive_skips); the "
+                                f"weights hold no update from them, so the data or the loss is at fault. Last: "
+                                f"{message}")
                     step += 1
                     done_here += 1
                     self.step.assign(step)
-                    loss_v = float(loss.numpy())
-                    if not np.isfinite(loss_v):
-                        raise FloatingPointError(f"step {step}: the loss became {loss_v}; terms "
-                                                 f"{ {k: float(v) for k, v in terms.items()} }")
-                    rec = {"step": step, "loss": loss_v, **{k: float(v) for k, v in terms.items()}}
-                    self.history.append(rec)
-                    for k, v in rec.items():
-                        if k != "step":
-                            acc.setdefault(k, []).append(v)
                     n_interval += 1
-                    first_key = self.input_key if isinstance(self.input_key, str) else self.input_key[0]
-                    samples_interval += int(tf.shape(batch[first_key])[0])
+                    samples_interval += int(batch[first_key].shape[0])
+                    if ok:
+                        rec = {"step": step, "loss": loss_v, **{k: float(v) for k, v in terms.items()}}
+                        self.history.append(rec)
+                        for k, v in rec.items():
+                            if k != "step":
+                                acc.setdefault(k, []).append(v)
+                    lr = float(self.optimizer.learning_rate.numpy())
+                    if plog is not None:
+                        plog.step(step, epoch, loss_v, int(batch[first_key].shape[0]), lr)
                     if step % cfg.summary_every == 0 or step == total:
                         dt = max(time.perf_counter() - t_interval, 1e-9)
                         rate = samples_interval / dt
                         with train_writer.as_default(step=step):
                             for k, vals in acc.items():
                                 tf.summary.scalar(("loss/" if k != "loss" else "") + k, float(np.mean(vals)))
-                            tf.summary.scalar("optim/learning_rate", float(self.optimizer.learning_rate.numpy()))
+                            tf.summary.scalar("optim/learning_rate", lr)
                             tf.summary.scalar("optim/epoch", float(epoch))
                             tf.summary.scalar("speed/samples_per_second", rate)
                             tf.summary.scalar("speed/seconds_per_step", dt / max(n_interval, 1))
+                            if int(self.skipped.numpy()):
+                                tf.summary.scalar("faults/nonfinite_skipped", float(self.skipped.numpy()))
                         train_writer.flush()
                         acc.clear()
                         t_interval, n_interval, samples_interval = time.perf_counter(), 0, 0
@@ -409,11 +571,13 @@ class Trainer:
                     if bar is not None:
                         bar.update(1)
                     if step % cfg.checkpoint_every == 0:
-                        self.manager.save(checkpoint_number=step)
-                    if self.visual_fn is not None and cfg.visual_every and step % cfg.visual_every == 0:
+                        self._save(step)
+                    if self.is_chief and self.visual_fn is not None and cfg.visual_every and \
+                            step % cfg.visual_every == 0:
                         self.visual_fn(self.model, step, train_writer)
                         train_writer.flush()
-                    if self.eval_fn is not None and cfg.eval_every and step % cfg.eval_every == 0 and step < total:
+                    if self.is_chief and self.eval_fn is not None and cfg.eval_every and \
+                            step % cfg.eval_every == 0 and step < total:
                         last_eval = self._evaluate(eval_writer)
                     if stop_after is not None and done_here >= stop_after:
                         interrupted = True
@@ -429,27 +593,33 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
+        skipped = int(self.skipped.numpy())
         if interrupted:
             train_writer.flush()
-            return {"step": step, "eval": last_eval, "interrupted": True}
-        if self.manager.latest_checkpoint is None or not self.manager.latest_checkpoint.endswith(f"-{step}"):
-            self.manager.save(checkpoint_number=step)
-        if self.visual_fn is not None and cfg.visual_every and step % cfg.visual_every != 0:
+            return {"step": step, "eval": last_eval, "interrupted": True, "skipped": skipped}
+        if step % cfg.checkpoint_every != 0:  # the same decision on every worker (all must take part)
+            self._save(step)
+        if self.is_chief and self.visual_fn is not None and cfg.visual_every and step % cfg.visual_every != 0:
             self.visual_fn(self.model, step, train_writer)
-        if self.eval_fn is not None:
+        if self.is_chief and self.eval_fn is not None:
             last_eval = self._evaluate(eval_writer)
         train_writer.flush()
-        return {"step": step, "eval": last_eval, "interrupted": False}
+        return {"step": step, "eval": last_eval, "interrupted": False, "skipped": skipped}
 
     def _evaluate(self, writer) -> dict:
         step = int(self.step.numpy())
         t0 = time.perf_counter()
         metrics = self.eval_fn(self.model, step)
+        seconds = time.perf_counter() - t0
         with writer.as_default(step=step):
             for k, v in metrics.items():
                 if np.ndim(v) == 0:
                     tf.summary.scalar(f"metrics/{k}", float(v))
-            tf.summary.scalar("speed/eval_seconds", time.perf_counter() - t0)
+            tf.summary.scalar("speed/eval_seconds", seconds)
         writer.flush()
-        log.info("step %d eval: %s", step, {k: v for k, v in metrics.items() if np.ndim(v) == 0})
+        plog = getattr(self, "_plog", None)
+        if plog is not None:
+            plog.evaluation(step, metrics, seconds)
+        else:
+            log.info("step %d held-out: %s", step, progress_lib.format_metrics(metrics))
         return metrics
