@@ -116,3 +116,40 @@ def test_behind_camera_off_image_and_degenerate_faces_give_no_nan():
             g = tape.gradient(loss, x).numpy()
         assert np.all(np.isfinite(d.numpy())) and np.all(np.isfinite(g))
         assert np.all(d.numpy() >= 0)
+
+
+@pytest.mark.skipif(render.backend() != "compiled", reason="compiled rasteriser unavailable")
+def test_compiled_and_fallback_pick_the_same_faces_on_a_hand():
+    """Both backends search only contour faces for near_ids; the nearest distance must agree (ids may differ
+    only where two faces are equally near), and face_ids agree but for edge ties."""
+    from hsr_tf.hand_model import HandModel
+    from hsr_tf.render import fallback
+
+    model = HandModel.load()
+    f = np.asarray(model.faces, np.int32)
+    v = (model.mean_shape - model.mean_shape.mean(0) + [5.0, -3.0, 450.0]).astype(np.float32)[None]
+    cam = np.array([[80.0, 80.0, 15.5, 15.5]], np.float32)
+    ids = {}
+    for name in ("compiled", "fallback"):
+        with render.use_backend(name):
+            ids[name] = [x.numpy()[0] for x in render.rasterize_ids(v, f, cam, H, W)]
+    (fc, nc), (ff, nf) = ids["compiled"], ids["fallback"]
+    assert np.sum(fc != ff) <= 3 and np.sum(nc >= 0) > 40
+    r, c = np.indices((H, W))
+    u = cam[0, 2] + cam[0, 0] * v[0, :, 0] / v[0, :, 2]
+    w = cam[0, 3] - cam[0, 1] * v[0, :, 1] / v[0, :, 2]
+    uv = np.stack([u, w], -1)
+    both = (nc >= 0) & (nf >= 0)
+    assert np.sum((nc >= 0) != (nf >= 0)) <= 3
+    q = np.stack([c[both], r[both]], -1).astype(np.float32)
+    dc = fallback.point_triangle_sq_distance(q, uv[f[nc[both]]]).numpy()
+    df = fallback.point_triangle_sq_distance(q, uv[f[nf[both]]]).numpy()
+    np.testing.assert_allclose(dc, df, atol=1e-3)
+    # brute force over ALL faces: the contour-face restriction loses no nearest face
+    out = (fc < 0) & (ff < 0)
+    qa = np.stack([c[out], r[out]], -1).astype(np.float32)
+    d_all = fallback.point_triangle_sq_distance(qa[:, None], uv[f][None]).numpy().min(1)
+    within = d_all <= 9.0  # search_radius 3 px
+    np.testing.assert_array_equal(nc[out] >= 0, within)
+    dq = fallback.point_triangle_sq_distance(qa[within], uv[f[nc[out][within]]]).numpy()
+    np.testing.assert_allclose(dq, d_all[within], atol=1e-3)

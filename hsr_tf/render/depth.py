@@ -91,44 +91,54 @@ def render_depth_parts(vertices, faces, camera, height: int, width: int, *, sigm
         raise ValueError(f"render_depth: need sigma > 0 and search_radius >= 0, found {sigma}, {search_radius}")
     face_ids, near_ids = raster.rasterize_ids(vertices, faces, camera, height, width, near,
                                               search_radius if silhouette_grad else 0.0)
-    covered = face_ids >= 0
-    has_near = near_ids >= 0
-    k = camera[:, None, None, :]
-    rows = tf.cast(tf.range(height), dtype)[None, :, None]
-    cols = tf.cast(tf.range(width), dtype)[None, None, :]
-    shape = [tf.shape(vertices)[0], height, width]
-    rx = tf.broadcast_to((cols - k[..., 2]) / k[..., 0], shape)
-    ray = tf.stack([rx, tf.broadcast_to((k[..., 3] - rows) / k[..., 1], shape), tf.ones_like(rx)], -1)  # [B,H,W,3]
+    shape = tf.cast(tf.stack([tf.shape(vertices)[0], height, width]), tf.int64)
+    num_v = tf.shape(vertices)[1]
+    flat_v = tf.reshape(vertices, [-1, 3])  # [B*V,3]
 
+    def rays(idx):
+        """Pixel-centre rays [N,3] (and the camera rows [N,4]) of pixels idx [N,3] = (b, r, c)."""
+        k = tf.gather(camera, idx[:, 0])
+        r, c = tf.cast(idx[:, 1], dtype), tf.cast(idx[:, 2], dtype)
+        return tf.stack([(c - k[:, 2]) / k[:, 0], (k[:, 3] - r) / k[:, 1], tf.ones_like(c)], -1), k
+
+    def corners(idx, ids):
+        """Vertex indices [N,3] into flat_v of the faces ids [N] seen at pixels idx [N,3]."""
+        return tf.gather(faces, ids) + tf.cast(idx[:, :1], tf.int32) * num_v
+
+    # Only the pixels that need them are computed (covered pixels; uncovered pixels near the outline), then
+    # scattered back: at 256 x 256 the dense [B,H,W,3,3] version spent most of its time on empty pixels.
     # visible surface: ray / plane intersection of the face hit
-    p = tf.gather(vertices, tf.gather(faces, tf.maximum(face_ids, 0)), batch_dims=1)  # [B,H,W,3,3]
-    n = _cross(p[..., 1, :] - p[..., 0, :], p[..., 2, :] - p[..., 0, :])
+    cov_idx = tf.where(face_ids >= 0)  # [N,3] int64
+    ray, _ = rays(cov_idx)
+    p = tf.gather(flat_v, corners(cov_idx, tf.gather_nd(face_ids, cov_idx)))  # [N,3,3]
+    n = _cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0])
     den = tf.reduce_sum(n * ray, -1)
-    ok = covered & (tf.abs(den) > 0)  # an edge-on face at a tie: no depth rather than inf / NaN
-    z = tf.where(ok, tf.reduce_sum(n * p[..., 0, :], -1) / tf.where(ok, den, tf.ones_like(den)), tf.zeros_like(den))
-    covered = ok
-    cov = tf.cast(covered, dtype)
+    ok = tf.abs(den) > 0  # an edge-on face at a tie: no depth rather than inf / NaN
+    z_hit = tf.where(ok, tf.reduce_sum(n * p[:, 0], -1) / tf.where(ok, den, tf.ones_like(den)), tf.zeros_like(den))
+    z = tf.scatter_nd(cov_idx, z_hit, shape)
+    cov = tf.scatter_nd(cov_idx, tf.cast(ok, dtype), shape)
+    covered = cov > 0
 
     if silhouette_grad:
         zv = vertices[..., 2]
+        k = camera[:, None, :]
         front = zv > near
         zs = tf.where(front, zv, tf.ones_like(zv))  # vertices behind `near` never reach the distance term
-        uv = tf.stack([k[:, 0, 0, 2:3] + k[:, 0, 0, 0:1] * vertices[..., 0] / zs,
-                       k[:, 0, 0, 3:4] - k[:, 0, 0, 1:2] * vertices[..., 1] / zs], -1)  # [B,V,2]
-        tri = tf.gather(faces, tf.maximum(near_ids, 0))  # [B,H,W,3]
-        quv = tf.gather(uv, tri, batch_dims=1)  # [B,H,W,3,2]
-        q = tf.stack([tf.broadcast_to(cols, shape), tf.broadcast_to(rows, shape)], -1)  # [B,H,W,2] pixel centres
-        dist = tf.sqrt(_geom.point_triangle_sq_distance(q, quv) + 1e-6)
-        z_near = tf.stop_gradient(tf.reduce_mean(tf.gather(zv, tri, batch_dims=1), -1))
+        uv = tf.reshape(tf.stack([k[..., 2] + k[..., 0] * vertices[..., 0] / zs,
+                                  k[..., 3] - k[..., 1] * vertices[..., 1] / zs], -1), [-1, 2])  # [B*V,2]
+        near_idx = tf.where(near_ids >= 0)  # [M,3] uncovered pixels within search_radius of a face
+        tri = corners(near_idx, tf.gather_nd(near_ids, near_idx))  # [M,3]
+        q = tf.stack([tf.cast(near_idx[:, 2], dtype), tf.cast(near_idx[:, 1], dtype)], -1)  # pixel centres (u, v)
+        dist = tf.sqrt(_geom.point_triangle_sq_distance(q, tf.gather(uv, tri)) + 1e-6)
+        z_near = tf.stop_gradient(tf.reduce_mean(tf.gather(tf.reshape(zv, [-1]), tri), -1))
         s = tf.cast(sigma, dtype)
-        one = tf.ones_like(dist)
-        outside = tf.where(has_near, tf.sigmoid(-dist / s), tf.zeros_like(dist))
-        a = tf.where(has_near, tf.sigmoid((1.0 - dist) / s), one)
+        outside = tf.scatter_nd(near_idx, tf.sigmoid(-dist / s), shape)  # 0 away from the outline
+        a = 1.0 + tf.scatter_nd(near_idx, tf.sigmoid((1.0 - dist) / s) - 1.0, shape)  # 1 away from it
         inside = (_neighbour(a, -1, 0, 1.0) * _neighbour(a, 1, 0, 1.0) * _neighbour(a, 0, -1, 1.0)
                   * _neighbour(a, 0, 1, 1.0))
         m = tf.where(covered, inside, outside)
         mask = cov + (m - tf.stop_gradient(m))
-        surface = tf.where(covered, z, tf.where(has_near, z_near, tf.zeros_like(z)))
+        surface = z + tf.scatter_nd(near_idx, z_near, shape)  # disjoint supports
     else:
         mask = cov
         surface = z

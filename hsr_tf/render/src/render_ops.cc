@@ -121,9 +121,10 @@ class RasterizeDepthOp : public OpKernel {
     int32_t* ids = ids_t->flat<int32_t>().data();
     int32_t* near_ids = near_t->flat<int32_t>().data();
     const int64_t hw = static_cast<int64_t>(height_) * width_;
+    const std::vector<int32_t> nbr = EdgeNeighbours(faces, nf);
     auto work = [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
-        Render(verts + i * nv * 3, nv, faces, nf, cams + 4 * i, ids + i * hw, near_ids + i * hw);
+        Render(verts + i * nv * 3, nv, faces, nf, nbr, cams + 4 * i, ids + i * hw, near_ids + i * hw);
       }
     };
     auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
@@ -131,8 +132,32 @@ class RasterizeDepthOp : public OpKernel {
   }
 
  private:
-  void Render(const float* v, int64_t nv, const int32_t* faces, int64_t nf, const float* cam, int32_t* ids,
-              int32_t* near_ids) const {
+  // For each face t and edge k (corners k, k+1): the other face sharing that edge, or -1 at a boundary or
+  // non-manifold edge (shared by more than two faces). [3 F].
+  static std::vector<int32_t> EdgeNeighbours(const int32_t* faces, int64_t nf) {
+    std::vector<std::pair<int64_t, int32_t>> keyed(3 * nf);  // (edge key, 3 t + k)
+    for (int64_t t = 0; t < nf; ++t) {
+      for (int k = 0; k < 3; ++k) {
+        const int64_t a = faces[3 * t + k], b = faces[3 * t + (k + 1) % 3];
+        keyed[3 * t + k] = {std::min(a, b) * (int64_t{1} << 32) + std::max(a, b), static_cast<int32_t>(3 * t + k)};
+      }
+    }
+    std::sort(keyed.begin(), keyed.end());
+    std::vector<int32_t> nbr(3 * nf, -1);
+    for (size_t i = 0; i < keyed.size();) {
+      size_t j = i;
+      while (j < keyed.size() && keyed[j].first == keyed[i].first) ++j;
+      if (j - i == 2) {
+        nbr[keyed[i].second] = keyed[i + 1].second / 3;
+        nbr[keyed[i + 1].second] = keyed[i].second / 3;
+      }
+      i = j;
+    }
+    return nbr;
+  }
+
+  void Render(const float* v, int64_t nv, const int32_t* faces, int64_t nf, const std::vector<int32_t>& nbr,
+              const float* cam, int32_t* ids, int32_t* near_ids) const {
     const double fx = cam[0], fy = cam[1], cx = cam[2], cy = cam[3];
     const double w = width_, h = height_;
     // near / far planes for the NDC depth: as tight as the vertex depths allow (better depth resolution);
@@ -170,16 +195,35 @@ class RasterizeDepthOp : public OpKernel {
     // nearest projected face for uncovered pixels (2D distance in pixels), faces wholly in front only
     std::vector<double> best(height_ * width_, std::numeric_limits<double>::infinity());
     const double r2 = static_cast<double>(radius_) * radius_;
+    // Screen orientation of each face (+1 / -1 / 0 degenerate; 2 when a corner is not in front of `near`).
+    // Only contour faces -- an edge whose neighbour has another orientation, or no neighbour -- can hold the
+    // point of the projected mesh nearest to a pixel outside it (across an edge between two faces of the same
+    // orientation the projection continues), so only they are searched (same rule as fallback.py).
+    std::vector<double> fu(3 * nf), fv(3 * nf);
+    std::vector<int8_t> orient(nf);
     for (int64_t t = 0; t < nf; ++t) {
-      double tx[3], ty[3];
       bool front = true;
       for (int k = 0; k < 3; ++k) {
         const float* p = v + 3 * faces[3 * t + k];
         if (!(p[2] > near_)) front = false;
-        tx[k] = cx + fx * p[0] / p[2];
-        ty[k] = cy - fy * p[1] / p[2];
+        fu[3 * t + k] = cx + fx * p[0] / p[2];
+        fv[3 * t + k] = cy - fy * p[1] / p[2];
       }
-      if (!front) continue;
+      const double* u = &fu[3 * t];
+      const double* w2 = &fv[3 * t];
+      const double area = (u[1] - u[0]) * (w2[2] - w2[0]) - (u[2] - u[0]) * (w2[1] - w2[0]);
+      orient[t] = front ? static_cast<int8_t>((area > 0) - (area < 0)) : 2;
+    }
+    for (int64_t t = 0; t < nf; ++t) {
+      if (orient[t] == 2) continue;
+      bool contour = orient[t] == 0;
+      for (int k = 0; k < 3 && !contour; ++k) {
+        const int32_t o = nbr[3 * t + k];
+        contour = o < 0 || orient[o] != orient[t];
+      }
+      if (!contour) continue;
+      const double* tx = &fu[3 * t];
+      const double* ty = &fv[3 * t];
       const double u0 = std::min({tx[0], tx[1], tx[2]}) - radius_, u1 = std::max({tx[0], tx[1], tx[2]}) + radius_;
       const double v0 = std::min({ty[0], ty[1], ty[2]}) - radius_, v1 = std::max({ty[0], ty[1], ty[2]}) + radius_;
       const int c0 = static_cast<int>(std::max(0.0, std::ceil(std::max(u0, -1.0))));
