@@ -32,8 +32,6 @@ Legend: B batch, N points (1024), V vertices (1305), J joints.
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import json
 import logging
 import os
 import shutil
@@ -49,15 +47,17 @@ from hsr_tf import precision as precision_lib
 from hsr_tf.train import checkpoints as checkpoints_lib
 from hsr_tf.train import distribute as distribute_lib
 from hsr_tf.train import progress as progress_lib
+from hsr_tf.train import step as step_lib
 from hsr_tf.train import summaries as summaries_lib
 from hsr_tf.train import workdir_lock
+# The run's model files (kept importable from here: programs use loop.load_model_from_workdir etc.).
+from hsr_tf.train.model_io import (CHECKPOINT_SUBDIR, MODEL_CONFIG_FILE, load_model_from_workdir,  # noqa: F401
+                                   model_checkpoint_objects, save_model_config)
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_SUBDIR = "checkpoints"
 TRAIN_SUMMARY_SUBDIR = "train"  # TensorBoard run <workdir>/train
 EVAL_SUMMARY_SUBDIR = "eval"  # TensorBoard run <workdir>/eval (beside the evaluation reports)
-MODEL_CONFIG_FILE = "model_config.json"
 NONFINITE_POLICIES = ("stop", "skip")
 
 
@@ -169,78 +169,7 @@ def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
     return precision_lib.wrap_optimizer(optimizer)
 
 
-def model_input(batch: Mapping, input_key):
-    """``batch[input_key]``, or ``{k: batch[k]}`` for a tuple of keys (models taking a dict)."""
-    if isinstance(input_key, str):
-        return batch[input_key]
-    return {k: batch[k] for k in input_key}
-
-
-def save_model_config(model: keras.Model, workdir: str) -> str:
-    """Write the Keras serialisation of ``model`` (class + config, no weights) to the workdir."""
-    path = os.path.join(workdir, MODEL_CONFIG_FILE)
-    # Atomic: every worker of a multi-worker run may write the same file.
-    checkpoints_lib.atomic_write_text(
-        path, json.dumps(keras.saving.serialize_keras_object(model), indent=1, sort_keys=True))
-    return path
-
-
-def model_checkpoint_objects(model: keras.Model) -> dict:
-    """Trackables that put *every* variable of ``model`` into a ``tf.train.Checkpoint``.
-
-    Keras 3 keeps sublayers held in lists/dicts in its own trackers, which TensorFlow's object graph does not
-    follow: through ``model=`` alone a checkpoint reaches only some layers, trainable weights otherwise only via
-    the optimizer, and BatchNorm moving statistics not at all. Listing every variable fixes that; the list is
-    positional (``model.variables`` order, fixed by the architecture) because auto-generated layer names, hence
-    variable paths, differ between two instances of the same model in one process.
-    """
-    variables = list(model.variables)
-    return {"model": model, "model_variables": variables}
-
-
-def load_model_from_workdir(workdir: str, checkpoint: Optional[str] = None,
-                            example_points_shape=(1, 1024, 3), example_input=None) -> tuple[keras.Model, str]:
-    """Rebuild the model of a run from its model_config.json and restore its newest checkpoint.
-
-    Args:
-      workdir: run directory written by :class:`Trainer`.
-      checkpoint: explicit checkpoint prefix; default the newest in ``workdir/checkpoints``.
-      example_points_shape: shape of the dummy input used to build the variables.
-      example_input: the dummy input itself (e.g. a dict); default the model's ``example_input()`` when it has
-        one, else zeros of ``example_points_shape``.
-    Returns:
-      (model with restored weights, checkpoint path).
-    Raises:
-      FileNotFoundError naming what is missing.
-    """
-    cfg_path = os.path.join(workdir, MODEL_CONFIG_FILE)
-    if not os.path.exists(cfg_path):
-        raise FileNotFoundError(f"{cfg_path}: expected the model config written by training, found no file")
-    with open(cfg_path) as f:
-        serialized = json.load(f)
-    if serialized.get("module"):
-        # Registers the model class (and its layers) before deserialising.
-        importlib.import_module(serialized["module"])
-    model = keras.saving.deserialize_keras_object(serialized)
-    # Layers rebuilt from a config whose constants live in the weights (HandModelLayer with a non-packaged
-    # hand model) refuse to run until their weights are loaded; the checkpoint restores those weights below,
-    # after one dummy call has created every variable of the network.
-    awaiting = [layer for layer in model._flatten_layers() if getattr(layer, "_awaiting_weights", False)]
-    for layer in awaiting:
-        layer._awaiting_weights = False
-    if example_input is None:
-        example_input = model.example_input() if hasattr(model, "example_input") else \
-            tf.zeros(example_points_shape, tf.float32)
-    model(example_input, training=False)
-    if checkpoint is None:
-        checkpoint = tf.train.latest_checkpoint(os.path.join(workdir, CHECKPOINT_SUBDIR))
-        if checkpoint is None:
-            raise FileNotFoundError(f"{os.path.join(workdir, CHECKPOINT_SUBDIR)}: expected a training checkpoint, "
-                                    "found none")
-    status = tf.train.Checkpoint(**model_checkpoint_objects(model)).restore(checkpoint)
-    status.expect_partial()  # optimizer slots and the step are not needed for inference
-    status.assert_existing_objects_matched()
-    return model, checkpoint
+model_input = step_lib.model_input  # kept here for callers of loop.model_input
 
 
 class Trainer:
@@ -347,45 +276,8 @@ class Trainer:
             self.model.trainable_variables
 
     def _make_step_fns(self):
-        """Two tf.functions: gradients (and whether they are finite), then the update -- so a poisoned batch
-        can be refused before it touches the weights."""
-        model, loss_fn, key, strategy = self.model, self.loss_fn, self.input_key, self.strategy
-        select = self._variables
-        optimizer = self.optimizer
-        loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
-        replicas = strategy.num_replicas_in_sync
-
-        def replica_gradients(batch, epoch):
-            with tf.GradientTape() as tape:
-                outputs = model(model_input(batch, key), training=True)
-                total, terms = loss_fn(batch, outputs, epoch)
-                # Each replica's mean / R, summed over replicas by the optimizer: the mean over the global batch.
-                objective = total / replicas if replicas > 1 else total
-                scaled = optimizer.scale_loss(objective) if loss_scaled else objective
-            variables = select()
-            grads = tape.gradient(scaled, variables)  # a LossScaleOptimizer unscales them when applying
-            missing = [v.path for v, g in zip(variables, grads) if g is None]
-            if missing:
-                raise ValueError(f"loss_fn: expected a gradient for every trainable variable, none for {missing}")
-            finite = tf.math.is_finite(tf.cast(total, tf.float32))
-            if not loss_scaled:  # under loss scaling, overflowing gradients are the LossScaleOptimizer's business
-                finite = tf.logical_and(finite, tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads]))
-            return total, terms, grads, 1.0 - tf.cast(finite, tf.float32)
-
-        @tf.function(reduce_retracing=True)
-        def compute(batch, epoch):
-            total, terms, grads, bad = strategy.run(replica_gradients, args=(batch, epoch))
-            mean = tf.distribute.ReduceOp.MEAN
-            total = strategy.reduce(mean, total, axis=None)
-            terms = {k: strategy.reduce(mean, v, axis=None) for k, v in terms.items()}
-            # finite on every replica <=> no replica flagged its loss or gradients
-            return total, terms, grads, strategy.reduce(tf.distribute.ReduceOp.SUM, bad, axis=None) == 0.0
-
-        @tf.function(reduce_retracing=True)
-        def apply(grads):
-            strategy.run(lambda g: optimizer.apply_gradients(zip(g, select())), args=(grads,))
-
-        return compute, apply
+        return step_lib.make_step_fns(self.strategy, self.model, self.loss_fn, self.optimizer, self._variables,
+                                      self.input_key)
 
     def _save(self, step: int) -> None:
         if self.is_chief:
@@ -426,16 +318,6 @@ class Trainer:
             with root_writer.as_default(step=int(self.step.numpy())):
                 summaries_lib.write_hparams(self.run_info["hparams"], self.run_info.get("hparam_metrics", ()))
             root_writer.flush()
-
-    def _nonfinite_message(self, step, epoch, index, batch, loss_v, terms, grads_finite) -> str:
-        bad = {k: float(v) for k, v in terms.items() if np.ndim(v) == 0 and not np.isfinite(float(v))}
-        what = f"the loss is {loss_v}" if not np.isfinite(loss_v) else "the loss is finite but a gradient is not"
-        ids = {k: np.asarray(batch[k]).reshape(-1).tolist() for k in ("frame_id", "subject") if k in batch}
-        frames = "; ".join(f"{k} {v}" for k, v in ids.items()) if ids else \
-            "the batch has no frame_id field (it is batch %d of epoch %d's deterministic order)" % (index, epoch)
-        return (f"step {step} (epoch {epoch}, batch {index} of the epoch): {what}"
-                f"{f' (non-finite terms {bad})' if bad else ''}{'' if grads_finite else '; gradients non-finite'}. "
-                f"Frames of the batch: {frames}")
 
     # ------------------------------------------------------------------ main loop
     def train(self, stop_after: Optional[int] = None) -> dict:
@@ -520,8 +402,7 @@ class Trainer:
                         apply(grads)
                         consecutive_skips = 0
                     else:
-                        message = self._nonfinite_message(step + 1, epoch, index, batch, loss_v, terms,
-                                                          bool(finite.numpy()))
+                        message = step_lib.nonfinite_message(step + 1, epoch, index, batch, loss_v, terms)
                         if cfg.on_nonfinite == "stop":
                             raise NonFiniteLossError(
                                 f"{message}. No update was applied from this batch and no checkpoint holds it "
