@@ -33,13 +33,11 @@ import zlib
 
 import numpy as np
 
+from data_prep._raw_io import (RawDataError, check_hand_joints, read_mat, read_png, require_dir,  # noqa: F401
+                              require_file)
 from hsr_tf.data import datasets, shards
 from hsr_tf.geometry import camera as camera_lib
 from hsr_tf.geometry import pointcloud
-
-
-class RawDataError(ValueError):
-    """A raw dataset file is missing or does not have the documented format."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -320,19 +318,6 @@ def _tf_loaded() -> bool:
     import sys
 
     return "tensorflow" in sys.modules
-
-
-def require_file(path: str, what: str) -> str:
-    """Raise RawDataError naming ``path`` unless it is an existing file."""
-    if not os.path.isfile(path):
-        raise RawDataError(f"{path}: expected {what}, file not found")
-    return path
-
-
-def require_dir(path: str, what: str) -> str:
-    if not os.path.isdir(path):
-        raise RawDataError(f"{path}: expected {what}, directory not found")
-    return path
 
 
 def summarize(result: dict, split: str) -> str:

@@ -61,45 +61,14 @@ class RGBTask:
     sequence: str | None = None
 
 
-# ---------------------------------------------------------------------- PNG input
-def read_png(path: str, modes, size, what: str) -> np.ndarray:
-    """Read a PNG, checking its mode and size.
-
-    Args:
-      modes: accepted PIL modes (e.g. ('RGB',)). size: (width, height).
-    Returns:
-      the pixel array ([H, W] or [H, W, C], uint8/uint16 as stored).
-    Raises:
-      RawDataError naming the file: missing, unreadable, wrong mode or size.
-    """
-    from PIL import Image
-
-    rc.require_file(path, what)
-    try:
-        with Image.open(path) as img:
-            if img.mode not in modes:
-                raise RawDataError(f"{path}: expected {what} in PNG mode {' or '.join(modes)}, found mode {img.mode!r}")
-            if tuple(img.size) != tuple(size):
-                raise RawDataError(f"{path}: expected {what} of {size[0]}x{size[1]} pixels, "
-                                   f"found {img.size[0]}x{img.size[1]}")
-            return np.asarray(img)
-    except RawDataError:
-        raise
-    except Exception as e:  # PIL raises several types on corrupt data
-        raise RawDataError(f"{path}: expected a readable PNG ({what}), PIL failed: {e}") from e
-
-
+# ---------------------------------------------------------------------- joints
 def check_joints(joints, where: str) -> np.ndarray:
-    """[21, 3] finite joints with z > 0, else RawDataError naming ``where``."""
+    """[21, 3] joints of one hand (``_raw_io.check_hand_joints``: finite, 10 mm < z < 5 m, narrower than
+    400 mm), else RawDataError naming ``where``."""
     j = np.asarray(joints, dtype=np.float64)
     if j.shape != (21, 3):
         raise RawDataError(f"{where}: expected 21 joints x 3 coordinates, found shape {j.shape}")
-    if not np.all(np.isfinite(j)):
-        raise RawDataError(f"{where}: expected finite joint coordinates, found NaN/Inf")
-    if np.any(j[:, 2] <= 0):
-        raise RawDataError(f"{where}: expected every joint in front of the camera (z > 0 mm), "
-                           f"found min z {j[:, 2].min():.1f}")
-    return j
+    return rc.check_hand_joints(j, where, depth_range=(10.0, 5000.0))
 
 
 # ---------------------------------------------------------------------- crop geometry

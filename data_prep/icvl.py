@@ -46,27 +46,11 @@ def decode_depth_png(path: str) -> np.ndarray:
     """Read one ICVL depth PNG -> [240, 320] uint16 mm.
 
     Raises:
-      RawDataError naming the file if missing, unreadable, not 16-bit single channel
-      (mode 'I;16' or 'I') or not 320x240.
+      RawDataError naming the file if missing, damaged (truncated, a wrong chunk CRC), not 16-bit greyscale
+      or not 320x240 (``_raw_io.read_png``).
     """
-    from PIL import Image
-
-    rc.require_file(path, "an ICVL depth PNG (320x240, 16-bit)")
-    try:
-        with Image.open(path) as img:
-            if img.mode not in ("I;16", "I;16B", "I;16L", "I"):
-                raise rc.RawDataError(f"{path}: expected a 16-bit single-channel PNG (PIL mode 'I;16' or 'I'), "
-                                      f"found mode {img.mode!r}")
-            if img.size != (WIDTH, HEIGHT):
-                raise rc.RawDataError(f"{path}: expected {WIDTH}x{HEIGHT} pixels, found {img.size[0]}x{img.size[1]}")
-            arr = np.asarray(img)
-    except rc.RawDataError:
-        raise
-    except Exception as e:
-        raise rc.RawDataError(f"{path}: expected a readable PNG, PIL failed: {e}") from e
-    if arr.min() < 0 or arr.max() > 65535:
-        raise rc.RawDataError(f"{path}: expected depth values in [0, 65535] mm, found [{arr.min()}, {arr.max()}]")
-    return arr.astype(np.uint16)
+    return rc.read_png(path, what="a 16-bit single-channel PNG (depth in mm)", colour_types=(0,), bit_depths=(16,),
+                       size=(WIDTH, HEIGHT))
 
 
 def load_depth(source) -> np.ndarray:
@@ -143,7 +127,7 @@ def list_frames(raw_dir: str, split: str, keep_rotated: bool = False, max_frames
             if np.any(uvd[:, 2] <= 0):
                 raise rc.RawDataError(f"{where}: expected joint depths d > 0 mm, found min {uvd[:, 2].min()}")
             png = resolve_png(split_dir, rel, where)
-            joints = camera.uvd_to_points(uvd)
+            joints = rc.check_hand_joints(camera.uvd_to_points(uvd), where, SPEC.depth_range)
             tasks.append(rc.FrameTask(name=png, frame_id=len(tasks), source=("icvl", png), joints=joints, uvd=uvd))
     return tasks
 

@@ -140,8 +140,9 @@ def list_frames(raw_dir: str, subject: str, max_frames: int | None = None) -> li
             if not os.path.isfile(path):
                 missing.append(path)
                 continue
+            where = f"{os.path.join(gdir, 'joint.txt')}:{i + 2}"
             tasks.append(rc.FrameTask(name=path, frame_id=g * FRAME_ID_STRIDE + i, source=("msra", path),
-                                      joints=joints[i], subject=sid))
+                                      joints=rc.check_hand_joints(joints[i], where, SPEC.depth_range), subject=sid))
     if missing:
         raise rc.RawDataError(f"{subject_dir}: expected one NNNNNN_depth.bin per joint.txt line, "
                               f"{len(missing)} missing, e.g. {missing[:3]}")

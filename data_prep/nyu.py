@@ -33,6 +33,8 @@ from hsr_tf.geometry import camera as camera_lib
 SPEC = datasets.NYU
 SPLITS = ("train", "test")
 WIDTH, HEIGHT = 640, 480
+#: The variables of the released joint_data.mat; any other name means a damaged (or foreign) file.
+MAT_VARIABLES = ("joint_xyz", "joint_uvd", "joint_names")
 
 
 def depth_png_name(kinect: int, frame_number: int) -> str:
@@ -46,22 +48,11 @@ def decode_depth_png(path: str) -> np.ndarray:
     Returns:
       [480, 640] uint16 depth in mm (``(G << 8) | B``).
     Raises:
-      RawDataError naming the file if it is missing, unreadable, not mode 'RGB' or not 640x480.
+      RawDataError naming the file if it is missing, damaged (truncated, a wrong chunk CRC), not 8-bit RGB
+      or not 640x480 (``_raw_io.read_png``).
     """
-    from PIL import Image
-
-    rc.require_file(path, "an NYU depth PNG (640x480, mode RGB)")
-    try:
-        with Image.open(path) as img:
-            if img.mode != "RGB":
-                raise rc.RawDataError(f"{path}: expected an RGB PNG (depth = (G << 8) | B), found mode {img.mode!r}")
-            if img.size != (WIDTH, HEIGHT):
-                raise rc.RawDataError(f"{path}: expected {WIDTH}x{HEIGHT} pixels, found {img.size[0]}x{img.size[1]}")
-            rgb = np.asarray(img)
-    except rc.RawDataError:
-        raise
-    except Exception as e:  # PIL raises various types on corrupt data
-        raise rc.RawDataError(f"{path}: expected a readable PNG, PIL failed: {e}") from e
+    rgb = rc.read_png(path, what="an RGB PNG (8-bit, depth = (G << 8) | B)", colour_types=(2,), bit_depths=(8,),
+                      size=(WIDTH, HEIGHT))
     return (rgb[..., 1].astype(np.uint16) << 8) | rgb[..., 2].astype(np.uint16)
 
 
@@ -90,17 +81,12 @@ def read_joint_data(path: str) -> dict:
       dict ``joint_xyz`` [K, F, 36, 3] float64 mm, ``joint_uvd`` [K, F, 36, 3] or None,
       ``joint_names`` list of 36 str or None.
     Raises:
-      RawDataError naming the file and the field on a missing field or a wrong shape.
+      RawDataError naming the file (and the field): truncated, not MAT v5, a variable other than MAT_VARIABLES
+      (e.g. a damaged name), a missing joint_xyz, a wrong shape, non-finite values, names other than NYU's.
     """
-    import scipy.io
-
-    rc.require_file(path, "NYU joint_data.mat (MATLAB v5 with joint_xyz [3, F, 36, 3])")
-    try:
-        mat = scipy.io.loadmat(path)
-    except Exception as e:
-        raise rc.RawDataError(f"{path}: expected a MATLAB v5 .mat file readable by scipy.io.loadmat: {e}") from e
+    mat = rc.read_mat(path, what="NYU joint_data.mat (MATLAB v5 with joint_xyz [3, F, 36, 3])", allowed=MAT_VARIABLES)
     if "joint_xyz" not in mat:
-        raise rc.RawDataError(f"{path}: expected a 'joint_xyz' variable, found {sorted(k for k in mat if not k.startswith('__'))}")
+        raise rc.RawDataError(f"{path}: expected a 'joint_xyz' variable, found {sorted(mat)}")
     out = {}
     for key in ("joint_xyz", "joint_uvd"):
         if key not in mat:
@@ -147,10 +133,8 @@ def list_frames(raw_dir: str, split: str, kinect: int = 1, max_frames: int | Non
         if not os.path.isfile(path):
             missing.append(path)
             continue
-        joints = xyz[kinect - 1, i]
-        if np.any(joints[:, 2] <= 0):
-            raise rc.RawDataError(f"{split_dir}/joint_data.mat: joint_xyz of frame {i + 1}: expected z > 0 mm "
-                                  f"(x right, y up, z away), found min z {joints[:, 2].min()}")
+        joints = rc.check_hand_joints(xyz[kinect - 1, i], f"{split_dir}/joint_data.mat: joint_xyz of frame {i + 1} "
+                                      "(x right, y up, z away)", SPEC.depth_range)
         tasks.append(rc.FrameTask(name=path, frame_id=i, source=("nyu", path), joints=joints,
                                   uvd=None if uvd is None else uvd[kinect - 1, i]))
     if missing:

@@ -29,7 +29,7 @@ import pickle
 import numpy as np
 
 from data_prep import _rgb_common as rg
-from data_prep._raw_common import RawDataError, require_dir, require_file
+from data_prep._raw_io import RawDataError, read_png, require_dir, require_file
 
 SIZE = 320
 RAW_SPLITS = {"train": "training", "test": "evaluation"}
@@ -75,12 +75,14 @@ def read_annotations(path: str) -> dict:
 
 def decode_depth(path: str) -> np.ndarray:
     """``depth/%05d.png`` -> [320, 320] float64 mm."""
-    rgb = rg.read_png(path, ("RGB", "RGBA"), (SIZE, SIZE), "an RHD depth PNG (metres = (R*256 + G) / 65535 * 5)")
+    rgb = read_png(path, what="an RHD depth PNG (8-bit RGB(A), metres = (R*256 + G) / 65535 * 5)",
+                   colour_types=(2, 6), bit_depths=(8,), size=(SIZE, SIZE))
     return (rgb[..., 0].astype(np.float64) * 256.0 + rgb[..., 1].astype(np.float64)) * DEPTH_SCALE_MM
 
 
 def read_mask(path: str) -> np.ndarray:
-    m = rg.read_png(path, ("L", "P"), (SIZE, SIZE), "an RHD mask PNG (0 bg, 1 person, 2-17 left, 18-33 right)")
+    m = read_png(path, what="an RHD mask PNG (0 bg, 1 person, 2-17 left, 18-33 right)", colour_types=(0, 3),
+                 bit_depths=(8,), size=(SIZE, SIZE))
     if m.size and int(m.max()) > 33:
         raise RawDataError(f"{path}: expected mask labels 0..33, found a maximum of {int(m.max())}")
     return m
@@ -107,7 +109,8 @@ def hand_to_ours(xyz42, uv_vis42, is_left: bool):
 def load_frame(source, crop: rg.CropConfig):
     """Loader: source = ('rhd', colour, depth, mask png paths, annotation dict) -> (record, '')."""
     _, colour_path, depth_path, mask_path, ann = source
-    image = rg.read_png(colour_path, ("RGB",), (SIZE, SIZE), "an RHD colour PNG")
+    image = read_png(colour_path, what="an RHD colour PNG (8-bit RGB)", colour_types=(2,), bit_depths=(8,),
+                     size=(SIZE, SIZE))
     depth = decode_depth(depth_path)
     is_left, hand_mask = choose_hand(read_mask(mask_path))
     if not hand_mask.any():

@@ -34,7 +34,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from data_prep import _rgb_common as rg
-from data_prep._raw_common import RawDataError, require_file
+from data_prep._raw_io import RawDataError, read_mat, read_png, require_file
 from hsr_tf.geometry import depth_warp
 from hsr_tf.geometry.camera import Camera
 
@@ -96,16 +96,9 @@ def sequence_dir(raw_dir: str, seq: str) -> str:
 
 def read_labels(path: str) -> np.ndarray:
     """``handPara`` of ``<seq>_SK.mat`` -> [3, 21, N] float64 mm (checked: shape, finite)."""
-    import scipy.io
-
-    require_file(path, "an STB label file (MATLAB, handPara [3, 21, N])")
-    try:
-        mat = scipy.io.loadmat(path)
-    except Exception as e:
-        raise RawDataError(f"{path}: expected a MATLAB .mat file readable by scipy.io.loadmat: {e}") from e
+    mat = read_mat(path, what="an STB label file (MATLAB v5, handPara [3, 21, N])")
     if "handPara" not in mat:
-        raise RawDataError(f"{path}: expected a 'handPara' variable, found "
-                           f"{sorted(k for k in mat if not k.startswith('__'))}")
+        raise RawDataError(f"{path}: expected a 'handPara' variable, found {sorted(mat)}")
     a = np.asarray(mat["handPara"])
     if a.ndim != 3 or a.shape[:2] != (3, 21) or a.shape[2] < 1 or a.dtype.kind not in "fiu":
         raise RawDataError(f"{path}: 'handPara': expected a numeric array of shape [3, 21, N] (N = 1500 in the "
@@ -120,12 +113,14 @@ def read_labels(path: str) -> np.ndarray:
 
 def decode_depth(path: str) -> np.ndarray:
     """``SK_depth_<i>.png`` -> [480, 640] float64 mm (R + 256 G)."""
-    rgb = rg.read_png(path, ("RGB",), (WIDTH, HEIGHT), "an STB depth PNG (depth mm = R + 256 G)")
+    rgb = read_png(path, what="an STB depth PNG (8-bit RGB, depth mm = R + 256 G)", colour_types=(2,),
+                   bit_depths=(8,), size=(WIDTH, HEIGHT))
     return rgb[..., 0].astype(np.float64) + 256.0 * rgb[..., 1].astype(np.float64)
 
 
 def read_colour(path: str) -> np.ndarray:
-    return rg.read_png(path, ("RGB",), (WIDTH, HEIGHT), "an STB colour PNG")
+    return read_png(path, what="an STB colour PNG (8-bit RGB)", colour_types=(2,), bit_depths=(8,),
+                    size=(WIDTH, HEIGHT))
 
 
 def load_frame(source, crop: rg.CropConfig):
