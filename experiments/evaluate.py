@@ -8,7 +8,8 @@ error, fraction of good frames at 10..80 mm; for a set rendered by data_prep.syn
 of the predicted neutral mesh against the subject's, which separates shape from pose, beside the same error of
 the hand model's mean shape as a reference), per_joint.csv, threshold_curve.csv and threshold_curve.png.
 --data_dir defaults to the one recorded in W/flags.txt. A run trained on real shards (NYU, ICVL, MSRA) is
-forwarded to ``experiments.evaluate_real`` (the dataset's protocols), so one command evaluates any run.
+forwarded to ``experiments.evaluate_real`` (the dataset's protocols) and an RGB run (W/run_kind.txt) to
+``experiments.evaluate_rgb``, so one command evaluates any run.
 """
 import json
 import os
@@ -27,6 +28,7 @@ flags.DEFINE_integer("max_batches", 0, "Evaluate only the first N batches (0 = a
 # After this program's flags (evaluate_real defines only the ones still missing): runs on real shards are forwarded
 # there, and its flags (--dataset, --eval_protocols, --reg_joints) must parse here too.
 from experiments import evaluate_real  # noqa: E402
+from experiments import evaluate_rgb  # noqa: E402  (RGB runs, W/run_kind.txt = 'rgb', are forwarded there)
 
 
 def synthetic_rest_shapes(data_dir):
@@ -48,6 +50,10 @@ def main(argv):
         raise app.UsageError("--workdir is required")
     from hsr_tf import ops
     from hsr_tf.train import evaluation, loop, pipeline
+    from hsr_tf.train import run_kind
+
+    if run_kind.read_run_kind(FLAGS.workdir) == "rgb":
+        return evaluate_rgb.main(argv)
 
     data_dir = common.resolve_data_dir(FLAGS.workdir)
     info = pipeline.read_data_info(data_dir, FLAGS.split)
