@@ -183,6 +183,44 @@ def render_overlay(points, pred_vertices, faces, gt_vertices=None, pred_joints=N
     return _figure_to_rgb(fig)
 
 
+#: parent of each joint in our 21-joint order (wrist; thumb, index, middle, ring, pinky root -> tip), for skeletons.
+HAND_PARENTS = (-1, 0, 1, 2, 3, 0, 5, 6, 7, 0, 9, 10, 11, 0, 13, 14, 15, 0, 17, 18, 19)
+
+
+def _draw_joints(ax, joints_uv, color, marker):
+    """Joints [J, 2] px as markers, joined by bones when they are our 21 hand joints."""
+    j = _check("joints_uv", joints_uv, last=2).astype(np.float64)
+    if len(j) == len(HAND_PARENTS):
+        for c, p in enumerate(HAND_PARENTS):
+            if p >= 0:
+                ax.plot(j[[p, c], 0], j[[p, c], 1], color=color, linewidth=1.0, alpha=0.8)
+    ax.scatter(j[:, 0], j[:, 1], s=12, c=color, marker=marker)
+
+
+def _projected_figure(background, cmap, uv, vertex_depth, faces, joints_uv, gt_joints_uv, title, xlim, ylim,
+                      inches: float):
+    """One image panel (``background`` shown with ``cmap``) with the projected mesh and joints drawn on it."""
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    h, w = background.shape[:2]
+    fig, ax = plt.subplots(figsize=(inches, inches * h / w), dpi=100)
+    ax.imshow(background, cmap=cmap, interpolation="nearest")
+    if uv is not None:
+        _draw_mesh(ax, _check("uv", uv, last=2).astype(np.float64), np.asarray(vertex_depth, np.float64),
+                   np.asarray(faces, np.int64), PRED_COLOR, 0.5)
+    if gt_joints_uv is not None:
+        _draw_joints(ax, gt_joints_uv, "tab:green", "o")
+    if joints_uv is not None:
+        _draw_joints(ax, joints_uv, "tab:red", "x")
+    ax.set_xlim(*xlim)
+    ax.set_ylim(*ylim)
+    if title:
+        ax.set_title(title, fontsize=8)
+    return _figure_to_rgb(fig)
+
+
 def draw_mesh_on_depth(depth, uv, vertex_depth, faces, joints_uv=None, title: Optional[str] = None,
                        roi_uv=None) -> np.ndarray:
     """The projected mesh over a depth image (for the predict CLI).
@@ -197,35 +235,40 @@ def draw_mesh_on_depth(depth, uv, vertex_depth, faces, joints_uv=None, title: Op
     Returns:
       uint8 RGB image [H', W', 3].
     """
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
     depth = np.asarray(depth, np.float64)
     if depth.ndim != 2:
         raise ValueError(f"depth: expected shape [H, W], found {depth.shape}")
     uv = _check("uv", uv, last=2).astype(np.float64)
-    faces = np.asarray(faces, np.int64)
     h, w = depth.shape
-    fig, ax = plt.subplots(figsize=(6.4, 6.4 * h / w), dpi=100)
-    valid = depth > 0
-    shown = np.where(valid, depth, np.nan)
-    ax.imshow(shown, cmap="gray_r", interpolation="nearest")
-    _draw_mesh(ax, uv, np.asarray(vertex_depth, np.float64), faces, PRED_COLOR, 0.5)
-    if joints_uv is not None:
-        j = np.asarray(joints_uv)
-        ax.scatter(j[:, 0], j[:, 1], s=12, c="tab:red", marker="x")
+    shown = np.where(depth > 0, depth, np.nan)
     # Zoom on the mesh (and the region of interest) with a margin.
     extent = uv if roi_uv is None else np.concatenate([uv, _check("roi_uv", roi_uv, last=2).astype(np.float64)])
     u0, v0 = extent.min(0)
     u1, v1 = extent.max(0)
     m = 0.3 * max(u1 - u0, v1 - v0) + 10
-    ax.set_xlim(max(u0 - m, 0), min(u1 + m, w))
-    ax.set_ylim(min(v1 + m, h), max(v0 - m, 0))
-    if title:
-        ax.set_title(title, fontsize=8)
-    return _figure_to_rgb(fig)
+    return _projected_figure(shown, "gray_r", uv, vertex_depth, faces, joints_uv, None, title,
+                             (max(u0 - m, 0), min(u1 + m, w)), (min(v1 + m, h), max(v0 - m, 0)), 6.4)
 
+
+def draw_mesh_on_image(image, uv, vertex_depth, faces, joints_uv=None, gt_joints_uv=None,
+                       title: Optional[str] = None) -> np.ndarray:
+    """The projected mesh (orange), predicted joints (red x) and true joints (green o) over an RGB crop.
+
+    Args:
+      image: [S, S, 3] RGB, float in [0, 1] or uint8. uv: [V, 2] px of the vertices in that image, or None
+        (a model without a mesh). vertex_depth: [V] mm (painter's order). faces: int [F, 3].
+      joints_uv, gt_joints_uv: optional [J, 2] px.
+    Returns:
+      uint8 RGB image [H', W', 3] showing the whole crop.
+    """
+    img = np.asarray(image)
+    if img.ndim != 3 or img.shape[-1] != 3:
+        raise ValueError(f"image: expected [S, S, 3] RGB, found {img.shape}")
+    if img.dtype != np.uint8:
+        img = np.clip(img, 0.0, 1.0)
+    h, w = img.shape[:2]
+    return _projected_figure(img, None, uv, vertex_depth, faces, joints_uv, gt_joints_uv, title,
+                             (-0.5, w - 0.5), (h - 0.5, -0.5), 4.0)
 
 
 def _figure_to_rgb(fig) -> np.ndarray:
