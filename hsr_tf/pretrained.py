@@ -73,18 +73,49 @@ def load(name: str = "depth", root: Optional[str] = None):
     return model
 
 
-def write_weights(model, prefix: str) -> str:
-    """Write ``model``'s variables only (no optimizer, no step) as a checkpoint at ``prefix``; returns the prefix.
+def reference_batch(name: str, root: Optional[str] = None) -> dict:
+    """The reference frames as a reader batch (identity rotation and augmentation), for checks that map outputs
+    to camera mm with ``hsr_tf.data.reader.to_camera_mm``: points [B, N, 3] normalised, center [B, 3] mm,
+    scale [B] mm, rotation / aug_matrix [B, 3, 3], aug_shift [B, 3]; plus the shipped outputs under
+    ``reference/<key>`` ([B, K, 3], normalised)."""
+    import numpy as np
+    import tensorflow as tf
 
-    The objects are those of a training checkpoint (``loop.model_checkpoint_objects``), so ``load`` restores it
-    exactly as it restores a training checkpoint.
+    path = os.path.join(asset_dir(name, root), "reference.npz")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: expected the reference outputs of the shipped '{name}' model, found no file")
+    ref = np.load(path)
+    missing = [k for k in ("points", "center", "scale") + REFERENCE_KEYS if k not in ref]
+    if missing:
+        raise ValueError(f"{path}: expected arrays points, center, scale, {', '.join(REFERENCE_KEYS)}; missing {missing}")
+    b = ref["points"].shape[0]
+    batch = {"points": tf.constant(ref["points"], tf.float32), "center": tf.constant(ref["center"], tf.float32),
+             "scale": tf.constant(np.reshape(ref["scale"], [b]), tf.float32), "rotation": tf.eye(3, batch_shape=[b]),
+             "aug_matrix": tf.eye(3, batch_shape=[b]), "aug_shift": tf.zeros([b, 3])}
+    batch.update({f"reference/{k}": tf.constant(ref[k], tf.float32) for k in REFERENCE_KEYS})
+    return batch
+
+
+def write_weights(model, directory: str, step: int) -> str:
+    """Write ``model``'s variables only (no optimizer, no step) as ``directory/ckpt-<step>``; returns the prefix.
+
+    The objects are those of a training checkpoint (``loop.model_checkpoint_objects``) plus the checkpoint's own
+    save counter, so ``load`` restores it exactly as it restores a training checkpoint.
     """
     import tensorflow as tf
 
     from hsr_tf.train import loop
 
-    return tf.train.Checkpoint(**loop.model_checkpoint_objects(model)).write(prefix)
+    if int(step) < 1:
+        raise ValueError(f"step: expected a training step >= 1, found {step}")
+    ckpt = tf.train.Checkpoint(**loop.model_checkpoint_objects(model))
+    ckpt.save_counter.assign(int(step) - 1)  # save() numbers the file with the incremented counter
+    prefix = ckpt.save(os.path.join(directory, "ckpt"))
+    state = os.path.join(directory, "checkpoint")  # the CheckpointManager state file: not part of a package
+    if os.path.exists(state):
+        os.remove(state)
+    return prefix
 
 
 __all__ = ["ASSET_ROOT", "NAMES", "REFERENCE_KEYS", "asset_dir", "checkpoint_prefix", "data_info", "load",
-           "read_json", "write_weights"]
+           "read_json", "reference_batch", "write_weights"]

@@ -1,0 +1,163 @@
+"""The model card of a packaged pretrained model, written from its card.json alone (no evaluation here).
+
+  python -m experiments.model_card --name=depth --card=docs/model_card_depth.md
+
+``experiments.package_pretrained`` calls :func:`write` after measuring; this program rewrites the card (and its
+curve PNG, <card>_curve.png) from the shipped card.json, e.g. after a change of wording.
+"""
+import json
+import os
+
+import numpy as np
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("card", "docs/model_card_depth.md", "Model card to (re)write from card.json ('' = none); its curve "
+                    "PNG goes beside it as <card>_curve.png.")
+flags.DEFINE_string("name", "depth", "Name of the packaged model (hsr_tf.pretrained.load(name)).")
+
+ROWS = (("mean_joint_error_mm", "joint (regression)"), ("model_joint_error_mm", "model joints (21)"),
+        ("shape_error_mm", "shape (vertices)"), ("aligned_shape_error_mm", "aligned shape"),
+        ("rest_shape_error_mm", "rest shape"), ("point_cloud_error_mm", "point cloud"))
+TARGET_MM = 12.0
+
+
+def plot_curve(card: dict, path: str) -> bool:
+    """Held-out errors against training step (the run's evaluations); False when the run recorded none."""
+    curve = card.get("curve") or {}
+    if not curve:
+        return False
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.8), dpi=110)
+    for key, label in ROWS:
+        if key in curve:
+            s, v = np.asarray(curve[key], np.float64).T
+            ax.plot(s, v, marker=".", label=label)
+    ax.axhline(TARGET_MM, color="0.5", ls="--", lw=0.8, label=f"target joint error {TARGET_MM:g} mm")
+    ax.axvline(card["step"], color="tab:red", lw=0.8, label=f"shipped (step {card['step']:,})")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("held-out error (mm)")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(f"'{card['name']}': held-out test split during training ({card['test_frames']} frames)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def _flag(card, name):
+    for line in card.get("flags") or []:
+        if line.startswith(f"--{name}="):
+            return line.split("=", 1)[1]
+    return None
+
+
+def _trend(card) -> str:
+    rows = (card.get("curve") or {}).get("mean_joint_error_mm")
+    if not rows or len(rows) < 6:
+        return "The run recorded too few held-out evaluations to say whether the error was still falling."
+    v = np.asarray(rows, np.float64)[:, 1]
+    recent, before = v[-3:].mean(), v[-6:-3].mean()
+    state = "still falling" if recent < before - 0.5 else "flat"
+    return (f"Held-out joint error over the last evaluations: mean {before:.1f} mm -> {recent:.1f} mm "
+            f"(steps {int(rows[-6][0]):,}-{int(rows[-1][0]):,}): {state}.")
+
+
+def render(card: dict, curve_name) -> str:
+    """Markdown text of the card."""
+    d, f = card["heldout"]["default"], card["heldout"]["frontal"]
+    td, view = card["training_data"], card["view"]
+    wt = card["wall_time"]
+    name = card["name"]
+    lines = [f"# Model card: pretrained depth model (`hsr_tf.pretrained.load(\"{name}\")`)", "",
+             f"Generated from `hsr_tf/assets/pretrained/{name}/card.json` by `{card['package_command']}` "
+             f"({card['packaged_utc']}). Regenerate every figure after more training with that command (pointing "
+             "`--workdir`/`--checkpoint` at the new checkpoint); rewrite only the text with "
+             f"`python -m experiments.model_card --name={name}`.", "",
+             "## What ships", "",
+             f"- Checkpoint step {card['step']:,}" + (f" ({card['samples_seen']:,} samples seen)"
+                                                       if card.get("samples_seen") else "")
+             + f" of `{card['source_workdir']}`; model variables only, {card['package_mb']:.1f} MB in all "
+             f"({card['num_parameters']:,} trainable parameters).",
+             "- Network: HandShapeNet (Deng et al.), "
+             f"{_flag(card, 'num_stages') or '2'} stages, joint regression {_flag(card, 'joint_regression') or 'on'}, "
+             f"transform {_flag(card, 'transform') or 'procrustes'}, precision {_flag(card, 'precision') or 'float32'}"
+             f"; shape network `{_flag(card, 'shape_network') or 'paper size (defaults)'}`.",
+             f"- Use: `hsr_tf.pretrained.load(\"{name}\")` (normalised points in); fine-tune with "
+             f"`--init_from=pretrained:{name}`; SavedModel (camera mm in and out) with "
+             f"`python -m experiments.export --pretrained={name} --export_dir=D`; the main job "
+             f"`python -m experiments.reconstruct --workdir=runs/main` shows it on held-out hands.", "",
+             "## Training data", "",
+             f"- `data_prep.synth`: {td['num_subjects']} subjects x {td['poses_per_subject']} poses x "
+             f"{td['views_per_pose']} views, seed {td['seed']}, {card['noise']} sensor noise; viewpoints: palm or "
+             f"back (back with probability {view['back_prob']}) within {view['cone_deg']:g} deg of facing the "
+             f"camera, roll +-{view['inplane_deg']:g} deg, {view['distance_mm'][0]:g}-{view['distance_mm'][1]:g} mm.",
+             f"- {card['train_frames']:,} training frames; held-out test split: subjects {card['heldout_subjects']} "
+             f"({card['test_frames']:,} frames), never trained on. Online augmentation: "
+             f"{'on' if _flag(card, 'augment') in (None, 'true', 'True') else 'off'} (paper's, section III-E-1).", "",
+             "## Training", ""]
+    if card.get("command"):
+        lines += ["Command (the run's command.txt; resumable: rerun it to continue):", "", "```",
+                  card["command"], "```", ""]
+    keep = ("batch_size", "learning_rate", "lr_decay", "lr_decay_samples", "stage_joint_decay_epoch", "augment",
+            "lambda_joint", "lambda_chamfer", "lambda_mean_shape", "lambda_shape", "seed", "max_steps")
+    chosen = [ln for ln in card.get("flags") or [] if ln.split("=", 1)[0][2:] in keep]
+    lines += [f"- Flags: {' '.join(f'`{c}`' for c in chosen) if chosen else 'not recorded in the workdir'}."]
+    if wt.get("active_hours") is not None:
+        lines += [f"- Wall time: {wt['active_hours']:.2f} h of training ({wt['first_to_last_hours']:.2f} h first to "
+                  f"last summary, {wt['pauses']} pauses longer than the gap limit excluded), on the machine recorded "
+                  "in the notes."]
+    else:
+        lines += ["- Wall time: not recorded in the workdir (no training summaries)."]
+    lines += ["", "## Held-out errors (mm, camera frame)", "",
+              "| set | frames | " + " | ".join(label for _, label in ROWS) + " | frames with max joint error <= 20 / 40 mm |",
+              "|---|---|" + "---|" * len(ROWS) + "---|"]
+    for label, r in (("default views (the run's test split)", d), ("frontal views (same subjects and poses)", f)):
+        fr = r["fraction_good_frames"]
+        lines.append(f"| {label} | {int(r['num_frames']):,} | " + " | ".join(
+            f"{r[k]:.1f}" if k in r else "-" for k, _ in ROWS) + f" | {fr.get('20', float('nan')):.0%} / "
+                     f"{fr.get('40', float('nan')):.0%} |")
+    reached = d["mean_joint_error_mm"] <= TARGET_MM
+    lines += ["", f"Target (issue 14): held-out joint error <= {TARGET_MM:g} mm on default views: "
+              f"**{'reached' if reached else 'not reached'}** ({d['mean_joint_error_mm']:.1f} mm).", "",
+              "Joint: the joint-regression output against the 21 true joints; model joints: the hand model's own "
+              "joints; shape: mean vertex distance; aligned shape: the same after a similarity alignment of the "
+              "predicted mesh onto the true one (shape free of placement, rotation and size); rest shape: the "
+              "predicted neutral mesh at the predicted size against the subject's (shape free of pose); point "
+              "cloud: input point to the nearest predicted vertex.", ""]
+    if curve_name:
+        lines += ["## Held-out error during training", "", f"![held-out error against step]({curve_name})", ""]
+    lines += ["## What limited it", "", _trend(card)]
+    if card.get("note"):
+        lines += ["", card["note"]]
+    lines += ["", "Scope: held-out subjects, not held-out poses (the test subjects use the training set's pose "
+              "library); the hand model itself was learned from 50 subjects of the same generator and seed, which "
+              "include the test subjects. Synthetic depth only: the model has never seen a real sensor.", ""]
+    return "\n".join(lines)
+
+
+def write(card: dict, card_path: str) -> str:
+    """Write the card Markdown and its curve PNG (``<card stem>_curve.png`` beside it); returns the card path."""
+    os.makedirs(os.path.dirname(os.path.abspath(card_path)), exist_ok=True)
+    curve_path = os.path.splitext(card_path)[0] + "_curve.png"
+    has_curve = plot_curve(card, curve_path)
+    with open(card_path, "w") as f:
+        f.write(render(card, os.path.basename(curve_path) if has_curve else None))
+    return card_path
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from hsr_tf import pretrained
+
+    print(write(pretrained.read_json(FLAGS.name, "card.json"), FLAGS.card))
+
+
+if __name__ == "__main__":
+    app.run(main)
