@@ -23,6 +23,7 @@ Legend: J joints (21 per hand).
 """
 from __future__ import annotations
 
+import io
 import os
 import pickle
 
@@ -39,20 +40,50 @@ LEFT_LABELS, RIGHT_LABELS = (2, 17), (18, 33)
 DEPTH_SCALE_MM = 5000.0 / 65535.0   # metres = (R*256 + G) / 65535 * 5
 
 
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickles plain containers and NumPy arrays only: a damaged (or foreign) pickle cannot call anything else."""
+
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
+               ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar"), ("copyreg", "_reconstructor"), ("builtins", "object"),
+               ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),  # protocol 5
+               ("_codecs", "encode")}  # protocol 2 writes bytes as _codecs.encode(str, "latin1")
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"expected only NumPy arrays and plain containers, found a reference to "
+                                         f"{module}.{name}")
+        return super().find_class(module, name)
+
+
 def read_annotations(path: str) -> dict:
     """Load and check ``anno_*.pickle`` -> {sample id: {'xyz' [42, 3], 'uv_vis' [42, 3], 'K' [3, 3]}} float64.
 
+    Only NumPy arrays and plain containers are unpickled (no other callable is reachable); a Python-2 pickle
+    (the release) is read with latin-1 NumPy buffers.
+
     Raises:
-      RawDataError naming the file and the sample on a missing key or a wrong shape.
+      RawDataError naming the file (and the sample): unreadable or damaged, ids other than 0 .. N-1, a missing
+      key, a wrong shape, non-finite values.
     """
     require_file(path, "an RHD annotation pickle (dict id -> {xyz, uv_vis, K})")
+    with open(path, "rb") as f:
+        data = f.read()
     try:
-        with open(path, "rb") as f:
-            anno = pickle.load(f)
-    except Exception as e:
+        anno = _NumpyOnlyUnpickler(io.BytesIO(data)).load()
+    except UnicodeDecodeError:  # the release was pickled by Python 2: its NumPy buffers are latin-1 str
+        try:
+            anno = _NumpyOnlyUnpickler(io.BytesIO(data), encoding="latin1").load()
+        except Exception as e:
+            raise RawDataError(f"{path}: expected a readable pickle of the RHD annotations: {e}") from e
+    except Exception as e:  # pickle raises many types on damaged data
         raise RawDataError(f"{path}: expected a readable pickle of the RHD annotations: {e}") from e
     if not isinstance(anno, dict) or not anno:
         raise RawDataError(f"{path}: expected a non-empty dict sample id -> annotation, found {type(anno).__name__}")
+    if sorted(anno) != list(range(len(anno))):  # the ids name the PNGs 00000.png ...: a gap means damage
+        ids = sorted(anno, key=str)
+        raise RawDataError(f"{path}: expected the sample ids 0 .. {len(anno) - 1} (one per PNG), found "
+                           f"{ids[:5]}{' ...' if len(ids) > 5 else ''}")
     out = {}
     shapes = {"xyz": (42, 3), "uv_vis": (42, 3), "K": (3, 3)}
     for sid, entry in anno.items():
