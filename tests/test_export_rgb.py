@@ -147,3 +147,37 @@ def test_mirror_and_resize_camera_by_hand():
     np.testing.assert_allclose(export_lib.resize_camera(cam, 256, 128).numpy(), [[200, 205, 49.75, 59.75]])
     np.testing.assert_allclose(export_lib.resize_camera(tf.constant([[1.0, 1.0, 0.5, 0.5]]), 256, 128).numpy(),
                                [[0.5, 0.5, 0.0, 0.0]])
+
+
+def make_rgb_workdir(workdir, net, write_kind=True):
+    """A run directory as the RGB training program leaves it: model_config.json, run_kind.txt, a checkpoint."""
+    from hsr_tf.train import loop, run_kind
+
+    os.makedirs(workdir, exist_ok=True)
+    loop.save_model_config(net, str(workdir))
+    if write_kind:
+        run_kind.write_run_kind(str(workdir), "rgb")
+    ckpt = tf.train.Checkpoint(**loop.model_checkpoint_objects(net))
+    return ckpt.save(os.path.join(str(workdir), loop.CHECKPOINT_SUBDIR, "ckpt"))
+
+
+@pytest.mark.parametrize("write_kind", [True, pytest.param(False, marks=pytest.mark.slow)])
+def test_export_program_detects_rgb_run(tmp_path, write_kind):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    net = small_net(seed=2)
+    wd = tmp_path / "run"
+    make_rgb_workdir(wd, net, write_kind)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="", PYTHONPATH=root)
+    res = subprocess.run([sys.executable, "-m", "experiments.export", f"--workdir={wd}", "--check_frames=2",
+                          f"--data_dir={tmp_path / 'no_data'}"], capture_output=True, text=True, env=env,
+                         timeout=600, cwd=root)
+    assert res.returncode == 0, res.stderr[-3000:]
+    with open(wd / "export" / "export_report.json") as f:
+        report = json.load(f)
+    assert report["kind"] == "rgb" and report["model_image_size"] == 64
+    assert "synthetic patterns" in report["check_frames"]
+    assert max(report["max_abs_diff"].values()) < 0.05
+    # The exported weights are the checkpoint's: same outputs as the network the workdir was made from.
+    x = inputs(np.random.default_rng(7), b=2)
+    got = export_lib.LoadedRGBModel(str(wd / "export"))(**x)
+    np.testing.assert_allclose(got["vertices"], reference(net, x)["vertices"], atol=0.05)
