@@ -8,6 +8,11 @@ The normalisation rule is read from the training shards' attributes. By default 
 with the pure-TF fallback ops so it loads with TensorFlow alone; --export_ops=compiled keeps the custom
 kernels (then `import hsr_tf.ops` before tf.saved_model.load). After writing, the export is reloaded
 and checked against the Keras model on test frames (max abs difference reported, must be < 0.05 mm).
+
+An RGB run (W/run_kind.txt says rgb, or W/model_config.json is an RGBMeshNet) gets the RGB signature instead
+(experiments/_export_rgb.py, hsr_tf/export.py): image uint8 [B, 256, 256, 3], camera [B, 4], root_depth [B],
+bone_scale [B], is_left [B] -> vertices, joints (camera mm), joints_uv (px), heatmaps [B, 64, 64, 21]; checked
+against the Keras model (right hands) and against its own mirrored outputs (left hands).
 """
 import json
 import os
@@ -21,6 +26,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("export_dir", None, "SavedModel output directory (default WORKDIR/export).")
 flags.DEFINE_enum("export_ops", "fallback", ["fallback", "compiled"], "Ops traced into the SavedModel.")
 flags.DEFINE_string("checkpoint", None, "Checkpoint prefix (default: the newest in WORKDIR/checkpoints).")
+flags.DEFINE_string("pretrained", None, "Export the model shipped under this name (hsr_tf.pretrained, e.g. depth) "
+                    "instead of a run; --workdir is then not used and the check runs on its reference frames.")
 flags.DEFINE_integer("check_frames", 4, "Test frames used to check the export against the Keras model (0 = skip).")
 
 
@@ -43,15 +50,27 @@ def custom_ops_in_saved_model(export_dir: str) -> list:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if FLAGS.workdir is None:
-        raise app.UsageError("--workdir is required")
+    if FLAGS.workdir is None and not FLAGS.pretrained:
+        raise app.UsageError("--workdir (or --pretrained=NAME) is required")
+    if FLAGS.pretrained and not FLAGS.export_dir:
+        raise app.UsageError("--export_dir is required with --pretrained")
+    from experiments import _export_rgb  # RGB runs: recognised by W/run_kind.txt (hsr_tf.train.run_kind)
+
+    if FLAGS.workdir is not None and not FLAGS.pretrained and _export_rgb.is_rgb_run(FLAGS.workdir):
+        report = _export_rgb.export_rgb_run(FLAGS.workdir, FLAGS.export_dir or os.path.join(FLAGS.workdir, "export"),
+                                            FLAGS.checkpoint, common.resolve_data_dir(FLAGS.workdir),
+                                            FLAGS.check_frames, common.apply_precision())
+        print(json.dumps(report, indent=2))
+        return
     from hsr_tf import export as export_lib
     from hsr_tf import ops
     from hsr_tf.data import reader as reader_lib
     from hsr_tf.train import loop, pipeline
 
-    data_dir = common.resolve_data_dir(FLAGS.workdir)
-    info = pipeline.read_data_info(data_dir, "train")
+    from hsr_tf import pretrained
+
+    data_dir = None if FLAGS.pretrained else common.resolve_data_dir(FLAGS.workdir)
+    info = pretrained.data_info(FLAGS.pretrained) if FLAGS.pretrained else pipeline.read_data_info(data_dir, "train")
     norm = info["normalization"]
     if norm is None:
         logging.warning("%s: shards carry no 'normalization' attribute; assuming centre=mean, scale=fixed 150 mm",
@@ -60,8 +79,8 @@ def main(argv):
     if norm["obb"]:
         raise ValueError(f"{data_dir}: expected shards normalised without OBB rotation to export, found obb=True")
     meta_precision = common.apply_precision()  # the MLPs' compute dtype of the exported graph
-    model, ckpt = loop.load_model_from_workdir(FLAGS.workdir, FLAGS.checkpoint,
-                                               example_points_shape=(1, info["num_points"], 3))
+    model, ckpt = common.load_model_spec(f"{common.PRETRAINED_PREFIX}{FLAGS.pretrained}") if FLAGS.pretrained else \
+        loop.load_model_from_workdir(FLAGS.workdir, FLAGS.checkpoint, example_points_shape=(1, info["num_points"], 3))
     faces = model.faces
     export_dir = FLAGS.export_dir or os.path.join(FLAGS.workdir, "export")
     meta = {"joint_names": [str(n) for n in info["joint_names"]],
@@ -80,7 +99,8 @@ def main(argv):
     report = {"export_dir": os.path.abspath(export_dir), "checkpoint": ckpt, "custom_ops": custom,
               "normalisation": norm}
     if FLAGS.check_frames:
-        batch = pipeline.take_batch(pipeline.eval_dataset(data_dir, FLAGS.check_frames, include_vertices=False))
+        batch = pretrained.reference_batch(FLAGS.pretrained) if FLAGS.pretrained else \
+            pipeline.take_batch(pipeline.eval_dataset(data_dir, FLAGS.check_frames, include_vertices=False))
         points_mm = reader_lib.to_camera_mm(batch["points"], batch)
         served = export_lib.LoadedModel(export_dir)(points_mm.numpy())
         ref = model(batch["points"], training=False)
