@@ -145,13 +145,32 @@ def rest_shapes(config: render.DatasetConfig) -> dict:
     return {s: subjects[s].rest_vertices for s in test_subjects(config)}
 
 
-def evaluate_dir(model, data_dir: str, config: render.DatasetConfig, batch_size: int = 32) -> dict:
+def evaluate_dir(model, data_dir: str, config: render.DatasetConfig, batch_size: int = 32, predict_fn=None,
+                 keep_outputs: bool = False) -> dict:
     """``hsr_tf.train.evaluation.evaluate`` of ``model`` on every frame of ``data_dir``'s test split, with the
-    rest-shape error of the held-out subjects."""
+    rest-shape error of the held-out subjects.
+
+    Args:
+      predict_fn: ``evaluation.make_predict_fn(model)`` to reuse one traced function across sets.
+      keep_outputs: also return the predictions, camera mm, in frame order under ``outputs``:
+        {vertices [F, V, 3], joints [F, 21, 3], dataset_joints [F, J, 3]} (from the same pass, no second one).
+    """
     from hsr_tf.train import evaluation, pipeline
 
+    base = predict_fn or evaluation.make_predict_fn(model)
+    kept = []
+
+    def predict(batch):
+        out = base(batch)
+        if keep_outputs:
+            kept.append(evaluation.outputs_to_mm(out, batch))
+        return out
+
     ds = pipeline.eval_dataset(data_dir, batch_size, include_vertices=True)
-    return evaluation.evaluate(model, ds, rest_shapes=rest_shapes(config))
+    res = evaluation.evaluate(model, ds, rest_shapes=rest_shapes(config), predict_fn=predict)
+    if keep_outputs:
+        res["outputs"] = {k: np.concatenate([o[k] for o in kept]) for k in kept[0]}
+    return res
 
 
 def read_frames(data_dir: str, fields=("frame_id", "subject", "pose", "view", "joints", "vertices", "center",

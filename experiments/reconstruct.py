@@ -151,18 +151,6 @@ def contact_sheet(path, frames, pred, faces, camera, per_frame, picks, title, pe
     plt.close(fig)
 
 
-def predict_all(model, data_dir, batch_size):
-    """Model outputs of every frame of ``data_dir``'s test split, camera mm: {vertices [F,V,3], joints [F,21,3],
-    dataset_joints [F,J,3]} (same order as ``heldout.read_frames``)."""
-    from hsr_tf.train import evaluation, pipeline
-
-    predict_fn = evaluation.make_predict_fn(model)
-    parts = []
-    for batch in pipeline.eval_dataset(data_dir, batch_size, include_vertices=False):
-        parts.append(evaluation.outputs_to_mm(predict_fn(batch), batch))
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-
-
 def write_outputs(out_dir, frames, pred, faces, per_frame, joint_names, picks, overlays):
     """meshes/<frame_id>.ply for every frame, joints.json, overlays/<frame_id>.png for the first ``overlays`` picks."""
     import open3d as o3d
@@ -224,6 +212,7 @@ def main(argv):
     model, ckpt = common.load_model_spec(FLAGS.model)
     timings["load_model_s"] = time.time() - t0
     faces = np.asarray(model.faces)
+    predict_fn = evaluation.make_predict_fn(model)  # one trace for every set
     summary = {"model": FLAGS.model, "checkpoint": ckpt, "command": common.command_line(),
                "heldout_subjects": heldout.test_subjects(config),
                "training_set": {"num_subjects": config.num_subjects, "seed": config.seed,
@@ -232,12 +221,12 @@ def main(argv):
         t0 = time.time()
         out_dir = os.path.join(workdir, view)
         data_dir = os.path.join(out_dir, "frames")
-        res = heldout.evaluate_dir(model, data_dir, config, FLAGS.batch_size)
+        res = heldout.evaluate_dir(model, data_dir, config, FLAGS.batch_size, predict_fn, keep_outputs=True)
         joint_names = [str(n) for n in pipeline.read_data_info(data_dir, "test")["joint_names"]]
         evaluation.write_report(res, os.path.join(out_dir, "eval"), joint_names=joint_names,
                                 label=f"{FLAGS.model}, {view} views", extra={"view_set": view, "checkpoint": ckpt})
         frames = heldout.read_frames(data_dir)
-        pred = predict_all(model, data_dir, FLAGS.batch_size)
+        pred = res.pop("outputs")
         ids = res["per_frame"]["frame_id"]
         if not np.array_equal(ids, frames["frame_id"]):
             raise RuntimeError(f"{data_dir}: expected the evaluation and the frames in one order, found other ids")

@@ -26,7 +26,8 @@ def test_reconstruct_tiny_heldout_set(tmp_path):
     split = render.split_subjects(m["num_subjects"], m["test_fraction"], m["seed"])
     assert summary["heldout_subjects"] == split["test"] and not set(split["test"]) & set(split["train"])
     import open3d as o3d
-    faces = np.asarray(pretrained.load("depth").faces)
+    from hsr_tf.hand_model import HandModel
+    faces = np.asarray(HandModel.load().faces)
     for view in ("default", "frontal"):
         doc = json.load(open(wd / view / "joints.json"))
         frames = doc["frames"]
