@@ -106,7 +106,7 @@ def test_predict_crop_and_errors(scene):
     assert res.returncode != 0 and "found none" in res.stderr
     res = run_predict([f"--saved_model={scene['sm']}", f"--depth={scene['png']}", "--camera=nyu",
                        "--center=1,2", f"--out_dir={out}"])
-    assert res.returncode != 0 and "expected 3 comma-separated numbers" in res.stderr
+    assert res.returncode != 0 and "expected 3 comma-separated finite numbers" in res.stderr
     res = run_predict([f"--saved_model={scene['sm']}", f"--depth={scene['png']}", "--camera=icvl",
                        "--center=1,2,3", f"--out_dir={out}"])
     assert res.returncode != 0 and "320x240" in res.stderr

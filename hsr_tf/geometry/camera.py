@@ -201,9 +201,16 @@ class Camera:
             raise ValueError(f"center: expected 3 values, found shape {np.shape(center)}")
         if center_is_uvd:
             c = self.uvd_to_points(c)
-        u0, v0, u1, v1 = self.crop_window(c, cube_size)
-        sub = d[v0:v1, u0:u1]
+        self.crop_window(c, cube_size)  # checks that the cube stays in front of the camera
+        # The window must hold every pixel that can see a point of the cube: the bounding box of its 8 projected
+        # corners. (The front face alone misses points near the far face when the cube lies on one side of the
+        # optical axis; found by tests/test_fuzz_predict.py.)
         half = 0.5 * float(cube_size)
+        corners = c + half * np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)])
+        uv = self.points_to_uvd(corners)[:, :2]
+        u0, v0 = (int(np.clip(np.floor(x), 0, n)) for x, n in zip(uv.min(axis=0), (self.width, self.height)))
+        u1, v1 = (int(np.clip(np.ceil(x) + 1, 0, n)) for x, n in zip(uv.max(axis=0), (self.width, self.height)))
+        sub = d[v0:v1, u0:u1]
         # depth window first (cheap), then the x/y extent of the cube for the remaining pixels
         vv, uu = np.nonzero((sub > 0) & (np.abs(sub - c[2]) <= half))
         pts = self.ray_directions(uu + u0, vv + v0) * sub[vv, uu].astype(np.float64)[:, None]
