@@ -28,6 +28,7 @@ import tensorflow as tf
 
 from hsr_tf import ops
 from hsr_tf import precision
+from hsr_tf.layers import training_path
 
 
 def _check_mlp(mlp, cls: str):
@@ -129,6 +130,8 @@ class _SharedMLP(keras.layers.Layer):
         """
         x = tf.cast(x, self.compute_dtype)
         s = x.shape[2]
+        if training and s is not None and self.fast_training_on():
+            return self.pooled_train_fast(x)
         if training or not self.chunk_rows or s is None:
             return tf.cast(tf.reduce_max(self(x, training=training), axis=2), tf.float32)
         folded = self._folded_weights(x.dtype)
@@ -153,6 +156,37 @@ class _SharedMLP(keras.layers.Layer):
         pooled = tf.reshape(pooled, [-1, c_out])[:num_groups]
         out = tf.reshape(pooled, tf.concat([lead, [c_out]], axis=0))
         out.set_shape(x.shape[:2].concatenate([c_out]))
+        return tf.cast(out, tf.float32)
+
+    def fast_training_on(self) -> bool:
+        """Whether training uses :meth:`pooled_train_fast` (the switch is on and every BatchNorm trains)."""
+        return training_path.current().fused_batch_norm and all(bn.trainable for bn in self.bns)
+
+    def pooled_train_fast(self, x=None, first=None):
+        """Training-mode ``pooled`` through the fused path of :mod:`hsr_tf.layers.training_path`.
+
+        Args:
+          x: [B, M, S, C_in] input rows; or None when ``first`` is given.
+          first: [B, M, S, mlp[0]] the first layer's convolution output (computed by the caller, e.g.
+            projected before grouping), or None.
+        Returns:
+          [B, M, mlp[-1]] float32: max over S of the MLP output with batch statistics (as ``pooled``).
+        """
+        src = x if first is None else first
+        s = int(src.shape[2])
+        lead = tf.shape(src)[:2]
+        dt = self.compute_dtype
+        h = None
+        for i, (conv, bn) in enumerate(zip(self.convs, self.bns)):
+            if i == 0 and first is not None:
+                z = tf.reshape(tf.cast(first, dt), [-1, first.shape[-1]])
+            else:
+                h_in = tf.reshape(tf.cast(x, dt), [-1, x.shape[-1]]) if i == 0 else h
+                z = tf.matmul(h_in, tf.cast(conv.kernel[0, 0], dt))
+            h = training_path.batch_norm_relu_train(z, bn)
+        pooled = training_path.group_max(h, s)
+        out = tf.reshape(pooled, tf.concat([lead, [self.mlp[-1]]], axis=0))
+        out.set_shape(src.shape[:2].concatenate([self.mlp[-1]]))
         return tf.cast(out, tf.float32)
 
     def get_config(self):
@@ -214,6 +248,17 @@ class SetAbstraction(keras.layers.Layer):
         False and features are given), and ``idx`` the neighbours' indices into N.
         """
         xyz, features = _check_inputs(xyz, features, "SetAbstraction")
+        new_xyz, idx = self._sample(xyz)
+        grouped = ops.group_points(xyz, idx) - new_xyz[:, :, None, :]  # [B,M,S,3]
+        if self.normalize_by_radius:
+            grouped = grouped / self.radius
+        if features is not None:
+            gf = ops.group_points(features, idx)
+            grouped = tf.concat([grouped, gf], axis=-1) if self.use_xyz else gf
+        return new_xyz, grouped, idx
+
+    def _sample(self, xyz):
+        """Centroids and neighbour indices: ``xyz [B,N,3]`` -> ``(new_xyz [B,M,3], idx int32 [B,M,S])``."""
         n = xyz.shape[1]
         if n is not None and self.npoint > n:
             raise ValueError(f"SetAbstraction: npoint ({self.npoint}) must be <= N, found N = {n}")
@@ -229,17 +274,34 @@ class SetAbstraction(keras.layers.Layer):
             sq_dist, idx = ops.knn(xyz, new_xyz, self.nsample)
             r = tf.constant(self.radius, tf.float32)
             idx = tf.where(sq_dist < r * r, idx, centre_idx[:, :, None])  # same "inside" test as ball_query
-        grouped = ops.group_points(xyz, idx) - new_xyz[:, :, None, :]  # [B,M,S,3]
-        if self.normalize_by_radius:
-            grouped = grouped / self.radius
-        if features is not None:
-            gf = ops.group_points(features, idx)
-            grouped = tf.concat([grouped, gf], axis=-1) if self.use_xyz else gf
-        return new_xyz, grouped, idx
+        return new_xyz, idx
+
+    def _projected_first_layer(self, xyz, features):
+        """The first MLP layer applied per point, then grouped (``project_then_group``, float32).
+
+        ``[x_j - c, f_j] W = (x_j W_x + f_j W_f) - c W_x`` with ``W_x`` the kernel's coordinate rows (divided
+        by the radius when ``normalize_by_radius``). Returns ``(new_xyz [B,M,3], z1 [B,M,S,mlp[0]])``.
+        """
+        xyz, features = _check_inputs(xyz, features, "SetAbstraction")
+        new_xyz, idx = self._sample(xyz)
+        kernel = tf.cast(self.shared_mlp.convs[0].kernel[0, 0], tf.float32)  # [3 + C or C, C1]
+        if self.use_xyz:
+            w_xyz = kernel[:3] / self.radius if self.normalize_by_radius else kernel[:3]
+            per_point = tf.einsum("bnc,cd->bnd", features, kernel[3:]) + tf.einsum("bnc,cd->bnd", xyz, w_xyz)
+            centre = tf.einsum("bmc,cd->bmd", new_xyz, w_xyz)
+            z1 = ops.group_points(per_point, idx) - centre[:, :, None, :]
+        else:
+            z1 = ops.group_points(tf.einsum("bnc,cd->bnd", features, kernel), idx)
+        return new_xyz, z1
 
     def call(self, xyz, features=None, training=None):
+        mlp = self.shared_mlp
+        if (training and features is not None and training_path.current().project_then_group
+                and mlp.fast_training_on()):
+            new_xyz, z1 = self._projected_first_layer(xyz, features)
+            return new_xyz, mlp.pooled_train_fast(first=z1)
         new_xyz, grouped, _ = self.sample_and_group(xyz, features)
-        new_features = self.shared_mlp.pooled(grouped, training=training)
+        new_features = mlp.pooled(grouped, training=training)
         return new_xyz, new_features
 
     def compute_output_shape(self, xyz_shape, features_shape=None):

@@ -1,0 +1,108 @@
+"""Fast training path of the PointNet++ shared MLPs, and the switches that select today's reference path.
+
+Legend: R rows (B*M*S neighbours of every centroid, or B*N points of the global level), C channels,
+G groups (B*M neighbourhoods), S rows per group.
+
+Training a set-abstraction level spends almost all its time streaming ``[R, C]`` activations (R = 1M rows
+for the paper-size first level at B = 32) through memory. The reference path (Keras ``Conv2D`` +
+``BatchNormalization`` + ReLU, then ``reduce_max``) makes about seven passes per layer in the forward pass
+and more in the backward pass: Keras' BatchNorm computes the moments with separate reductions, upcasts
+16-bit inputs to float32 and back, and ``reduce_max``'s gradient builds a tie mask, counts and divides.
+The fast path computes the same function with fewer passes:
+
+* ``fused_batch_norm``: each BatchNorm runs as one ``FusedBatchNormV3`` in training mode (batch moments and
+  normalisation in one kernel, its gradient in one kernel, bfloat16 in and out with float32 statistics),
+  followed by the ReLU (Grappler fuses the pair on CPU). The Keras layer's variables are used as they are
+  (gamma, beta, moving mean and variance), so checkpoints, inference and export do not change; the moving
+  statistics are updated with Keras' rule and its biased batch variance.
+* ``max_pool``: the max over S is a ``MaxPool`` with an [S, 1] window (its gradient, ``MaxPoolGrad``, is one
+  kernel and routes each group's gradient to one maximal row; ``reduce_max`` splits it between tied rows. Tied
+  rows are the ball query's padding duplicates, identical rows whose summed gradient is the same either way).
+* ``project_then_group``: in a level with input features, the first layer is linear, so it is applied to
+  the N points before grouping instead of to the B*M*S grouped rows:
+  ``[x_j - c, f_j] W = (x_j W_x + f_j W_f) - c W_x``, computed in float32 (the subtraction of two nearby
+  projections would lose precision in bfloat16) and gathered with ``hsr_tf.ops.group_points``. For the
+  paper-size second level this removes a [262144, 131] x [131, 128] product per stage and batch of 32 from
+  the forward pass and two from the backward pass.
+
+The switches are read when a layer is called (traced), not stored in the layer configuration: they change
+the speed, not the function (tests/test_training_path.py compares both paths' outputs, moving statistics
+and gradients). :func:`use` selects them for the code traced inside it, e.g. ``use(REFERENCE)`` for the
+path as it was before this module (``benchmarks.training`` measures both in one run).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+
+import tensorflow as tf
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingPath:
+    """Which optimisations of the shared MLPs' training pass are on (see the module docstring)."""
+
+    fused_batch_norm: bool = True
+    max_pool: bool = True
+    project_then_group: bool = True
+
+
+FAST = TrainingPath()
+REFERENCE = TrainingPath(fused_batch_norm=False, max_pool=False, project_then_group=False)
+_state = {"path": FAST}
+
+
+def current() -> TrainingPath:
+    """The training path in force for layers traced now."""
+    return _state["path"]
+
+
+@contextlib.contextmanager
+def use(path: TrainingPath):
+    """Select ``path`` for the layers called (traced) inside the context."""
+    if not isinstance(path, TrainingPath):
+        raise TypeError(f"use: expected a TrainingPath, found {type(path).__name__}")
+    old = _state["path"]
+    _state["path"] = path
+    try:
+        yield
+    finally:
+        _state["path"] = old
+
+
+def batch_norm_relu_train(z, bn):
+    """relu(BatchNorm(z)) with the batch's statistics, and Keras' update of ``bn``'s moving statistics.
+
+    Args:
+      z: [R, C] pre-activations in the compute dtype (float32 or bfloat16 / float16).
+      bn: the ``keras.layers.BatchNormalization`` whose gamma, beta, epsilon, momentum and moving statistics
+        are used (axis -1).
+    Returns:
+      [R, C] in the dtype of ``z``.
+    """
+    c = z.shape[-1]
+    gamma = tf.cast(bn.gamma, tf.float32) if bn.scale else tf.ones([c], tf.float32)
+    beta = tf.cast(bn.beta, tf.float32) if bn.center else tf.zeros([c], tf.float32)
+    y, mean, var, _, _, _ = tf.raw_ops.FusedBatchNormV3(
+        x=tf.reshape(z, [1, 1, -1, c]), scale=gamma, offset=beta, mean=tf.zeros([0], tf.float32),
+        variance=tf.zeros([0], tf.float32), epsilon=float(bn.epsilon), is_training=True, data_format="NHWC")
+    # FusedBatchNormV3 returns the unbiased (n - 1) variance for the moving average; Keras uses the biased one.
+    n = tf.cast(tf.shape(z)[0], tf.float32)
+    var = tf.stop_gradient(var * (n - 1.0) / tf.maximum(n, 1.0))
+    mean = tf.stop_gradient(mean)
+    m = float(bn.momentum)
+    bn.moving_mean.assign(bn.moving_mean * m + mean * (1.0 - m))
+    bn.moving_variance.assign(bn.moving_variance * m + var * (1.0 - m))
+    return tf.reshape(tf.nn.relu(y), [-1, c])
+
+
+def group_max(h, s):
+    """Max over consecutive groups of ``s`` rows: ``h [G*s, C]`` -> ``[G, C]`` (``MaxPool`` when on)."""
+    c = h.shape[-1]
+    if current().max_pool:
+        pooled = tf.nn.max_pool2d(tf.reshape(h, [-1, s, 1, c]), ksize=[s, 1], strides=[s, 1], padding="VALID")
+        return tf.reshape(pooled, [-1, c])
+    return tf.reduce_max(tf.reshape(h, [-1, s, c]), axis=1)
+
+
+__all__ = ["TrainingPath", "FAST", "REFERENCE", "current", "use", "batch_norm_relu_train", "group_max"]

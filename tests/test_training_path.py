@@ -1,0 +1,127 @@
+"""The fast training path of the shared MLPs computes what the reference (Keras layer-by-layer) path computes.
+
+Outputs, gradients (weights and input features) and the BatchNorm moving statistics after a training call are
+compared between ``training_path.use(REFERENCE)`` and the default fast path, on the same layers; the clouds
+are sparse enough that the ball query pads groups with duplicate rows (ties in the max over S).
+"""
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from hsr_tf.layers import training_path
+from hsr_tf.layers.set_abstraction import GlobalSetAbstraction, SetAbstraction
+
+
+def _set_stats(layers, rng):
+    """Non-trivial gamma/beta/moving statistics, returned so every run can start from them."""
+    state = []
+    for layer in layers:
+        for bn in layer.shared_mlp.bns:
+            c = bn.gamma.shape[0]
+            bn.gamma.assign(rng.uniform(0.5, 1.5, size=c).astype(np.float32) * rng.choice([-1, 1], size=c))
+            bn.beta.assign(rng.normal(size=c).astype(np.float32) * 0.3)
+            bn.moving_mean.assign(rng.normal(size=c).astype(np.float32))
+            bn.moving_variance.assign(rng.uniform(0.5, 2.0, size=c).astype(np.float32))
+    for layer in layers:
+        state += [v.numpy() for v in layer.shared_mlp.variables]
+    return state
+
+
+def _restore(layers, state):
+    vs = [v for layer in layers for v in layer.shared_mlp.variables]
+    for v, value in zip(vs, state):
+        v.assign(value)
+
+
+@pytest.mark.parametrize("grouping,use_xyz,normalize", [("ball", True, True), ("ball", True, False),
+                                                         ("knn", False, False)])
+def test_fast_training_path_equals_reference(grouping, use_xyz, normalize, rng):
+    b, n = 3, 96
+    xyz = tf.constant(rng.normal(size=(b, n, 3)).astype(np.float32))
+    sa1 = SetAbstraction(24, 0.6, 12, [8, 16], grouping=grouping, normalize_by_radius=normalize)
+    sa2 = SetAbstraction(8, 1.0, 10, [16, 12], grouping=grouping, use_xyz=use_xyz, normalize_by_radius=normalize)
+    glob = GlobalSetAbstraction([16, 20])
+    layers = [sa1, sa2, glob]
+    p1, f1 = sa1(xyz, training=False)
+    p2, f2 = sa2(p1, f1, training=False)
+    glob(p2, f2, training=False)
+    state = _set_stats(layers, rng)
+    weights = [w for layer in layers for w in layer.trainable_variables]
+    target = tf.constant(rng.normal(size=(b, 20)).astype(np.float32))
+
+    def run(path):
+        _restore(layers, state)
+        with training_path.use(path):
+            @tf.function
+            def step():
+                with tf.GradientTape() as tape:
+                    q1, g1 = sa1(xyz, training=True)
+                    tape.watch(g1)
+                    q2, g2 = sa2(q1, g1, training=True)
+                    out = glob(q2, g2, training=True)
+                    loss = tf.reduce_sum(tf.square(out - target))
+                grads = tape.gradient(loss, weights + [g1])
+                return out, grads
+            out, grads = step()
+        stats = [v.numpy() for layer in layers for bn in layer.shared_mlp.bns
+                 for v in (bn.moving_mean, bn.moving_variance)]
+        return out.numpy(), [g.numpy() for g in grads], stats
+
+    ref_out, ref_grads, ref_stats = run(training_path.REFERENCE)
+    out, grads, stats = run(training_path.FAST)
+    np.testing.assert_allclose(out, ref_out, rtol=1e-4, atol=1e-4)
+    for g, rg, w in zip(grads, ref_grads, weights + ["features"]):
+        np.testing.assert_allclose(g, rg, rtol=2e-3, atol=2e-3 * np.abs(rg).max(), err_msg=str(w))
+    for s, rs in zip(stats, ref_stats):
+        np.testing.assert_allclose(s, rs, rtol=1e-5, atol=1e-6)
+    # The statistics really moved (a path that skipped the update would keep the restored values).
+    assert not np.allclose(stats[0], state[2])
+    # The fast path is not silently the reference: the training graph has FusedBatchNorm and MaxPool ops.
+    with training_path.use(training_path.FAST):
+        graph = tf.function(lambda: glob(p2, f2, training=True)).get_concrete_function().graph
+    types = {op.type for op in graph.get_operations()}
+    assert "FusedBatchNormV3" in types and "MaxPool" in types, types
+
+
+def test_reference_switch_and_bad_argument():
+    assert training_path.current() == training_path.FAST
+    with training_path.use(training_path.REFERENCE):
+        assert training_path.current() == training_path.REFERENCE
+    assert training_path.current() == training_path.FAST
+    with pytest.raises(TypeError, match="TrainingPath"):
+        with training_path.use("fast"):
+            pass
+
+
+def test_frozen_batch_norm_keeps_the_reference_path(rng):
+    """A non-trainable BatchNorm uses its moving statistics in training mode (Keras): no fused batch statistics."""
+    sa = SetAbstraction(8, 0.8, 6, [5, 7])
+    xyz = tf.constant(rng.normal(size=(2, 40, 3)).astype(np.float32))
+    sa(xyz, training=False)
+    for bn in sa.shared_mlp.bns:
+        bn.trainable = False
+    before = [bn.moving_mean.numpy() for bn in sa.shared_mlp.bns]
+    np.testing.assert_allclose(sa(xyz, training=True)[1], sa(xyz, training=False)[1], rtol=1e-5, atol=1e-6)
+    for bn, m in zip(sa.shared_mlp.bns, before):
+        np.testing.assert_array_equal(bn.moving_mean.numpy(), m)
+
+
+def test_bfloat16_fast_path_tracks_float32(rng):
+    """Under mixed_bfloat16 the fast path's pooled features stay within bfloat16 rounding of float32's."""
+    xyz = tf.constant(rng.normal(size=(2, 64, 3)).astype(np.float32))
+    feats = tf.constant(rng.normal(size=(2, 64, 6)).astype(np.float32))
+    outs = []
+    for policy in ("float32", "mixed_bfloat16"):
+        keras.mixed_precision.set_global_policy(policy)
+        try:
+            keras.utils.set_random_seed(3)
+            sa = SetAbstraction(16, 0.9, 8, [16, 24])
+            sa(xyz, feats, training=False)
+            assert sa.shared_mlp.compute_dtype == ("float32" if policy == "float32" else "bfloat16")
+            outs.append(sa(xyz, feats, training=True)[1].numpy())
+        finally:
+            keras.mixed_precision.set_global_policy("float32")
+    assert outs[1].dtype == np.float32
+    err = np.abs(outs[1] - outs[0]).max()
+    assert 0 < err < 0.05 * np.abs(outs[0]).max(), err
