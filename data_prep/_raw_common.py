@@ -256,57 +256,83 @@ def convert_split(tasks, *, out_dir: str, split: str, spec: datasets.DatasetSpec
       dict ``frames`` (written), ``skipped`` (list of 'name: reason'), ``shards`` (paths),
       ``reused`` (shards already complete).
     """
+    return run_shards(tasks, out_dir=out_dir, split=split, shard_size=shard_size, done=_shard_done,
+                      make_job=lambda path, chunk: ShardJob(path, split, chunk, spec.name, camera, front, loader,
+                                                            dict(extra_attrs or {})),
+                      run=_run_shard, desc=f"{spec.name}/{split}", num_workers=num_workers, progress=progress)
+
+
+def run_shards(tasks, *, out_dir: str, split: str, shard_size: int, done, make_job, run, desc: str,
+               num_workers: int | None, progress: bool) -> dict:
+    """The resumable shard loop shared by the depth and RGB converters.
+
+    Cuts ``tasks`` into shards of ``shard_size`` consecutive frames, ``{out_dir}/{split}-NNNNN.h5``; a shard for
+    which ``done(path)`` holds is reused, the others become ``make_job(path, chunk)`` and are converted by
+    ``run(job) -> (path, frames written, skipped list)`` in a ``multiprocessing`` pool (fork, or spawn once
+    TensorFlow is imported; in this process for one worker or one job) with a tqdm bar over frames. Writes the
+    split's ``{split}_skipped.txt`` (this run's and the reused shards' skipped frames).
+
+    Returns:
+      dict ``frames`` (written now), ``skipped`` (list of 'name: reason'), ``shards`` (paths), ``reused``.
+    """
     if not tasks:
         raise RawDataError(f"split {split!r}: expected at least one frame, found none")
     if shard_size < 1:
         raise ValueError(f"shard_size: expected >= 1, found {shard_size}")
     os.makedirs(out_dir, exist_ok=True)
-    jobs, reused = [], []
+    jobs, sizes, reused = [], {}, []
     for k, start in enumerate(range(0, len(tasks), shard_size)):
         path = os.path.join(out_dir, f"{split}-{k:05d}.h5")
-        if _shard_done(path):
+        if done(path):
             reused.append(path)
-            continue
-        jobs.append(ShardJob(path, split, list(tasks[start:start + shard_size]), spec.name, camera, front, loader,
-                             dict(extra_attrs or {})))
-    num_workers = os.cpu_count() if num_workers is None else int(num_workers)
-    skipped, written, paths = [], 0, []
+        else:
+            jobs.append(make_job(path, list(tasks[start:start + shard_size])))
+            sizes[path] = len(tasks[start:start + shard_size])
+    workers = os.cpu_count() if num_workers is None else int(num_workers)
+    written, skipped, paths = 0, [], []
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=sum(len(j.tasks) for j in jobs), desc=f"{spec.name}/{split}", unit="frame")
+        bar = tqdm(total=sum(sizes.values()), desc=desc, unit="frame")
     try:
-        if num_workers <= 1 or len(jobs) <= 1:
-            results = map(_run_shard, jobs)
-            for (path, n, skip), job in zip(results, jobs):
+        if workers <= 1 or len(jobs) <= 1:
+            results = map(run, jobs)
+            pool = None
+        else:
+            pool = multiprocessing.get_context("spawn" if _tf_loaded() else "fork").Pool(min(workers, len(jobs)))
+            results = pool.imap_unordered(run, jobs)
+        try:
+            for path, n, skip in results:
                 written += n
                 skipped += skip
                 paths.append(path)
                 if bar is not None:
-                    bar.update(len(job.tasks))
-        else:
-            ctx = multiprocessing.get_context("spawn" if _tf_loaded() else "fork")
-            sizes = {j.path: len(j.tasks) for j in jobs}
-            with ctx.Pool(min(num_workers, len(jobs))) as pool:
-                for path, n, skip in pool.imap_unordered(_run_shard, jobs):
-                    written += n
-                    skipped += skip
-                    paths.append(path)
-                    if bar is not None:
-                        bar.update(sizes[path])
+                    bar.update(sizes[path])
+        finally:
+            if pool is not None:  # on an error in a worker: stop the others instead of waiting for them
+                pool.terminate()
+                pool.join()
     finally:
         if bar is not None:
             bar.close()
-    # Report every skipped frame of the split (this run's and earlier runs').
-    all_skipped = list(skipped)
-    for path in reused:
-        all_skipped += _skipped_of(path)
+    all_skipped = skipped + [line for p in reused for line in _skipped_of(p)]
     report = os.path.join(out_dir, f"{split}_skipped.txt")
     with open(report + ".tmp", "w") as f:
         f.write("".join(line + "\n" for line in sorted(all_skipped)))
     os.replace(report + ".tmp", report)
     return {"frames": written, "skipped": all_skipped, "shards": sorted(paths + reused), "reused": reused}
+
+
+def convert_splits(splits, list_frames, **kwargs) -> dict:
+    """{split: convert_split(list_frames(split), split=split, **kwargs)} for each split, in order."""
+    return {split: convert_split(list_frames(split), split=split, **kwargs) for split in splits}
+
+
+def print_summaries(results: dict) -> None:
+    """Print :func:`summarize` of each split's result."""
+    for split, res in results.items():
+        print(summarize(res, split))
 
 
 def _skipped_of(path: str) -> list:

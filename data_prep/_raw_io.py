@@ -194,7 +194,11 @@ def read_mat(path: str, *, what: str, allowed=None) -> dict:
 
 def _loadmat_bytes(data: bytes) -> dict:
     """scipy.io.loadmat of a file's bytes, without the ``__header__``-style entries (runs in a child)."""
+    import faulthandler
+
     import scipy.io
+
+    faulthandler.disable()  # a crash here is reported by the parent as RawDataError; no stack dump on stderr
 
     return {k: v for k, v in scipy.io.loadmat(io.BytesIO(data)).items() if not k.startswith("__")}
 

@@ -29,7 +29,6 @@ Legend: F frames, H, W full image size, S crop size, L crop side in the full ima
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing
 import os
 
 import numpy as np
@@ -261,60 +260,16 @@ def _shard_done(path: str) -> bool:
 
 def convert_split(tasks, *, out_dir: str, split: str, loader, crop: CropConfig, attrs: dict,
                   shard_size: int = 1024, num_workers: int | None = None, progress: bool = True) -> dict:
-    """Convert a split's frames to ``{out_dir}/{split}-NNNNN.h5`` (resumable; see module doc).
+    """Convert a split's frames to ``{out_dir}/{split}-NNNNN.h5`` (resumable; ``_raw_common.run_shards``).
 
     Returns:
       dict ``frames`` (written now), ``skipped`` (list of 'name: reason', this and earlier runs), ``shards``,
       ``reused`` (shards already complete).
     """
-    if not tasks:
-        raise RawDataError(f"split {split!r}: expected at least one frame, found none")
-    if shard_size < 1:
-        raise ValueError(f"shard_size: expected >= 1, found {shard_size}")
-    os.makedirs(out_dir, exist_ok=True)
-    jobs, reused = [], []
-    for k, start in enumerate(range(0, len(tasks), shard_size)):
-        path = os.path.join(out_dir, f"{split}-{k:05d}.h5")
-        if _shard_done(path):
-            reused.append(path)
-        else:
-            jobs.append(ShardJob(path, split, list(tasks[start:start + shard_size]), loader, crop, dict(attrs)))
-    workers = os.cpu_count() if num_workers is None else int(num_workers)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=sum(len(j.tasks) for j in jobs), desc=f"{attrs.get('dataset', '?')}/{split}", unit="frame")
-    sizes = {j.path: len(j.tasks) for j in jobs}
-    written, skipped, paths = 0, [], []
-    try:
-        if workers <= 1 or len(jobs) <= 1:
-            results = map(_run_shard, jobs)
-            pool = None
-        else:
-            ctx = multiprocessing.get_context("spawn" if rc._tf_loaded() else "fork")
-            pool = ctx.Pool(min(workers, len(jobs)))
-            results = pool.imap_unordered(_run_shard, jobs)
-        try:
-            for path, n, skip in results:
-                written += n
-                skipped += skip
-                paths.append(path)
-                if bar is not None:
-                    bar.update(sizes[path])
-        finally:
-            if pool is not None:
-                pool.close()
-                pool.join()
-    finally:
-        if bar is not None:
-            bar.close()
-    all_skipped = skipped + [line for p in reused for line in rc._skipped_of(p)]
-    report = os.path.join(out_dir, f"{split}_skipped.txt")
-    with open(report + ".tmp", "w") as f:
-        f.write("".join(line + "\n" for line in sorted(all_skipped)))
-    os.replace(report + ".tmp", report)
-    return {"frames": written, "skipped": all_skipped, "shards": sorted(paths + reused), "reused": reused}
+    return rc.run_shards(tasks, out_dir=out_dir, split=split, shard_size=shard_size, done=_shard_done,
+                         make_job=lambda path, chunk: ShardJob(path, split, chunk, loader, crop, dict(attrs)),
+                         run=_run_shard, desc=f"{attrs.get('dataset', '?')}/{split}", num_workers=num_workers,
+                         progress=progress)
 
 
 # ---------------------------------------------------------------------- absl flags shared by STB and RHD
@@ -330,3 +285,12 @@ def define_flags(name: str):
     flags.DEFINE_float("crop_margin", 0.25, "crop margin on each side, fraction of the 2D joint box's longer side")
     flags.DEFINE_bool("progress", True, "show a progress bar")
     flags.mark_flags_as_required(["raw_dir", "out_dir"])
+
+
+def convert_kwargs_from_flags(FLAGS) -> dict:
+    """The keyword arguments of a reader's ``convert`` that :func:`define_flags` defines (``crop`` included; a
+    ``--mask_radius`` flag of the program, if any, goes into it)."""
+    crop = CropConfig(image_size=FLAGS.image_size, margin=FLAGS.crop_margin,
+                      mask_radius=FLAGS.mask_radius if "mask_radius" in FLAGS else CropConfig.mask_radius)
+    return dict(crop=crop, shard_size=FLAGS.shard_size, num_workers=FLAGS.num_workers, max_frames=FLAGS.max_frames,
+                progress=FLAGS.progress)

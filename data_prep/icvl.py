@@ -138,16 +138,11 @@ def convert(raw_dir: str, out_dir: str, splits=SPLITS, *, keep_rotated: bool = F
     """Convert ICVL splits; returns split -> convert_split result."""
     from data_prep.icvl import load_depth as loader
 
-    camera = camera_lib.Camera.preset("icvl")
-    results = {}
-    for split in splits:
-        tasks = list_frames(raw_dir, split, keep_rotated=keep_rotated, max_frames=max_frames)
-        results[split] = rc.convert_split(tasks, out_dir=out_dir, split=split, spec=SPEC, camera=camera,
-                                          loader=loader, front=front, shard_size=shard_size,
-                                          num_workers=num_workers, progress=progress,
-                                          extra_attrs={"source": os.path.abspath(raw_dir),
-                                                       "keep_rotated": int(bool(keep_rotated))})
-    return results
+    return rc.convert_splits(splits, lambda split: list_frames(raw_dir, split, keep_rotated=keep_rotated,
+                                                               max_frames=max_frames),
+                             out_dir=out_dir, spec=SPEC, camera=camera_lib.Camera.preset("icvl"), loader=loader,
+                             front=front, shard_size=shard_size, num_workers=num_workers, progress=progress,
+                             extra_attrs={"source": os.path.abspath(raw_dir), "keep_rotated": int(bool(keep_rotated))})
 
 
 def main(argv):
@@ -159,8 +154,7 @@ def main(argv):
     results = convert(FLAGS.raw_dir, FLAGS.out_dir, splits, keep_rotated=FLAGS.keep_rotated,
                       front=rc.front_end_from_flags(FLAGS), shard_size=FLAGS.shard_size,
                       num_workers=FLAGS.num_workers, max_frames=FLAGS.max_frames, progress=FLAGS.progress)
-    for split, res in results.items():
-        print(rc.summarize(res, split))
+    rc.print_summaries(results)
 
 
 if __name__ == "__main__":

@@ -155,15 +155,10 @@ def convert(raw_dir: str, out_dir: str, subjects=SUBJECTS, *, front: rc.FrontEnd
     """Convert MSRA subjects (one split each); returns subject -> convert_split result."""
     from data_prep.msra import load_depth as loader
 
-    camera = camera_lib.Camera.preset("msra")
-    results = {}
-    for subject in subjects:
-        tasks = list_frames(raw_dir, subject, max_frames=max_frames)
-        results[subject] = rc.convert_split(tasks, out_dir=out_dir, split=subject, spec=SPEC, camera=camera,
-                                            loader=loader, front=front, shard_size=shard_size,
-                                            num_workers=num_workers, progress=progress,
-                                            extra_attrs={"source": os.path.abspath(raw_dir)})
-    return results
+    return rc.convert_splits(subjects, lambda subject: list_frames(raw_dir, subject, max_frames=max_frames),
+                             out_dir=out_dir, spec=SPEC, camera=camera_lib.Camera.preset("msra"), loader=loader,
+                             front=front, shard_size=shard_size, num_workers=num_workers, progress=progress,
+                             extra_attrs={"source": os.path.abspath(raw_dir)})
 
 
 def main(argv):
@@ -175,8 +170,7 @@ def main(argv):
     results = convert(FLAGS.raw_dir, FLAGS.out_dir, subjects, front=rc.front_end_from_flags(FLAGS),
                       shard_size=FLAGS.shard_size, num_workers=FLAGS.num_workers, max_frames=FLAGS.max_frames,
                       progress=FLAGS.progress)
-    for split, res in results.items():
-        print(rc.summarize(res, split))
+    rc.print_summaries(results)
 
 
 if __name__ == "__main__":

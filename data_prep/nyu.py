@@ -149,15 +149,10 @@ def convert(raw_dir: str, out_dir: str, splits=SPLITS, *, kinect: int = 1, front
     """Convert NYU splits; returns split -> convert_split result."""
     from data_prep.nyu import load_depth as loader  # importable by name in workers, also under `python -m`
 
-    camera = camera_lib.Camera.preset("nyu")
-    results = {}
-    for split in splits:
-        tasks = list_frames(raw_dir, split, kinect=kinect, max_frames=max_frames)
-        results[split] = rc.convert_split(tasks, out_dir=out_dir, split=split, spec=SPEC, camera=camera,
-                                          loader=loader, front=front, shard_size=shard_size,
-                                          num_workers=num_workers, progress=progress,
-                                          extra_attrs={"source": os.path.abspath(raw_dir), "kinect": int(kinect)})
-    return results
+    return rc.convert_splits(splits, lambda split: list_frames(raw_dir, split, kinect=kinect, max_frames=max_frames),
+                             out_dir=out_dir, spec=SPEC, camera=camera_lib.Camera.preset("nyu"), loader=loader,
+                             front=front, shard_size=shard_size, num_workers=num_workers, progress=progress,
+                             extra_attrs={"source": os.path.abspath(raw_dir), "kinect": int(kinect)})
 
 
 def main(argv):
@@ -169,8 +164,7 @@ def main(argv):
     results = convert(FLAGS.raw_dir, FLAGS.out_dir, splits, kinect=FLAGS.kinect, front=rc.front_end_from_flags(FLAGS),
                       shard_size=FLAGS.shard_size, num_workers=FLAGS.num_workers, max_frames=FLAGS.max_frames,
                       progress=FLAGS.progress)
-    for split, res in results.items():
-        print(rc.summarize(res, split))
+    rc.print_summaries(results)
 
 
 if __name__ == "__main__":

@@ -181,13 +181,9 @@ def convert(raw_dir: str, out_dir: str, splits=("train", "test"), *, crop: rg.Cr
              "hand": "the hand with more mask pixels; left hands mirrored (x -> -x, image flipped, cx -> S-1-cx)",
              "image_background": "real", "mask_values": "0/255", "mask_source": "RHD mask of the chosen hand",
              "depth_source": "RHD depth (registered)", "extra_fields": "crop_box,joints_visible"}
-    results = {}
-    for split in splits:
-        tasks = list_frames(raw_dir, split, max_frames=max_frames)
-        results[split] = rg.convert_split(tasks, out_dir=out_dir, split=split, loader=loader, crop=crop,
-                                          attrs=attrs, shard_size=shard_size, num_workers=num_workers,
-                                          progress=progress)
-    return results
+    return {split: rg.convert_split(list_frames(raw_dir, split, max_frames=max_frames), out_dir=out_dir, split=split,
+                                    loader=loader, crop=crop, attrs=attrs, shard_size=shard_size,
+                                    num_workers=num_workers, progress=progress) for split in splits}
 
 
 def main(argv):
@@ -197,12 +193,8 @@ def main(argv):
     from data_prep import _raw_common as rc
 
     FLAGS = flags.FLAGS
-    splits = rc.parse_splits(FLAGS.split, tuple(RAW_SPLITS))
-    crop = rg.CropConfig(image_size=FLAGS.image_size, margin=FLAGS.crop_margin)
-    results = convert(FLAGS.raw_dir, FLAGS.out_dir, splits, crop=crop, shard_size=FLAGS.shard_size,
-                      num_workers=FLAGS.num_workers, max_frames=FLAGS.max_frames, progress=FLAGS.progress)
-    for split, res in results.items():
-        print(rc.summarize(res, split))
+    rc.print_summaries(convert(FLAGS.raw_dir, FLAGS.out_dir, rc.parse_splits(FLAGS.split, tuple(RAW_SPLITS)),
+                               **rg.convert_kwargs_from_flags(FLAGS)))
 
 
 if __name__ == "__main__":

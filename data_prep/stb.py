@@ -194,14 +194,9 @@ def convert(raw_dir: str, out_dir: str, *, sequences=SEQUENCES, splits=("train",
         "depth_source": "depth camera warped into the colour camera (2x2 splat, z-buffer)",
         "sequences": ",".join(sequences), "extra_fields": "crop_box,palm",
     }
-    results = {}
-    for split in splits:
-        if split not in tasks:
-            continue
-        results[split] = rg.convert_split(tasks[split], out_dir=out_dir, split=split, loader=loader, crop=crop,
-                                          attrs=attrs, shard_size=shard_size, num_workers=num_workers,
-                                          progress=progress)
-    return results
+    return {split: rg.convert_split(tasks[split], out_dir=out_dir, split=split, loader=loader, crop=crop,
+                                    attrs=attrs, shard_size=shard_size, num_workers=num_workers, progress=progress)
+            for split in splits if split in tasks}
 
 
 def main(argv):
@@ -212,13 +207,9 @@ def main(argv):
 
     FLAGS = flags.FLAGS
     seqs = [s.strip() for s in FLAGS.sequences.split(",") if s.strip()] if FLAGS.sequences else list(SEQUENCES)
-    splits = rc.parse_splits(FLAGS.split, ("train", "test"))
-    crop = rg.CropConfig(image_size=FLAGS.image_size, margin=FLAGS.crop_margin, mask_radius=FLAGS.mask_radius)
-    results = convert(FLAGS.raw_dir, FLAGS.out_dir, sequences=seqs, splits=splits, root=FLAGS.root, crop=crop,
-                      shard_size=FLAGS.shard_size, num_workers=FLAGS.num_workers, max_frames=FLAGS.max_frames,
-                      progress=FLAGS.progress)
-    for split, res in results.items():
-        print(rc.summarize(res, split))
+    rc.print_summaries(convert(FLAGS.raw_dir, FLAGS.out_dir, sequences=seqs, root=FLAGS.root,
+                               splits=rc.parse_splits(FLAGS.split, ("train", "test")),
+                               **rg.convert_kwargs_from_flags(FLAGS)))
 
 
 if __name__ == "__main__":

@@ -285,8 +285,10 @@ def test_conversion_in_worker_processes_reports_a_damaged_png(trees, tmp_path):
 
 
 def _segfault(data):
+    import faulthandler
     import signal
 
+    faulthandler.disable()
     os.kill(os.getpid(), signal.SIGSEGV)
 
 
