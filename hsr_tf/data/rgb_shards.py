@@ -40,6 +40,8 @@ import os
 
 import numpy as np
 
+from hsr_tf.data import shards
+
 RGB_SCHEMA_VERSION = 1
 KIND = "rgb"
 REQUIRED_ATTRS = ("dataset", "split", "image_size", "joint_names", "schema_version", "kind")
@@ -198,7 +200,8 @@ def write_rgb_shard(path: str, arrays: dict, attrs: dict, compression: str = "gz
         values; schema_version and kind are added.
       compression: 'gzip' (level 4, portable) or 'lzf' (faster, h5py only).
     Raises:
-      RGBShardError naming the file and field for any schema or value violation.
+      RGBShardError naming the file and field for any schema or value violation; ShardWriteError (an OSError)
+      when the disk is full or the write fails, leaving no partial file and an existing ``path`` intact.
     """
     import h5py
 
@@ -215,8 +218,7 @@ def write_rgb_shard(path: str, arrays: dict, attrs: dict, compression: str = "gz
     dtypes = {k: v.dtype for k, v in arrays.items()}
     num_frames = _check_layout(path, shapes, dtypes, attrs)
     check_values(path, arrays)
-    tmp = path + ".tmp"
-    with h5py.File(tmp, "w") as f:
+    def fill(f):
         for name, arr in arrays.items():
             if _is_string_dtype(arr.dtype):
                 f.create_dataset(name, data=arr.astype(object), dtype=h5py.string_dtype())
@@ -232,7 +234,9 @@ def write_rgb_shard(path: str, arrays: dict, attrs: dict, compression: str = "gz
                 f.attrs[key] = np.array([str(v) for v in value], dtype=h5py.string_dtype())
             else:
                 f.attrs[key] = value
-    os.replace(tmp, path)
+
+    # In memory, then one checked write + rename: a full disk raises ShardWriteError, never a torn shard.
+    shards.write_hdf5_atomically(path, fill)
 
 
 def _attrs_of(f) -> dict:

@@ -74,7 +74,7 @@ def _decode(value):
 
 
 def write_shard(path: str, arrays: dict, attrs: dict) -> None:
-    """Write a shard atomically: ``path + '.tmp'`` first, then ``os.replace``.
+    """Write a shard atomically: built in memory, written to ``path + '.tmp'``, then ``os.replace``.
 
     Args:
       path: final file name (…/split-00000.h5).
@@ -83,7 +83,8 @@ def write_shard(path: str, arrays: dict, attrs: dict) -> None:
       attrs: must contain dataset, split, camera (dict or JSON), joint_names; the
         schema_version is added. Values must be str/int/float/list of str.
     Raises:
-      ShardError (naming the field) if arrays violate the schema.
+      ShardError (naming the field) if arrays violate the schema; ShardWriteError (an OSError) when the disk is
+      full or the write fails, leaving no partial file and an existing ``path`` intact.
     """
     import h5py
 
@@ -97,8 +98,8 @@ def write_shard(path: str, arrays: dict, attrs: dict) -> None:
     if isinstance(attrs.get("camera"), dict):
         attrs["camera"] = json.dumps(attrs["camera"], sort_keys=True)
     _check_arrays(path, arrays, attrs)
-    tmp = path + ".tmp"
-    with h5py.File(tmp, "w") as f:
+
+    def fill(f):
         for name, arr in arrays.items():
             # Fletcher-32 checksums (chunked storage): a flipped byte in the data fails the read instead of
             # loading silently wrong values. Empty fields cannot be chunked and carry no data to protect.
@@ -108,7 +109,49 @@ def write_shard(path: str, arrays: dict, attrs: dict) -> None:
                 f.attrs[key] = np.array([str(v) for v in value], dtype=h5py.string_dtype())
             else:
                 f.attrs[key] = value
-    os.replace(tmp, path)
+
+    write_hdf5_atomically(path, fill)
+
+
+class ShardWriteError(OSError):
+    """A shard could not be written (disk full, I/O error); nothing partial was left and older files are intact."""
+
+
+def write_hdf5_atomically(path: str, fill) -> None:
+    """Build an HDF5 file in memory with ``fill(h5py.File)``, then write it to ``path + '.tmp'``, fsync, rename.
+
+    Why in memory: when the disk fills up under HDF5's own writes, h5py reports the failure only while
+    releasing objects (an "exception ignored" message) and can then crash the process (seen: a segmentation
+    fault in ``File.flush`` under a file-size limit), so no clear error could be raised. Plain Python writes
+    raise ``OSError`` (ENOSPC, EFBIG, EIO) reliably. Cost: the file's bytes are held in memory once more.
+
+    Raises:
+      ShardWriteError (an OSError with the original errno) naming ``path``; the partial temporary file is
+      removed and an existing ``path`` is left as it was.
+    """
+    import io
+
+    import h5py
+
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as f:
+        fill(f)
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "wb") as out:
+            out.write(buffer.getbuffer())
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise ShardWriteError(e.errno, f"{path}: writing the shard failed ({e.strerror or e}); the partial file "
+                              f"{tmp} was removed and existing shards are untouched. Free space on the device of "
+                              f"{os.path.dirname(os.path.abspath(path))} and rerun (finished shards are "
+                              "skipped)") from e
 
 
 def _check_arrays(path, arrays, attrs):

@@ -57,9 +57,14 @@ def make_step_fns(strategy: tf.distribute.Strategy, model: keras.Model, loss_fn:
         # finite on every replica <=> no replica flagged its loss or gradients (ReduceOp has no MIN)
         return total, terms, grads, tf.equal(strategy.reduce(tf.distribute.ReduceOp.SUM, bad, axis=None), 0.0)
 
+    def replica_apply(grads):
+        # tf.identity inside the replica puts each gradient on the replica's device: a function input has no
+        # device, and the all-reduce (MultiWorkerMirroredStrategy) needs one as its destination.
+        optimizer.apply_gradients(zip([tf.identity(g) for g in grads], select()))
+
     @tf.function(reduce_retracing=True)
     def apply(grads):
-        strategy.run(lambda g: optimizer.apply_gradients(zip(g, select())), args=(grads,))
+        strategy.run(replica_apply, args=(grads,))
 
     return compute, apply
 
