@@ -139,7 +139,9 @@ class AtomicCheckpointer:
         paths = list(state.all_model_checkpoint_paths) or [state.model_checkpoint_path]
         if state.model_checkpoint_path and state.model_checkpoint_path not in paths:
             paths.append(state.model_checkpoint_path)
-        return [p if os.path.isabs(p) else os.path.join(self.directory, p) for p in paths if p]
+        # get_checkpoint_state already joins relative entries with the directory it was given (itself possibly
+        # relative to the working directory), so joining again would double a relative workdir.
+        return [os.path.abspath(p) for p in paths if p]
 
     @property
     def latest_checkpoint(self) -> Optional[str]:
