@@ -1,16 +1,11 @@
-"""Depth model on ICVL with the paper's weak supervision (joint + Chamfer + mean-shape loss, no shape loss).
+"""Depth model on ICVL with the paper's weak supervision: ``python -m experiments.icvl_weak
+--flagfile=experiments/flags/icvl_full.flags --data_dir=D --workdir=W [--init_from=SYNTH_WORKDIR]`` after
+``python -m data_prep.icvl --raw_dir=R --out_dir=D``.
 
-  python -m data_prep.icvl --raw_dir=R --out_dir=D
-  python -m experiments.icvl_weak --flagfile=experiments/flags/icvl_full.flags --data_dir=D --workdir=W
-      [--init_from=SYNTH_WORKDIR]
-
-See experiments/real_common.py for the flags and what a run does (train, evaluate_real, export).
+ICVL's 16 joints pair with ours through a virtual palm centre (docs/conventions.md); the protocol is the 16
+joints on the 1,596 test frames. Runs and flags: experiments/real_common.py.
 """
-from absl import app
-
 from experiments import real_common
 
-main = real_common.program_main("icvl")
-
 if __name__ == "__main__":
-    app.run(main)
+    real_common.run_program("icvl")

@@ -1,17 +1,12 @@
-"""Depth model on MSRA with the paper's weak supervision (joint + Chamfer + mean-shape loss, no shape loss).
+"""Depth model on MSRA with the paper's weak supervision, all nine leave-one-subject-out folds in one command.
 
-  python -m data_prep.msra --raw_dir=R --out_dir=D
-  python -m experiments.msra_weak --flagfile=experiments/flags/msra_full.flags --data_dir=D --workdir=W
-      [--init_from=SYNTH_WORKDIR]
+    python -m data_prep.msra --raw_dir=R --out_dir=D
+    python -m experiments.msra_weak --flagfile=experiments/flags/msra_full.flags --data_dir=D --workdir=W
 
-Runs the nine leave-one-subject-out folds (--msra_test_subjects) and averages them (W/loso_summary.json).
-See experiments/real_common.py for the flags and what a run does (train, evaluate_real, export).
+Each fold (--msra_test_subjects) trains and evaluates in W/folds/Pk; W/loso_summary.json averages them.
+See experiments/real_common.py for the flags and what a run does.
 """
-from absl import app
-
 from experiments import real_common
 
-main = real_common.program_main("msra")
-
 if __name__ == "__main__":
-    app.run(main)
+    real_common.run_program("msra")

@@ -4,13 +4,11 @@
   python -m experiments.nyu_weak --flagfile=experiments/flags/nyu_full.flags --data_dir=D --workdir=W
       [--init_from=SYNTH_WORKDIR]
 
-See experiments/real_common.py for the flags and what a run does (train, evaluate_real, export).
+Evaluated on the 14 standard joints (all 8,252 test frames) and the model-based protocol (10 joints, the first
+2,440 frames); the Table II(b) ablations are the nyu_table2b_*.flags. What a run does (train, evaluate_real,
+export) and its flags: experiments/real_common.py.
 """
-from absl import app
-
 from experiments import real_common
 
-main = real_common.program_main("nyu")
-
 if __name__ == "__main__":
-    app.run(main)
+    real_common.run_program("nyu")

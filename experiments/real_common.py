@@ -180,6 +180,13 @@ def program_main(name: str):
     return main
 
 
+def run_program(name: str) -> None:
+    """Run the ``<name>_weak`` program (absl: parse the flags, then :func:`run_dataset`)."""
+    from absl import app
+
+    app.run(program_main(name))
+
+
 def run_dataset(name: str) -> dict:
     """Entry point of nyu_weak / icvl_weak / msra_weak."""
     from hsr_tf.data import datasets, shards
