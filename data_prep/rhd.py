@@ -96,7 +96,8 @@ def read_annotations(path: str) -> dict:
                 raise RawDataError(f"{path}: sample {sid!r}: expected key '{key}', found keys {sorted(entry)}")
             a = np.asarray(entry[key], dtype=np.float64)
             if a.shape != shape:
-                raise RawDataError(f"{path}: sample {sid!r}: '{key}': expected shape {list(shape)}, found {list(a.shape)}")
+                raise RawDataError(f"{path}: sample {sid!r}: '{key}': expected shape {list(shape)}, "
+                                   f"found {list(a.shape)}")
             if not np.all(np.isfinite(a)):
                 raise RawDataError(f"{path}: sample {sid!r}: '{key}': expected finite values, found NaN/Inf")
             checked[key] = a

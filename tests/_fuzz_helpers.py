@@ -78,3 +78,15 @@ def pixels_for(fmt, width: int, height: int, seed: int = 0):
     """Random pixels [H, W, C] for one of PNG_FORMATS."""
     _, _, bits, channels = fmt
     return np.random.default_rng(seed).integers(0, 2 ** bits, size=(height, width, channels))
+
+
+def fuzz_variants(check, default: dict, slow: dict):
+    """Two hypothesis tests of one property ``check`` (fixtures first, then the drawn arguments): the default
+    suite's (``default`` strategies, DEFAULT_EXAMPLES) and a slow one (``slow`` strategies, SLOW_EXAMPLES)."""
+    import pytest
+    from hypothesis import HealthCheck, given, settings
+
+    common = dict(deadline=None, suppress_health_check=list(HealthCheck))
+    quick = settings(max_examples=DEFAULT_EXAMPLES, **common)(given(**default)(check))
+    many = pytest.mark.slow(settings(max_examples=SLOW_EXAMPLES, **common)(given(**slow)(check)))
+    return quick, many

@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from _fuzz_helpers import DEFAULT_EXAMPLES, PNG_FORMATS, SLOW_EXAMPLES, corruptions, pixels_for, write_corrupted, \
-    write_png
+from _fuzz_helpers import (DEFAULT_EXAMPLES, PNG_FORMATS, corruptions, fuzz_variants, pixels_for, write_corrupted,
+                           write_png)
 from experiments import predict
 from hsr_tf.geometry.camera import Camera
 
@@ -53,8 +53,8 @@ ARRAYS = st.one_of(
                .map(float)))
 
 
-def _check_npy(tmp, arr, scale):
-    path = str(tmp / "d.npy")
+def _check_npy(scene, arr, scale):
+    path = str(scene["tmp"] / "d.npy")
     np.save(path, arr)
     try:
         d = predict.load_depth(path, scale)
@@ -70,17 +70,9 @@ def _check_npy(tmp, arr, scale):
     event("accepted")
 
 
-@settings(max_examples=DEFAULT_EXAMPLES, **FUZZ)
-@given(arr=ARRAYS, scale=st.sampled_from([1.0, 0.1, 0.0, -1.0, float("nan")]))
-def test_npy_depth_of_any_dtype_and_rank(scene, arr, scale):
-    _check_npy(scene["tmp"], arr, scale)
-
-
-@pytest.mark.slow
-@settings(max_examples=SLOW_EXAMPLES, **FUZZ)
-@given(arr=ARRAYS, scale=st.sampled_from([1.0, 0.1, 0.0, -1.0, float("nan")]))
-def test_npy_depth_many(scene, arr, scale):
-    _check_npy(scene["tmp"], arr, scale)
+SCALES = st.sampled_from([1.0, 0.1, 0.0, -1.0, float("nan")])
+test_npy_depth_of_any_dtype_and_rank, test_npy_depth_many = fuzz_variants(
+    _check_npy, dict(arr=ARRAYS, scale=SCALES), dict(arr=ARRAYS, scale=SCALES))
 
 
 @pytest.mark.parametrize("fmt", PNG_FORMATS, ids=[f[0] for f in PNG_FORMATS])
@@ -151,19 +143,9 @@ COORD = st.floats(-200, 900, allow_nan=False)
 NEAR_U, NEAR_V, NEAR_D = st.floats(250, 410), st.floats(170, 330), st.floats(380, 620)  # around the blob
 
 
-@settings(max_examples=DEFAULT_EXAMPLES, **FUZZ)
-@given(u=st.one_of(NEAR_U, COORD), v=st.one_of(NEAR_V, COORD), d=st.one_of(NEAR_D, st.floats(-100, 2000)),
-       cube=st.sampled_from([300.0, 100.0, 0.0, -5.0]))
-def test_centre_anywhere(scene, u, v, d, cube):
-    _check_centre(scene, u, v, d, cube)
-
-
-@pytest.mark.slow
-@settings(max_examples=SLOW_EXAMPLES, **FUZZ)
-@given(u=st.one_of(NEAR_U, COORD), v=st.one_of(NEAR_V, COORD), d=st.one_of(NEAR_D, st.floats(-100, 2000)),
-       cube=st.sampled_from([300.0, 100.0, 0.0, -5.0]))
-def test_centre_anywhere_many(scene, u, v, d, cube):
-    _check_centre(scene, u, v, d, cube)
+CENTRES = dict(u=st.one_of(NEAR_U, COORD), v=st.one_of(NEAR_V, COORD), d=st.one_of(NEAR_D, st.floats(-100, 2000)),
+               cube=st.sampled_from([300.0, 100.0, 0.0, -5.0]))
+test_centre_anywhere, test_centre_anywhere_many = fuzz_variants(_check_centre, CENTRES, CENTRES)
 
 
 @settings(max_examples=DEFAULT_EXAMPLES, **FUZZ)

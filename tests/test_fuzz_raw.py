@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import fixtures_raw
-from _fuzz_helpers import (DEFAULT_EXAMPLES, PNG_FORMATS, SLOW_EXAMPLES, corrupt, corruptions, pixels_for,
+from _fuzz_helpers import (DEFAULT_EXAMPLES, PNG_FORMATS, corrupt, corruptions, fuzz_variants, pixels_for,
                            write_corrupted, write_png)
 from data_prep import _raw_common as rc
 from data_prep import icvl, msra, nyu
@@ -56,6 +56,7 @@ def trees(tmp_path_factory):
             "originals": originals})
 
 
+PNGS = st.sampled_from(["nyu_png", "icvl_png"])
 DECODERS = {"nyu_png": nyu.decode_depth_png, "icvl_png": icvl.decode_depth_png, "msra_bin": msra.read_depth_bin,
             "nyu_mat": nyu.read_joint_data, "msra_joints": msra.read_joints}
 
@@ -79,17 +80,9 @@ def _check_png(trees, key, op):
         restore(trees)
 
 
-@settings(max_examples=DEFAULT_EXAMPLES, **FUZZ)
-@given(key=st.sampled_from(["nyu_png", "icvl_png"]), op=corruptions())
-def test_damaged_png_always_raises(trees, key, op):
-    _check_png(trees, key, op)
-
-
-@pytest.mark.slow
-@settings(max_examples=SLOW_EXAMPLES, **FUZZ)
-@given(key=st.sampled_from(["nyu_png", "icvl_png"]), op=corruptions(max_flips=16))
-def test_damaged_png_always_raises_many(trees, key, op):
-    _check_png(trees, key, op)
+test_damaged_png_always_raises, test_damaged_png_always_raises_many = fuzz_variants(
+    _check_png, dict(key=PNGS, op=corruptions()),
+    dict(key=PNGS, op=corruptions(max_flips=16)))
 
 
 def _check_bin(trees, op):
@@ -115,17 +108,9 @@ def _check_bin(trees, op):
         restore(trees)
 
 
-@settings(max_examples=DEFAULT_EXAMPLES, **FUZZ)
-@given(op=corruptions())
-def test_damaged_msra_bin_raises_or_changes_only_the_flipped_pixels(trees, op):
-    _check_bin(trees, op)
-
-
-@pytest.mark.slow
-@settings(max_examples=SLOW_EXAMPLES, **FUZZ)
-@given(op=corruptions(max_flips=16))
-def test_damaged_msra_bin_many(trees, op):
-    _check_bin(trees, op)
+test_damaged_msra_bin_raises_or_changes_only_the_flipped_pixels, test_damaged_msra_bin_many = fuzz_variants(
+    _check_bin, dict(op=corruptions()),
+    dict(op=corruptions(max_flips=16)))
 
 
 def _check_mat(trees, op):
@@ -151,17 +136,9 @@ def _check_mat(trees, op):
         restore(trees)
 
 
-@settings(max_examples=DEFAULT_EXAMPLES, **FUZZ)
-@given(op=corruptions())
-def test_damaged_nyu_mat_raises_or_changes_only_the_flipped_values(trees, op):
-    _check_mat(trees, op)
-
-
-@pytest.mark.slow
-@settings(max_examples=SLOW_EXAMPLES, **FUZZ)
-@given(op=corruptions(max_flips=16))
-def test_damaged_nyu_mat_many(trees, op):
-    _check_mat(trees, op)
+test_damaged_nyu_mat_raises_or_changes_only_the_flipped_values, test_damaged_nyu_mat_many = fuzz_variants(
+    _check_mat, dict(op=corruptions()),
+    dict(op=corruptions(max_flips=16)))
 
 
 def _check_labels(trees, key, keep_fraction):

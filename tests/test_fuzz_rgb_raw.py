@@ -11,17 +11,13 @@ import shutil
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import event
 from hypothesis import strategies as st
 
 import fixtures_rgb_raw as fx
-from _fuzz_helpers import (DEFAULT_EXAMPLES, PNG_FORMATS, SLOW_EXAMPLES, corruptions, pixels_for, write_corrupted,
-                           write_png)
+from _fuzz_helpers import PNG_FORMATS, corruptions, fuzz_variants, pixels_for, write_corrupted, write_png
 from data_prep import rhd, stb
 from data_prep._raw_io import RawDataError
-
-FUZZ = dict(deadline=None, suppress_health_check=list(HealthCheck))
-
 
 class Trees(dict):
     def __repr__(self):
@@ -85,17 +81,12 @@ def _check_png(trees, key, op):
         restore(trees)
 
 
-@settings(max_examples=DEFAULT_EXAMPLES, **FUZZ)
-@given(key=st.sampled_from(PNGS), op=corruptions())
-def test_damaged_png_always_raises(trees, key, op):
-    _check_png(trees, key, op)
+test_damaged_png_always_raises, test_damaged_png_always_raises_many = fuzz_variants(
+    _check_png, dict(key=st.sampled_from(PNGS), op=corruptions()),
+    dict(key=st.sampled_from(PNGS), op=corruptions(max_flips=16)))
 
 
-@pytest.mark.slow
-@settings(max_examples=SLOW_EXAMPLES, **FUZZ)
-@given(key=st.sampled_from(PNGS), op=corruptions(max_flips=16))
-def test_damaged_png_always_raises_many(trees, key, op):
-    _check_png(trees, key, op)
+LABELS = st.sampled_from(["stb_labels", "rhd_anno"])
 
 
 def _numbers(obj):
@@ -131,17 +122,9 @@ def _check_labels(trees, key, op):
         restore(trees)
 
 
-@settings(max_examples=DEFAULT_EXAMPLES, **FUZZ)
-@given(key=st.sampled_from(["stb_labels", "rhd_anno"]), op=corruptions())
-def test_damaged_labels_raise_or_change_only_flipped_values(trees, key, op):
-    _check_labels(trees, key, op)
-
-
-@pytest.mark.slow
-@settings(max_examples=SLOW_EXAMPLES, **FUZZ)
-@given(key=st.sampled_from(["stb_labels", "rhd_anno"]), op=corruptions(max_flips=16))
-def test_damaged_labels_many(trees, key, op):
-    _check_labels(trees, key, op)
+test_damaged_labels_raise_or_change_only_flipped_values, test_damaged_labels_many = fuzz_variants(
+    _check_labels, dict(key=LABELS, op=corruptions()),
+    dict(key=LABELS, op=corruptions(max_flips=16)))
 
 
 @pytest.mark.parametrize("fmt", PNG_FORMATS, ids=[f[0] for f in PNG_FORMATS])
