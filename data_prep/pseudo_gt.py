@@ -7,8 +7,6 @@ Runs the run's network (an RGBMeshNet of variant "mesh", its newest checkpoint) 
 shard to ``{data_dir}/pseudo_gt/{tag}/`` (atomic; a rerun skips finished shards). ``--tag`` defaults to the
 model workdir's name, so pseudo-GT of different pretrained models never mix. Format: hsr_tf/train/pseudo_gt.py.
 """
-import os
-
 from absl import app, flags, logging
 
 FLAGS = flags.FLAGS
@@ -21,26 +19,13 @@ flags.DEFINE_integer("batch_size", 16, "Frames per forward pass.", lower_bound=1
 flags.mark_flags_as_required(["data_dir", "model_workdir"])
 
 
-def default_tag(model_workdir: str) -> str:
-    return os.path.basename(os.path.normpath(model_workdir))
-
-
-def run(data_dir, model_workdir, split="train", tag=None, batch_size=16, checkpoint=None, log=logging.info):
-    """Loads the run and writes the missing pseudo-GT files; returns (tag, generate's report)."""
-    from hsr_tf.train import loop
-    from hsr_tf.train import pseudo_gt
-
-    model, ckpt = loop.load_model_from_workdir(model_workdir, checkpoint)
-    tag = tag or default_tag(model_workdir)
-    report = pseudo_gt.generate(model, data_dir, split, tag, batch_size=batch_size, model_path=ckpt, log=log)
-    log(f"pseudo-GT ({tag}, {ckpt}): {len(report['written'])} shards written, {len(report['skipped'])} skipped")
-    return tag, report
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    run(FLAGS.data_dir, FLAGS.model_workdir, FLAGS.split, FLAGS.tag, FLAGS.batch_size, FLAGS.checkpoint)
+    from hsr_tf.train import pseudo_gt
+
+    pseudo_gt.generate_from_workdir(FLAGS.data_dir, FLAGS.model_workdir, FLAGS.split, FLAGS.tag, FLAGS.batch_size,
+                                    FLAGS.checkpoint, log=logging.info)
 
 
 if __name__ == "__main__":

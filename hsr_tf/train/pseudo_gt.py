@@ -125,6 +125,24 @@ def generate(model, data_dir: str, split: str = "train", tag: str = "default", b
     return done
 
 
+def default_tag(model_workdir: str) -> str:
+    """The pseudo-GT sub-folder of a pretrained run: its workdir's base name (runs never mix)."""
+    return os.path.basename(os.path.normpath(model_workdir))
+
+
+def generate_from_workdir(data_dir: str, model_workdir: str, split: str = "train", tag=None, batch_size: int = 16,
+                          checkpoint=None, log=print):
+    """Loads a pretrained run (``hsr_tf.train.loop.load_model_from_workdir``) and writes the missing pseudo-GT
+    files of ``data_dir``; returns (tag, :func:`generate`'s report)."""
+    from hsr_tf.train import loop
+
+    model, ckpt = loop.load_model_from_workdir(model_workdir, checkpoint)
+    tag = tag or default_tag(model_workdir)
+    report = generate(model, data_dir, split, tag, batch_size=batch_size, model_path=ckpt, log=log)
+    log(f"pseudo-GT ({tag}, {ckpt}): {len(report['written'])} shards written, {len(report['skipped'])} skipped")
+    return tag, report
+
+
 def load(data_dir: str, split: str = "train", tag: str = "default") -> dict:
     """All pseudo-GT frames of a shard set: dict of NumPy arrays (frame_index, vertices, joints_uv, camera).
 
