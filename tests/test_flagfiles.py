@@ -14,7 +14,8 @@ FLAGFILES = sorted(glob.glob(os.path.join(ROOT, "experiments", "flags", "*.flags
 
 def _defined_flags():
     # real_common defines the real-data flags on top of common's; evaluate/evaluate_real add theirs.
-    for module in ("experiments.common", "experiments.real_common", "experiments.evaluate"):
+    for module in ("experiments.common", "experiments.real_common", "experiments.evaluate",
+                   "experiments.rgb_weak_common"):
         importlib.import_module(module)
     return flags.FLAGS
 
