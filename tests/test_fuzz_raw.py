@@ -40,9 +40,10 @@ def names_file(e, path):
 def trees(tmp_path_factory):
     root = tmp_path_factory.mktemp("fuzz_raw")
     nyu_root, icvl_root, msra_root = (str(root / n) for n in ("nyu", "icvl", "msra"))
-    fixtures_raw.write_nyu(nyu_root, frames_per_split={"train": 2, "test": 1}, seed=3, kinects=1)
-    fixtures_raw.write_icvl(icvl_root, num_train=2, num_rotated=1, test_counts=(1, 1), seed=3)
-    fixtures_raw.write_msra(msra_root, subjects=("P0",), frames_per_gesture=2, seed=3, gestures=("1",))
+    fixtures_raw.write_nyu(nyu_root, frames_per_split={"train": 2, "test": 1}, seed=3, kinects=1, source="capsule")
+    fixtures_raw.write_icvl(icvl_root, num_train=2, num_rotated=1, test_counts=(1, 1), seed=3, source="capsule")
+    fixtures_raw.write_msra(msra_root, subjects=("P0",), frames_per_gesture=2, seed=3, gestures=("1",),
+                             source="capsule")
     files = {
         "nyu_png": os.path.join(nyu_root, "train", "depth_1_0000001.png"),
         "icvl_png": os.path.join(icvl_root, "Training", "Depth", "201403121135", "image_0000.png"),
