@@ -26,6 +26,7 @@ Legend: J = 16 ICVL joints.
 """
 from __future__ import annotations
 
+import logging
 import os
 
 import numpy as np
@@ -129,6 +130,11 @@ def list_frames(raw_dir: str, split: str, keep_rotated: bool = False, max_frames
             png = resolve_png(split_dir, rel, where)
             joints = rc.check_hand_joints(camera.uvd_to_points(uvd), where, SPEC.depth_range)
             tasks.append(rc.FrameTask(name=png, frame_id=len(tasks), source=("icvl", png), joints=joints, uvd=uvd))
+    if split == "test" and max_frames is None and len(tasks) != SPEC.test_frames:
+        # Label files carry no frame count: a file cut at a line end loses frames without any error, so say so.
+        logging.getLogger(__name__).warning(
+            "%s: %d test frames listed, the published test split has %d (702 + 894); a label file cut short "
+            "loses frames silently", os.path.join(raw_dir, "Testing"), len(tasks), SPEC.test_frames)
     return tasks
 
 

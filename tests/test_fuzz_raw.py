@@ -299,3 +299,17 @@ def test_real_scipy_crashes_are_caught(trees):
     finally:
         restore(trees)
     assert crashed >= 1
+
+
+def test_icvl_test_split_of_another_size_is_reported(trees, caplog):
+    """ICVL label files have no frame count; a test split whose size differs from the published 1,596 frames
+    (e.g. a file cut at a line end) is logged as a warning naming the directory."""
+    with caplog.at_level("WARNING", logger="data_prep.icvl"):
+        tasks = icvl.list_frames(trees["icvl"], "test")
+    assert len(tasks) == 2
+    assert any("2 test frames listed, the published test split has 1596" in r.getMessage() and
+               os.path.join(trees["icvl"], "Testing") in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="data_prep.icvl"):
+        icvl.list_frames(trees["icvl"], "test", max_frames=1)  # a deliberate subset: no warning
+    assert not caplog.records
