@@ -68,6 +68,7 @@ CENTER_MODES = ("mean", "bbox")
 SCALE_MODES = ("fixed", "max_dist")
 RGB_INPUT_SIZE = 256
 RGB_HEATMAP_SIZE = 64
+MIN_EXTENT_MM = 1.0  # smallest cloud extent accepted under scale_mode='max_dist'
 _PAD = 8  # ranks up to _PAD - 1 are told apart by the run-time shape check
 
 
@@ -91,10 +92,10 @@ def check_shape(x, name: str, tail: Sequence[Optional[int]], expected: str):
 
 
 def check_batch(x, name: str, batch):
-    """``x`` after asserting that its first dimension equals ``batch`` (the first input's B)."""
+    """``x`` after asserting that its first dimension equals ``batch`` (the image's B)."""
     found = tf.shape(x, out_type=tf.int32)[0]
-    check = tf.debugging.Assert(tf.equal(found, batch), [f"{name}: expected the batch size of the other inputs",
-                                                         batch, "found", found])
+    check = tf.debugging.Assert(tf.equal(found, batch), [f"{name}: expected the batch size B of image,", batch,
+                                                         "found", found])
     with tf.control_dependencies([check]):
         return tf.identity(x)
 
@@ -184,7 +185,12 @@ class ServingModule(tf.Module):
         batch = tf.shape(points)[0]
         normalised, center, scale = normalise_points_tf(_pad_empty(points, _dummy_cloud(self._num_points), batch),
                                                         **self._norm)
-        scale = check_positive(scale, "points", "a cloud with extent (max distance to the centre)")
+        if self._norm["scale_mode"] == "max_dist":
+            # All points (nearly) equal: the float32 mean is off by rounding, so the "extent" is noise.
+            scale = check_positive(scale - MIN_EXTENT_MM, "points", f"a cloud whose extent (max distance to "
+                                   f"its centre) exceeds {MIN_EXTENT_MM} mm; extent minus that bound") + MIN_EXTENT_MM
+        scale = check_finite(scale, "points", "coordinates small enough to normalise (|x| < ~1e18 mm)")
+        normalised = check_finite(normalised, "points", "coordinates small enough to normalise (|x| < ~1e18 mm)")
         out = self.model(normalised, training=False)
         missing = [k for k in self._output_keys if k not in out]
         if missing:
