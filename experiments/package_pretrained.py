@@ -59,8 +59,11 @@ def read_scalars(logdir: str) -> dict:
     acc.Reload()
     out = {}
     for tag in acc.Tags().get("tensors", []):
-        rows = [(int(e.step), float(e.wall_time), float(tensor_util.make_ndarray(e.tensor_proto)))
-                for e in acc.Tensors(tag) if tensor_util.make_ndarray(e.tensor_proto).size == 1]
+        rows = []
+        for e in acc.Tensors(tag):
+            value = tensor_util.make_ndarray(e.tensor_proto)
+            if value.size == 1 and value.dtype.kind in "fiu":  # scalars, not text summaries
+                rows.append((int(e.step), float(e.wall_time), float(value.reshape(()))))
         if rows:
             out[tag] = sorted(rows)
     for tag in acc.Tags().get("scalars", []):

@@ -59,8 +59,11 @@ def test_package_tiny_run(tmp_path):
     shipped = {n for n, _ in tf.train.list_variables(str(pkg / "ckpt-2"))}
     trained = {n for n, _ in tf.train.list_variables(os.path.join(run, "checkpoints", "ckpt-2"))}
     assert not any(n.startswith("optimizer") for n in shipped) and any(n.startswith("optimizer") for n in trained)
-    assert os.path.getsize(pkg / "ckpt-2.data-00000-of-00001") < 0.6 * os.path.getsize(
-        os.path.join(run, "checkpoints", "ckpt-2.data-00000-of-00001"))
+    # ... so it is smaller by about Adam's two float32 slots per trainable parameter.
+    n_trainable = json.load(open(pkg / "card.json"))["num_parameters"]
+    saved = os.path.getsize(os.path.join(run, "checkpoints", "ckpt-2.data-00000-of-00001")) - \
+        os.path.getsize(pkg / "ckpt-2.data-00000-of-00001")
+    assert 0.9 * 8 * n_trainable < saved < 1.1 * 8 * n_trainable + 4096, (saved, n_trainable)
     # The package loads with the library call and gives what the run's own training checkpoint gives.
     model = pretrained.load("tiny", root=str(out_root))
     source, _ = loop.load_model_from_workdir(run)
@@ -78,6 +81,14 @@ def test_package_tiny_run(tmp_path):
     text = open(card).read()
     assert "not reached" in text and f"{c['heldout']['default']['mean_joint_error_mm']:.1f}" in text
     assert os.path.getsize(str(card)[:-3] + "_curve.png") > 10_000
+    # The main job on a run instead of the shipped model: held-out subjects from the run's own data manifest.
+    main = tmp_path / "main"
+    run_module("experiments.reconstruct", [f"--workdir={main}", f"--model={run}", "--frames_per_subject=2",
+                                           "--views=frontal", "--sheet_frames=2", "--overlays=0",
+                                           "--render_workers=1"])
+    summary = json.load(open(main / "summary.json"))
+    assert summary["heldout_subjects"] == c["heldout_subjects"] and summary["checkpoint"].endswith("ckpt-2")
+    assert summary["sets"]["frontal"]["num_frames"] == 2 * len(c["heldout_subjects"])
 
 
 @pytest.mark.slow
