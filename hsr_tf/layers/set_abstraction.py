@@ -160,7 +160,9 @@ class _SharedMLP(keras.layers.Layer):
 
     def fast_training_on(self) -> bool:
         """Whether training uses :meth:`pooled_train_fast` (the switch is on and every BatchNorm trains)."""
-        return training_path.current().fused_batch_norm and all(bn.trainable for bn in self.bns)
+        # BatchNorms synchronised across tf.distribute replicas need Keras' all-reduced moments: not fused.
+        return training_path.current().fused_batch_norm and all(bn.trainable and not bn.synchronized
+                                                                for bn in self.bns)
 
     def pooled_train_fast(self, x=None, first=None):
         """Training-mode ``pooled`` through the fused path of :mod:`hsr_tf.layers.training_path`.
