@@ -92,7 +92,8 @@ def test_generate_is_per_shard_atomic_and_resumable_and_attach_rotates(shards):
     want = []
     for name in ("train-00000.h5", "train-00001.h5"):  # one reader per shard, as generate (same backgrounds)
         b = next(iter(rgb_reader.make_rgb_dataset(os.path.join(shards, name), "train", 8, image_size=S,
-                                                  augment=False, shuffle=False, seed=0, heatmap_size=16)))
+                                                  augment=False, shuffle=False, seed=0, heatmap_size=16,
+                                                  heatmap_sigma=1.0)))
         want.append(pseudo_gt.predict_with_heatmaps(net, b, b["heatmaps"])["vertices"].numpy())
     want = np.concatenate(want)
     np.testing.assert_allclose(loaded["vertices"], want, rtol=1e-5, atol=1e-2)

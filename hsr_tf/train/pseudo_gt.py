@@ -78,9 +78,11 @@ def _complete(path: str, num_frames: int) -> bool:
 
 
 def generate(model, data_dir: str, split: str = "train", tag: str = "default", batch_size: int = 16,
-             model_path: str = "", log=print) -> dict:
+             model_path: str = "", log=print, heatmap_sigma=None) -> dict:
     """Writes the pseudo-GT file of every ``{split}-*.h5`` shard of ``data_dir`` that lacks a complete one.
 
+    ``heatmap_sigma``: px at the heat-map size, as the model was trained with; default the RGB programs' rule,
+    the paper's 4 px at 64 x 64 for a 256 input scaled with S (4 S / 256).
     Returns {"written": [...], "skipped": [...]} (shard file names).
     """
     import h5py
@@ -101,8 +103,10 @@ def generate(model, data_dir: str, split: str = "train", tag: str = "default", b
         if _complete(target, n):
             done["skipped"].append(name)
             continue
+        sigma = 4.0 * model.image_size / 256.0 if heatmap_sigma is None else heatmap_sigma
         ds = rgb_reader.make_rgb_dataset(path, split, batch_size, image_size=model.image_size, augment=False,
-                                         shuffle=False, seed=0, heatmap_size=model.heatmap_size)
+                                         shuffle=False, seed=0, heatmap_size=model.heatmap_size,
+                                         heatmap_sigma=sigma)
         verts, ids = [], []
         for batch in ds:
             inputs = {k: batch[k] for k in ("image", "camera", "root_depth", "bone_scale")}
