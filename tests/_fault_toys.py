@@ -71,9 +71,9 @@ def make_trainer(workdir, total_steps, checkpoint_every=2, data=None, **config):
     from hsr_tf.train import loop
 
     keras.utils.set_random_seed(3)
+    config = {"summary_every": 2, "progress": False, **config}
     cfg = loop.TrainConfig(workdir=str(workdir), steps_per_epoch=STEPS_PER_EPOCH, num_epochs=20,
-                           max_steps=total_steps, checkpoint_every=checkpoint_every, summary_every=2,
-                           progress=False, **config)
+                           max_steps=total_steps, checkpoint_every=checkpoint_every, **config)
     return loop.Trainer(make_model(), loss_fn, data or make_data(), cfg, seed=3)
 
 
