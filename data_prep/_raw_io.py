@@ -180,8 +180,11 @@ def read_mat(path: str, *, what: str, allowed=None) -> dict:
     # by tests/test_fuzz_raw.py, about 2 % of random byte flips), so it runs in a forked child: a crash there
     # becomes this error. The file is read once per split, so the fork costs little.
     try:
-        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
-            out = pool.submit(_loadmat_bytes, data).result()
+        if multiprocessing.current_process().daemon:  # a pool worker may not fork children: read in place
+            out = _loadmat_bytes(data, isolated=False)
+        else:
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
+                out = pool.submit(_loadmat_bytes, data).result()
     except BrokenProcessPool as e:
         raise RawDataError(f"{path}: expected {what}; scipy.io.loadmat crashed on it (a damaged file)") from e
     except Exception as e:  # scipy raises several types on damaged data
@@ -192,13 +195,14 @@ def read_mat(path: str, *, what: str, allowed=None) -> dict:
     return out
 
 
-def _loadmat_bytes(data: bytes) -> dict:
-    """scipy.io.loadmat of a file's bytes, without the ``__header__``-style entries (runs in a child)."""
+def _loadmat_bytes(data: bytes, isolated: bool = True) -> dict:
+    """scipy.io.loadmat of a file's bytes, without the ``__header__``-style entries (``isolated``: in a child)."""
     import faulthandler
 
     import scipy.io
 
-    faulthandler.disable()  # a crash here is reported by the parent as RawDataError; no stack dump on stderr
+    if isolated:
+        faulthandler.disable()  # a crash here is reported by the parent as RawDataError; no stack dump on stderr
 
     return {k: v for k, v in scipy.io.loadmat(io.BytesIO(data)).items() if not k.startswith("__")}
 

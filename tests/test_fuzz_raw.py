@@ -313,3 +313,23 @@ def test_icvl_test_split_of_another_size_is_reported(trees, caplog):
     with caplog.at_level("WARNING", logger="data_prep.icvl"):
         icvl.list_frames(trees["icvl"], "test", max_frames=1)  # a deliberate subset: no warning
     assert not caplog.records
+
+
+def _read_in_daemon(path, queue):
+    try:
+        queue.put(len(nyu.read_joint_data(path)["joint_xyz"][0]))
+    except Exception as e:  # reported to the parent
+        queue.put(repr(e))
+
+
+def test_mat_reader_works_inside_a_pool_worker(trees):
+    """A daemonic worker (multiprocessing.Pool) may not start the child process read_mat uses: it reads in
+    place there instead of failing."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_read_in_daemon, args=(trees["files"]["nyu_mat"], queue), daemon=True)
+    proc.start()
+    proc.join(60)
+    assert queue.get(timeout=5) == 2
