@@ -1,6 +1,9 @@
 """Inference and training speed of the depth model on this machine: compiled vs fallback PointNet++ ops.
 
     python -m benchmarks.inference [--shape_network=JSON] [--num_stages=2] [--train_steps=3] [--repeats=5]
+    python -m benchmarks.inference --model=rgb [--rgb_configs=cpu,paper] [--rgb_train_batch=8]
+
+(--model=rgb measures Ge et al.'s RGB network instead: see benchmarks/_inference_rgb.py.)
 
 Builds HandShapeNet (random weights: speed does not depend on training) with the packaged hand model
 (or --hand_model), exports it twice with hsr_tf.export (ops traced as 'compiled' and as 'fallback'),
@@ -45,6 +48,12 @@ flags.DEFINE_integer("train_steps", 3, "Timed training steps per backend (0 = sk
 flags.DEFINE_string("backends", "compiled,fallback", "Comma-separated backends to measure.")
 flags.DEFINE_string("json_out", None, "Also write the results as JSON here.")
 flags.DEFINE_integer("seed", 0, "Seed of weights and inputs.")
+flags.DEFINE_enum("model", "depth", ["depth", "rgb"], "Network to measure: the depth model (this module's "
+                  "docstring) or Ge et al.'s RGB network (benchmarks/_inference_rgb.py).")
+flags.DEFINE_string("rgb_configs", "cpu,paper", "--model=rgb: comma-separated networks, 'cpu' (the CPU-sized "
+                    "network of experiments/flags/rgb_cpu_small.flags, 64 px) and/or 'paper' (256 px, 256 features).")
+flags.DEFINE_string("rgb_network", None, "--model=rgb: JSON overrides applied to every network of --rgb_configs.")
+flags.DEFINE_integer("rgb_train_batch", 8, "--model=rgb: batch of the timed training steps.")
 
 
 def best_time(fn, repeats):
@@ -117,6 +126,8 @@ def main(argv):
     from hsr_tf.models import SHAPE_NETWORK_DEFAULTS, HandShapeNet
     from hsr_tf.train import loop
 
+    if FLAGS.model == "rgb":
+        return main_rgb()
     backends = [b for b in FLAGS.backends.split(",") if b]
     if "compiled" in backends and not ops.compiled_available():
         print(f"compiled ops unavailable ({ops.fallback_reason()}); measuring the fallback only")
@@ -212,6 +223,29 @@ def main(argv):
               f"{c['throughput_b32_fps'] / f['throughput_b32_fps']:.2f}x"
               + (f", training {c['train_samples_per_s'] / f['train_samples_per_s']:.2f}x"
                  if "train_samples_per_s" in c else ""))
+    if FLAGS.json_out:
+        with open(FLAGS.json_out, "w") as fh:
+            json.dump(results, fh, indent=2)
+
+
+def main_rgb():
+    """--model=rgb: see benchmarks/_inference_rgb.py."""
+    from benchmarks import _inference_rgb
+
+    load = os.getloadavg()
+    print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPUs, load average {load[0]:.2f} (1 min); RGB network "
+          f"(Ge et al.), random weights")
+    mm = matmul_gflops()
+    print(f"dense matmul 2048^3 float32: {mm:.1f} GFLOP/s")
+    results = {"model": "rgb", "load_avg_1min": load[0], "matmul_gflops": mm, "batch": FLAGS.batch}
+    overrides = json.loads(FLAGS.rgb_network) if FLAGS.rgb_network else {}
+    for name in [c for c in FLAGS.rgb_configs.split(",") if c]:
+        if name not in ("cpu", "paper"):
+            raise app.UsageError(f"--rgb_configs: expected 'cpu' and/or 'paper', found {name!r}")
+        results[name] = _inference_rgb.run(name, overrides, FLAGS.batch, FLAGS.repeats, FLAGS.rgb_train_batch,
+                                           FLAGS.train_steps, mm, FLAGS.seed)
+    results["load_avg_1min_end"] = os.getloadavg()[0]
+    print(f"load average at the end {results['load_avg_1min_end']:.2f} (1 min)")
     if FLAGS.json_out:
         with open(FLAGS.json_out, "w") as fh:
             json.dump(results, fh, indent=2)
