@@ -61,6 +61,18 @@ flags.DEFINE_integer("eval_batches", 8, "Held-out batches per evaluation during 
 flags.DEFINE_integer("visual_every", 1000, "Steps between mesh / image summaries (0 = never).")
 flags.DEFINE_enum("ops", "auto", ["auto", "compiled", "fallback"], "PointNet++ ops backend used for training.")
 flags.DEFINE_bool("progress", True, "Console progress bar.")
+flags.DEFINE_integer("log_every", 0, "With --noprogress: steps between progress log lines (step, loss, samples/s, lr, "
+                     "ETA); 0 = --summary_every.")
+flags.DEFINE_enum("on_nonfinite", "stop", ["stop", "skip"],
+                  "A NaN/Inf loss or gradient: stop with a message naming the step and the batch's frames (no update "
+                  "applied, no checkpoint of the poisoned weights), or skip the batch and count it "
+                  "(TensorBoard faults/nonfinite_skipped).")
+flags.DEFINE_enum("distribution", "none", ["none", "mirrored", "multi_worker"],
+                  "tf.distribute strategy: none (one device), mirrored (every local GPU), multi_worker "
+                  "(MultiWorkerMirroredStrategy across machines, cluster from TF_CONFIG). --batch_size is the "
+                  "global batch, split evenly over the replicas. See docs/training.md.")
+flags.DEFINE_bool("sync_batchnorm", True, "With several replicas: BatchNorm statistics over the global batch, as on "
+                  "one device (--nosync_batchnorm: each replica's slice, faster).")
 flags.DEFINE_enum("precision", "float32", ["float32", "mixed_bfloat16", "mixed_float16", "auto"],
                   "Keras dtype policy of the network's MLPs (geometry, losses and metrics stay float32; see "
                   "hsr_tf/precision.py). auto: mixed_bfloat16 where the CPU (amx_bf16 / avx512_bf16) or GPU "
@@ -192,9 +204,26 @@ def build_model(data_info: dict):
 
     apply_precision()
     overrides = json.loads(FLAGS.shape_network) if FLAGS.shape_network else None
-    return HandShapeNet(hand_model=HandModel.load(FLAGS.hand_model), num_dataset_joints=data_info["num_joints"],
-                        num_stages=FLAGS.num_stages, use_joint_regression=FLAGS.joint_regression,
-                        transform=FLAGS.transform, shape_network=overrides)
+    with distribution_strategy().scope():  # variables mirrored over the replicas of --distribution
+        return HandShapeNet(hand_model=HandModel.load(FLAGS.hand_model), num_dataset_joints=data_info["num_joints"],
+                            num_stages=FLAGS.num_stages, use_joint_regression=FLAGS.joint_regression,
+                            transform=FLAGS.transform, shape_network=overrides)
+
+
+_STRATEGY = {}
+
+
+def distribution_strategy():
+    """The tf.distribute strategy of --distribution, created once per process; build models under its scope().
+
+    Call it early (``run`` does, first thing): multi_worker configures TensorFlow's collective runtime.
+    """
+    if "strategy" not in _STRATEGY:
+        from hsr_tf.train import distribute
+
+        _STRATEGY["strategy"] = distribute.make_strategy(FLAGS.distribution)
+        logging.info("%s", distribute.describe(_STRATEGY["strategy"], FLAGS.batch_size))
+    return _STRATEGY["strategy"]
 
 
 PRETRAINED_PREFIX = "pretrained:"
@@ -244,7 +273,8 @@ def init_from(model, spec: str, num_points: int) -> int:
     import tensorflow as tf
 
     src, ckpt = load_model_spec(spec, num_points)
-    model(tf.zeros((1, num_points, 3)), training=False)
+    with distribution_strategy().scope():  # the model's variables are created here
+        model(tf.zeros((1, num_points, 3)), training=False)
     by_path = {v.path: v for v in src.variables}
     hand_layer = getattr(model, "hand_model_layer", None)
     constants = {id(v) for v in hand_layer.variables} if hand_layer is not None else set()
@@ -332,14 +362,15 @@ def train_model(model, loss_fn, data_dir: str, workdir: str, heldout, eval_fn, h
                            lr_decay=FLAGS.lr_decay, lr_decay_samples=FLAGS.lr_decay_samples or None,
                            batch_size=FLAGS.batch_size, checkpoint_every=FLAGS.checkpoint_every,
                            summary_every=FLAGS.summary_every, eval_every=FLAGS.eval_every,
-                           visual_every=FLAGS.visual_every, progress=FLAGS.progress)
+                           visual_every=FLAGS.visual_every, progress=FLAGS.progress, log_every=FLAGS.log_every,
+                           on_nonfinite=FLAGS.on_nonfinite, sync_batchnorm=FLAGS.sync_batchnorm)
     visual_fn = None
     if FLAGS.visual_every:
         visual_fn = pipeline.make_visual_fn(pipeline.take_batch(heldout), model.faces)
     run_info = {"flags": FLAGS.flags_into_string(), "command": command_line(), "hparams": hparams,
                 "hparam_metrics": hparam_metrics}
     trainer = loop.Trainer(model, loss_fn, train_fn, cfg, eval_fn=eval_fn, visual_fn=visual_fn, run_info=run_info,
-                           seed=FLAGS.seed)
+                           seed=FLAGS.seed, strategy=distribution_strategy())
     loop.save_model_config(model, workdir)
     logging.info("Training: %d steps per epoch, %d steps in total, workdir %s", spe, cfg.total_steps, workdir)
     return trainer.train()
@@ -352,6 +383,7 @@ def run(supervision: str) -> dict:
     if FLAGS.ops == "fallback":
         os.environ["HSR_TF_OPS"] = "fallback"
     t_start = time.time()
+    distribution_strategy()  # before any other TensorFlow work (multi_worker)
     workdir = FLAGS.workdir
     os.makedirs(workdir, exist_ok=True)
     lambda_shape = resolve_lambda_shape(supervision)
