@@ -64,7 +64,11 @@ def make_strategy(name: str, devices: Optional[list] = None) -> tf.distribute.St
                                  f"\"task\": {{\"type\": \"worker\", \"index\": i}}}}, found {raw!r}") from e
         else:
             log.warning("--distribution=multi_worker without TF_CONFIG: a single worker")
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        try:
+            return tf.distribute.MultiWorkerMirroredStrategy()
+        except RuntimeError as e:
+            raise RuntimeError(f"distribution 'multi_worker': {e}. Expected the strategy to be created before any "
+                               "other TensorFlow operation of the process (first thing in the program)") from e
     raise ValueError(f"distribution: expected one of {STRATEGIES}, found {name!r}")
 
 
