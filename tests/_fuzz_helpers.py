@@ -90,3 +90,16 @@ def fuzz_variants(check, default: dict, slow: dict):
     quick = settings(max_examples=DEFAULT_EXAMPLES, **common)(given(**default)(check))
     many = pytest.mark.slow(settings(max_examples=SLOW_EXAMPLES, **common)(given(**slow)(check)))
     return quick, many
+
+
+def read_damaged(reader, path: str, error_type):
+    """``reader(path)`` on a damaged file: its result, or None when it raised ``error_type`` with a message that
+    starts with the file and says what was expected (recorded as the hypothesis event "raised")."""
+    from hypothesis import event
+
+    try:
+        return reader(path)
+    except error_type as e:
+        assert str(e).startswith(path) and "expected" in str(e), e
+        event("raised")
+        return None
