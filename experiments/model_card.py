@@ -32,9 +32,14 @@ def plot_curve(card: dict, path: str) -> bool:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 3.8), dpi=110)
+    all_steps = np.unique([r[0] for rows in curve.values() for r in rows])
+    spacing = np.diff(all_steps).min() if len(all_steps) > 1 else 1.0
     for key, label in ROWS:
         if key in curve:
             s, v = np.asarray(curve[key], np.float64).T
+            # No line across steps that were not evaluated (a line would look like data).
+            breaks = np.nonzero(np.diff(s) > 1.5 * spacing)[0] + 1
+            s, v = np.insert(s, breaks, np.nan), np.insert(v, breaks, np.nan)
             ax.plot(s, v, marker=".", label=label)
     ax.axhline(TARGET_MM, color="0.5", ls="--", lw=0.8, label=f"target joint error {TARGET_MM:g} mm")
     ax.axvline(card["step"], color="tab:red", lw=0.8, label=f"shipped (step {card['step']:,})")
@@ -132,6 +137,9 @@ def render(card: dict, curve_name) -> str:
               "cloud: input point to the nearest predicted vertex.", ""]
     if curve_name:
         lines += ["## Held-out error during training", "", f"![held-out error against step]({curve_name})", ""]
+        if card.get("curve_prior"):
+            lines += [f"Points from `{card['curve_prior']['file']}`: {card['curve_prior']['source']}; the others "
+                      "from the run's TensorBoard evaluations.", ""]
     lines += ["## What limited it", "", _trend(card)]
     if card.get("note"):
         lines += ["", card["note"]]

@@ -40,6 +40,11 @@ flags.DEFINE_integer("frontal_frames_per_subject", 0, "Frontal held-out frames p
                      "view of the test split).")
 flags.DEFINE_integer("render_workers", 2, "Processes rendering the frontal frames.")
 flags.DEFINE_string("card_note", None, "Text for the card's 'What limited it' section (kept in card.json).")
+flags.DEFINE_string("scratch_dir", None, "Where the frontal frames are rendered (default WORKDIR/package_eval; give "
+                    "another directory to leave a running training's workdir untouched).")
+flags.DEFINE_string("prior_curve", None, "JSON {metric: [[step, mm], ...], 'source': text} of held-out evaluations of "
+                    "the same run that its workdir no longer holds (e.g. before a resume); merged into the curve, the "
+                    "workdir's own evaluations winning at equal steps.")
 flags.DEFINE_float("session_gap_min", 15.0, "Gaps between training summaries longer than this are pauses, not "
                    "training time.")
 flags.DEFINE_integer("max_package_mb", 25, "Refuse to package a model whose files exceed this size.")
@@ -99,6 +104,29 @@ def held_out_curve(eval_scalars: dict) -> dict:
     return out
 
 
+def merge_curves(prior: dict, own: dict) -> dict:
+    """{metric: [[step, value], ...]} of both, sorted by step; ``own`` wins at a step present in both."""
+    out = {}
+    for key in sorted(set(prior) | set(own)):
+        rows = {int(s): float(v) for s, v in prior.get(key, [])}
+        rows.update({int(s): float(v) for s, v in own.get(key, [])})
+        out[key] = [[s, rows[s]] for s in sorted(rows)]
+    return out
+
+
+def read_prior_curve(path: str) -> tuple:
+    """(curve dict, source text) of a --prior_curve file."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--prior_curve: expected a JSON file of earlier evaluations, found nothing at {path}")
+    with open(path) as f:
+        doc = json.load(f)
+    curve = {k: v for k, v in doc.items() if k != "source"}
+    bad = [k for k, v in curve.items() if not all(isinstance(r, list) and len(r) == 2 for r in v)]
+    if bad:
+        raise ValueError(f"{path}: expected {{metric: [[step, value], ...]}}, found other entries under {bad}")
+    return curve, doc.get("source")
+
+
 def write_reference(model, data_dir: str, n: int, path: str) -> None:
     """reference.npz: the first ``n`` test frames (normalised points, centre, scale) and the model's outputs."""
     from hsr_tf import pretrained
@@ -126,7 +154,7 @@ def main(argv):
     data_dir = common.resolve_data_dir(workdir)
     manifest_path = os.path.join(data_dir, "manifest.json")
     config = heldout.read_manifest_file(manifest_path)
-    scratch = os.path.join(workdir, "package_eval")
+    scratch = FLAGS.scratch_dir or os.path.join(workdir, "package_eval")
     frontal_dir = os.path.join(scratch, "frontal")
     # Rendering first, in forked workers, before TensorFlow starts its threads.
     slots = heldout.heldout_slots(config, FLAGS.frontal_frames_per_subject)
@@ -182,10 +210,14 @@ def main(argv):
         "frontal_skipped": rendered["skipped"], "num_parameters": int(sum(np.prod(v.shape) for v in
                                                                           model.trainable_variables)),
         "wall_time": training_wall_time(train_scalars, 60 * FLAGS.session_gap_min),
-        "curve": held_out_curve(read_scalars(summary_dir(workdir, loop.EVAL_SUMMARY_SUBDIR))),
+        "curve": held_out_curve(read_scalars(summary_dir(workdir, loop.EVAL_SUMMARY_SUBDIR))), "curve_prior": None,
         "heldout": results, "package_mb": None, "packaged_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "package_command": common.command_line(), "note": FLAGS.card_note,
     }
+    if FLAGS.prior_curve:
+        prior, source = read_prior_curve(FLAGS.prior_curve)
+        card["curve"] = merge_curves(prior, card["curve"])
+        card["curve_prior"] = {"file": FLAGS.prior_curve, "source": source}
     if card["batch_size"]:
         card["samples_seen"] = step * card["batch_size"]
     card["package_mb"] = round(dir_size_mb(tmp), 2)
