@@ -2,7 +2,7 @@
 
   python -m experiments.rgb_synth --flagfile=experiments/flags/rgb_demo.flags --workdir=W
 
-A run of :func:`run`:
+A run (``experiments.rgb_run.run``, the program ``experiments.rgb_synth``):
   (1) render the synthetic RGB set (``data_prep.synth_rgb``) into --data_dir when it is empty (resumable);
   (2) the paper's schedule (section 4.3), each phase a resumable Trainer in ``W/phase<N>`` with its own
       seeded data order, initialised from the final checkpoints of the phases before it:
@@ -434,106 +434,9 @@ def evaluate(net, data_dir: str, out_dir: str, split: str = "test", max_batches=
         return json.load(f)
 
 
-def _handles_rgb(module: str) -> bool:
-    """Whether a program of the export/predict engineer serves RGB runs (it reads hsr_tf.train.run_kind)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec(module)
-    if spec is None or spec.origin is None:
-        return False
-    with open(spec.origin) as f:
-        return module == "experiments.predict_rgb" or "run_kind" in f.read()
-
-
 def write_run_info(workdir: str) -> None:
     """W/flags.txt (the flags of this run; evaluate reads --data_dir from it) and W/command.txt (appended)."""
     with open(os.path.join(workdir, "flags.txt"), "w") as f:
         f.write(FLAGS.flags_into_string())
     with open(os.path.join(workdir, "command.txt"), "a") as f:
         f.write(common.command_line() + "\n")
-
-
-def write_predict_input(data_dir: str, out_dir: str) -> dict:
-    """The first held-out frame as the predict step's input: ``input.png`` (uint8 RGB crop with a background)
-    and ``input.json`` (camera fx, fy, cx, cy of that crop, root_depth and bone_scale mm, frame_id)."""
-    import numpy as np
-    from PIL import Image
-
-    os.makedirs(out_dir, exist_ok=True)
-    batch = next(iter(heldout_dataset(data_dir, batch_size=1)))
-    png = os.path.join(out_dir, "input.png")
-    Image.fromarray(np.round(batch["image"][0].numpy() * 255).astype(np.uint8)).save(png)
-    info = {"image": png, "camera": [float(c) for c in batch["camera"][0]],
-            "root_depth": float(batch["root_depth"][0]), "bone_scale": float(batch["bone_scale"][0]),
-            "frame_id": int(batch["frame_id"][0])}
-    with open(os.path.join(out_dir, "input.json"), "w") as f:
-        json.dump(info, f, indent=2)
-    return info
-
-
-def run(stop_after=None) -> dict:
-    """Render (if needed), train the schedule, evaluate, export, predict (module docstring)."""
-    if FLAGS.workdir is None:
-        raise ValueError("--workdir: expected a run directory, found none")
-    t_start = time.time()
-    workdir = FLAGS.workdir
-    os.makedirs(workdir, exist_ok=True)
-    write_run_info(workdir)
-    ensure_rgb_data(FLAGS.data_dir)
-    t_data = time.time()
-    keras.utils.set_random_seed(FLAGS.seed)
-    net = build_model()
-    net(net.example_input(1), training=False)
-    from hsr_tf.train import loop, run_kind
-
-    loop.save_model_config(net, workdir)
-    run_kind.write_run_kind(workdir, "rgb")
-    heldout = heldout_dataset(FLAGS.data_dir)
-    sched = train_schedule(net, FLAGS.data_dir, workdir, heldout=heldout, stop_after=stop_after)
-    timings = {"render_s": t_data - t_start, "train_s": time.time() - t_data}
-    if sched["interrupted"]:
-        logging.info("Stopped after %s steps of this process (test hook); rerun to resume", stop_after)
-        return {"interrupted": True, "schedule": sched, "timings": timings}
-    publish(net, workdir, FLAGS.phase3_steps)
-    metrics = None
-    if FLAGS.evaluate:
-        t0 = time.time()
-        metrics = evaluate(net, FLAGS.data_dir, os.path.join(workdir, "eval"),
-                           label=os.path.basename(os.path.abspath(workdir)))
-        timings["evaluate_s"] = time.time() - t0
-        logging.info("Held-out: pose error %.2f mm (mean baseline %.2f), mesh error %s mm (baseline %s), "
-                     "aligned %s mm (baseline %s), 2D %.2f px", metrics["pose_error_mm"],
-                     metrics.get("mean_baseline_pose_error_mm", float("nan")),
-                     *(f"{metrics[k]:.2f}" if k in metrics else "n/a" for k in (
-                         "mesh_error_mm", "mean_baseline_mesh_error_mm", "aligned_mesh_error_mm",
-                         "mean_baseline_aligned_mesh_error_mm")), metrics["joint_2d_error_px"])
-    export_dir = os.path.join(workdir, "export")
-    exported = False
-    if FLAGS.export:
-        if _handles_rgb("experiments.export"):
-            t0 = time.time()
-            common.run_subprocess("experiments.export", [f"--workdir={workdir}", f"--export_dir={export_dir}",
-                                                         f"--data_dir={FLAGS.data_dir}"])
-            timings["export_s"] = time.time() - t0
-            exported = True
-        else:
-            logging.warning("Export skipped: experiments.export does not handle RGB runs yet (it does not read "
-                            "hsr_tf.train.run_kind)")
-    if FLAGS.predict:
-        if not exported:
-            logging.warning("Predict skipped: no RGB SavedModel was exported")
-        elif not _handles_rgb("experiments.predict_rgb"):
-            logging.warning("Predict skipped: experiments.predict_rgb does not exist yet")
-        else:
-            t0 = time.time()
-            pred_dir = os.path.join(workdir, "predict")
-            info = write_predict_input(FLAGS.data_dir, pred_dir)
-            common.run_subprocess("experiments.predict_rgb", [
-                f"--saved_model={export_dir}", f"--image={info['image']}",
-                "--camera=" + ",".join(f"{c:.4f}" for c in info["camera"]), f"--out_dir={pred_dir}"])
-            timings["predict_s"] = time.time() - t0
-    timings["total_s"] = time.time() - t_start
-    with open(os.path.join(workdir, "timings.json"), "w") as f:
-        json.dump(timings, f, indent=2)
-    logging.info("Done; timings %s", {k: round(v, 1) for k, v in timings.items()})
-    return {"interrupted": False, "schedule": sched, "metrics": metrics, "timings": timings}

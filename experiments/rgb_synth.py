@@ -10,13 +10,13 @@ evaluates on the held-out subjects (W/eval), exports and predicts. See experimen
 """
 from absl import app
 
-from experiments import rgb_common
+from experiments import rgb_common, rgb_run
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    rgb_common.run()
+    rgb_run.run()
 
 
 if __name__ == "__main__":
