@@ -10,7 +10,9 @@ Legend: B batch, N points, V vertices, J joints.
 from __future__ import annotations
 
 import json
+import queue
 import re
+import threading
 from typing import Optional
 
 import numpy as np
@@ -30,18 +32,141 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 
 def epoch_dataset_fn(data_dir: str, batch_size: int, seed: int, augment: bool = True, augment_config=None,
-                     split: str = "train", shuffle_buffer: int = 8192, include_vertices: bool = True):
+                     split: str = "train", shuffle_buffer: int = 8192, include_vertices: bool = True,
+                     prefetch_next_epoch: bool = True, prefetch_batches: int = 4):
     """Return ``fn(epoch) -> tf.data.Dataset`` of full batches of one pass over ``split``.
 
     Each call builds a fresh pipeline seeded by :func:`epoch_seed`, so ``fn(e)`` yields the same
     batches in the same order every time (tested in tests/test_train_pipeline.py).
+
+    With ``prefetch_next_epoch`` (default) the pipeline of epoch ``e + 1`` starts in a background thread as
+    soon as epoch ``e`` yields its first batch, so its shuffle buffer (``shuffle_buffer`` frames read from the
+    shards) is full and ``prefetch_batches`` batches wait when the training loop asks for epoch ``e + 1``:
+    without it every epoch began with a pause of several seconds (the buffer refill), growing under CPU load
+    (measured in docs/training.md). The batches are those of the same per-epoch pipeline, only iterated
+    earlier, so the order (and the resume contract of ``hsr_tf.train.loop``) is unchanged; an epoch asked for
+    out of turn (a restart, a second pass over one epoch) simply builds its pipeline then.
     """
-    def fn(epoch: int) -> tf.data.Dataset:
+    def make(epoch: int) -> tf.data.Dataset:
         return reader_lib.make_dataset(data_dir, split=split, batch_size=batch_size, shuffle=True, augment=augment,
                                        augment_config=augment_config, seed=epoch_seed(seed, epoch), repeat=False,
                                        include_vertices=include_vertices, shuffle_buffer=shuffle_buffer,
                                        drop_remainder=True)
-    return fn
+
+    if not prefetch_next_epoch:
+        return make
+    return _EpochPrefetcher(make, prefetch_batches)
+
+
+class _BackgroundEpoch:
+    """Builds one epoch's dataset with ``make()`` and iterates it in a daemon thread into a queue of at most
+    ``depth`` batches (building validates every shard: also kept off the training thread).
+
+    The first ``depth`` batches handed out are remembered, so a consumer that stops early (the training loop
+    takes one batch of epoch 0 to build the model, then asks for epoch 0 again) can be followed by another
+    that replays them and continues, instead of refilling a second pipeline of the same epoch.
+    """
+
+    _END = object()
+
+    def __init__(self, make, depth: int):
+        self._depth = max(1, int(depth))
+        self._queue: queue.Queue = queue.Queue(maxsize=self._depth)
+        self._history: Optional[list] = []  # None once more than `depth` batches were handed out
+        self._finished = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(make,), daemon=True, name="hsr-epoch-prefetch")
+        self._thread.start()
+
+    @property
+    def replayable(self) -> bool:
+        return self._history is not None and not self._finished
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self, make):
+        try:
+            for batch in make():
+                if not self._put(batch):
+                    return
+            self._put(self._END)
+        except BaseException as e:  # noqa: BLE001 (handed to the consumer, which raises it)
+            self._put(e)
+
+    def __iter__(self):
+        yield from list(self._history or ())
+        while True:
+            item = self._queue.get()
+            if item is self._END:
+                self._finished = True
+                return
+            if isinstance(item, BaseException):
+                self._finished = True
+                raise item
+            if self._history is not None:
+                self._history = self._history + [item] if len(self._history) < self._depth else None
+            yield item
+
+    def close(self):
+        self._stop.set()
+
+
+class _EpochPrefetcher:
+    """``fn(epoch)`` of :func:`epoch_dataset_fn` that prepares epoch ``e + 1`` while epoch ``e`` is consumed."""
+
+    def __init__(self, make, depth: int):
+        self._make = make
+        self._depth = depth
+        self._lock = threading.Lock()
+        self._ready: dict = {}  # epoch -> _BackgroundEpoch not being consumed (fresh or replayable)
+        self._spec = None
+
+    def _background(self, epoch: int) -> _BackgroundEpoch:
+        return _BackgroundEpoch(lambda: self._make(epoch), self._depth)
+
+    def _take(self, epoch: int) -> _BackgroundEpoch:
+        with self._lock:
+            ready = self._ready.pop(epoch, None)
+        return ready if ready is not None else self._background(epoch)
+
+    def _prepare(self, epoch: int) -> None:
+        """Start epoch ``epoch`` in the background; drop every prepared epoch but it and the one before."""
+        with self._lock:
+            for e in [e for e in self._ready if e not in (epoch - 1, epoch)]:
+                self._ready.pop(e).close()
+            if epoch not in self._ready:
+                self._ready[epoch] = self._background(epoch)
+
+    def _give_back(self, epoch: int, source: _BackgroundEpoch) -> None:
+        with self._lock:
+            if source.replayable and epoch not in self._ready:
+                self._ready[epoch] = source
+                return
+        source.close()
+
+    def __call__(self, epoch: int) -> tf.data.Dataset:
+        epoch = int(epoch)
+        if self._spec is None:
+            self._spec = self._make(epoch).element_spec
+
+        def batches():
+            source = self._take(epoch)
+            try:
+                for i, batch in enumerate(source):
+                    if i == 0:
+                        self._prepare(epoch + 1)
+                    yield batch
+            finally:
+                self._give_back(epoch, source)
+
+        return tf.data.Dataset.from_generator(batches, output_signature=self._spec)
 
 
 def eval_dataset(data_dir: str, batch_size: int, split: str = "test", include_vertices: bool = True):

@@ -1,0 +1,180 @@
+"""Training speed of the depth model on this machine: today's float32 path against the fast paths, in one run.
+
+    python -m benchmarks.training [--variants=reference,fast_float32,fast_bfloat16] [--steps=3] [--batch=32]
+                                  [--shape_network=JSON] [--num_stages=2] [--hand_model=NPZ] [--json_out=FILE]
+
+Each variant builds HandShapeNet (packaged hand model, random weights from the same seed: speed does not
+depend on training) under its precision policy, traces one training step exactly as ``hsr_tf.train.loop``
+does (GradientTape over the model and ``HandShapeLoss``, Adam with the loop's schedule) and times it. Variants:
+
+* ``reference``: float32, ``training_path.REFERENCE`` (Keras BatchNorm, reduce_max, no projection): the
+  training step as it was before ``hsr_tf.layers.training_path`` -- the baseline of every ratio;
+* ``fast_float32``: float32, the fast training path (fused BatchNorm + ReLU, MaxPool, first layer projected
+  before grouping);
+* ``reference_bfloat16`` / ``fast_bfloat16``: the same under ``mixed_bfloat16`` (shared MLPs and hidden head
+  layers in bfloat16; geometry, hand model, Procrustes, palm frame and losses float32);
+* ``fast_bfloat16_no_projection``, ``fast_bfloat16_no_maxpool``: the fast bfloat16 path with one
+  optimisation switched off (what each one is worth).
+
+Timing: after one call that traces, ``--steps`` rounds; each round times one step of every variant in turn,
+so all variants see the same load on a shared machine. The minimum over rounds is reported (the least noisy
+statistic there), with the median. Printed per variant: samples/s, the speed-up against ``reference`` from the
+same run, and the achieved GFLOP/s divided by the dense matmul rate at the variant's precision (2048^3
+float32 / bfloat16 matmul, measured in the same run, before and after the steps: the higher of the two).
+
+FLOPs: the model's nominal training FLOPs, 3x the forward count of ``benchmarks.inference``'s analytic model
+(dense layers + hand model), the same number for every variant: the projected first layer does fewer
+multiply-adds, which shows as a higher rate (the usual "model FLOPs" convention).
+"""
+import json
+import os
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from benchmarks.inference import analytic_flops_per_frame  # noqa: E402
+
+VARIANTS = {
+    # name: (precision policy, training-path overrides of FAST, or None for REFERENCE)
+    "reference": ("float32", None),
+    "fast_float32": ("float32", {}),
+    "reference_bfloat16": ("mixed_bfloat16", None),
+    "fast_bfloat16": ("mixed_bfloat16", {}),
+    "fast_bfloat16_no_projection": ("mixed_bfloat16", {"project_then_group": False}),
+    "fast_bfloat16_no_maxpool": ("mixed_bfloat16", {"max_pool": False}),
+}
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("variants", ["reference", "fast_float32", "fast_bfloat16"],
+                  f"Variants to time, from {sorted(VARIANTS)}; 'reference' is always included (the baseline).")
+flags.DEFINE_integer("steps", 3, "Timed rounds (one step of every variant per round).", lower_bound=1)
+# --shape_network, --num_stages, --num_points, --batch, --seed, --hand_model and --json_out are the flags of
+# benchmarks.inference (imported above for its FLOP count); its other flags are not used here.
+
+
+def matmul_gflops(dtype, n=2048, repeats=3):
+    """GFLOP/s of an n^3 matmul in ``dtype`` (best of ``repeats`` after a warm-up call)."""
+    a = tf.cast(tf.random.normal([n, n]), dtype)
+    b = tf.cast(tf.random.normal([n, n]), dtype)
+    f = tf.function(lambda: tf.reduce_sum(tf.cast(tf.matmul(a, b)[:1], tf.float32)))
+    f().numpy()
+    best = np.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        f().numpy()
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * n ** 3 / best / 1e9
+
+
+def make_batch(rng, bsz, n, num_vertices):
+    """Hand-sized normalised clouds (std 0.25/0.3/0.1 normalised units) and random targets."""
+    points = (rng.normal(size=(bsz, n, 3)) * [0.25, 0.3, 0.1]).astype(np.float32)
+    return {"points": tf.constant(points), "joints": tf.constant(rng.normal(size=(bsz, 21, 3)).astype(np.float32) * .3),
+            "scale": tf.fill([bsz], 150.0),
+            "vertices": tf.constant(rng.normal(size=(bsz, num_vertices, 3)).astype(np.float32) * .3)}
+
+
+def build_step(name, overrides, hand_model, batch, workdir):
+    """(traced training step of variant ``name``, its model); the policy and path are set while tracing."""
+    import dataclasses
+
+    import keras
+    from hsr_tf import precision
+    from hsr_tf.layers import training_path
+    from hsr_tf.losses import HandShapeLoss
+    from hsr_tf.models import HandShapeNet
+    from hsr_tf.train import loop
+
+    policy, path_overrides = VARIANTS[name]
+    path = training_path.REFERENCE if path_overrides is None else dataclasses.replace(training_path.FAST,
+                                                                                      **path_overrides)
+    precision.set_policy(policy)
+    try:
+        keras.utils.set_random_seed(FLAGS.seed)
+        model = HandShapeNet(hand_model=hand_model, num_stages=FLAGS.num_stages, shape_network=overrides or None)
+        model(batch["points"][:1], training=False)
+        loss = HandShapeLoss(model.mean_shape())
+        opt = loop.make_optimizer(loop.TrainConfig(workdir=workdir, steps_per_epoch=1000))
+        variables = model.trainable_variables
+
+        @tf.function
+        def step(b):
+            with tf.GradientTape() as tape:
+                out = model(b["points"], training=True)
+                total, _ = loss(out, b, tf.constant(0, tf.int32))
+            grads = tape.gradient(total, variables)
+            opt.apply_gradients(zip(grads, variables))
+            return total
+
+        with training_path.use(path):
+            t0 = time.perf_counter()
+            first_loss = float(step(batch).numpy())
+            trace_s = time.perf_counter() - t0
+    finally:
+        precision.set_policy("float32")
+    return step, trace_s, first_loss
+
+
+def main(argv):
+    del argv
+    import tempfile
+
+    from absl import logging
+    logging.set_verbosity(logging.WARNING)
+    tf.get_logger().setLevel("ERROR")
+    from hsr_tf.hand_model import HandModel
+    from hsr_tf.models import SHAPE_NETWORK_DEFAULTS
+
+    unknown = [v for v in FLAGS.variants if v not in VARIANTS]
+    if unknown:
+        raise app.UsageError(f"--variants: unknown {unknown}; expected some of {sorted(VARIANTS)}")
+    names = ["reference"] + [v for v in FLAGS.variants if v != "reference"]
+    overrides = json.loads(FLAGS.shape_network) if FLAGS.shape_network else {}
+    cfg = dict(SHAPE_NETWORK_DEFAULTS, **overrides)
+    hm = HandModel.load(FLAGS.hand_model)
+    bsz, n = FLAGS.batch, FLAGS.num_points
+    batch = make_batch(np.random.default_rng(FLAGS.seed), bsz, n, hm.mean_shape.shape[0])
+    flops_step = 3 * analytic_flops_per_frame(cfg, FLAGS.num_stages, n, hm.mean_shape.shape[0],
+                                              hm.shape_basis.shape[0]) * bsz
+    print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; network "
+          f"{'paper-size' if not overrides else 'overrides ' + json.dumps(overrides)}, {FLAGS.num_stages} stage(s), "
+          f"B = {bsz}, N = {n}; nominal training FLOPs per step {flops_step / 1e9:.1f} GFLOP", flush=True)
+    dtypes = {"float32": tf.float32, "mixed_bfloat16": tf.bfloat16}
+    mm = {p: matmul_gflops(d) for p, d in dtypes.items()}
+    workdir = tempfile.mkdtemp(prefix="hsr_bench_train_")
+    steps, results = {}, {}
+    for name in names:
+        steps[name], trace_s, first_loss = build_step(name, overrides, hm, batch, workdir)
+        results[name] = {"policy": VARIANTS[name][0], "trace_s": trace_s, "first_loss": first_loss, "times": []}
+        print(f"[{name}] traced + first step {trace_s:.1f} s (loss {first_loss:.4g})", flush=True)
+    for _ in range(FLAGS.steps):
+        for name in names:
+            t0 = time.perf_counter()
+            steps[name](batch).numpy()
+            results[name]["times"].append(time.perf_counter() - t0)
+    for p, d in dtypes.items():
+        mm[p] = max(mm[p], matmul_gflops(d))
+    print(f"load average {os.getloadavg()[0]:.2f}; dense matmul 2048^3: float32 {mm['float32']:.1f} GFLOP/s, "
+          f"bfloat16 {mm['mixed_bfloat16']:.1f} GFLOP/s")
+    base = min(results["reference"]["times"])
+    for name in names:
+        r = results[name]
+        t = min(r["times"])
+        r.update(seconds_per_step=t, median_seconds_per_step=float(np.median(r["times"])),
+                 samples_per_s=bsz / t, speedup_vs_reference=base / t, gflops=flops_step / t / 1e9)
+        r["fraction_of_matmul"] = r["gflops"] / mm[r["policy"]]
+        print(f"{name:28s} {r['samples_per_s']:7.2f} samples/s ({t:6.2f} s/step, median {r['median_seconds_per_step']:.2f})"
+              f" | {r['speedup_vs_reference']:5.2f}x reference | {r['gflops']:6.1f} GFLOP/s = "
+              f"{r['fraction_of_matmul']:.2f}x the {r['policy'].replace('mixed_', '')} matmul")
+    if FLAGS.json_out:
+        with open(FLAGS.json_out, "w") as fh:
+            json.dump({"matmul_gflops": mm, "flops_per_step": flops_step, "batch": bsz, "shape_network": cfg,
+                       "num_stages": FLAGS.num_stages, "variants": results}, fh, indent=2)
+
+
+if __name__ == "__main__":
+    app.run(main)
