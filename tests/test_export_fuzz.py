@@ -216,3 +216,28 @@ def test_numpy_float_image_is_cast_by_tensorflow_but_refused_by_the_helper(tmp_p
     np.testing.assert_array_equal(a, b)  # the documented TensorFlow behaviour this test pins down
     with pytest.raises(ValueError, match="image: expected RGB crops of dtype uint8, found float32"):
         export_lib.LoadedRGBModel(d)(**{**x, "image": half})
+
+
+@pytest.mark.slow
+def test_shipped_depth_model_empty_batch_and_nan(tmp_path):
+    """The real HandShapeNet (shipped weights, fallback ops): B = 0 crashed the graph before (an integer
+    division by the batch in the set abstraction); now it returns empty outputs, and B = 2 still matches the
+    Keras model on NumPy-normalised points."""
+    from hsr_tf import ops, pretrained
+    from hsr_tf.geometry import pointcloud
+
+    model = pretrained.load("depth")
+    d = str(tmp_path / "sm")
+    with ops.use_backend("fallback"):
+        export_lib.export_saved_model(model, d, model.faces, num_points=1024)
+    sig = tf.saved_model.load(d).signatures["serving_default"]
+    out = sig(points=tf.zeros([0, 1024, 3]))
+    assert out["vertices"].shape == (0, 1305, 3) and out["dataset_joints"].shape[0] == 0
+    pts = _cloud(np.random.default_rng(2), 2, 1024)
+    got = sig(points=tf.constant(pts))
+    for b in range(2):
+        norm = pointcloud.compute_normalization(pts[b], center_mode="mean", scale_mode="fixed", fixed_scale=150.0)
+        ref = model(norm.apply(pts[b])[None].astype(np.float32), training=False)
+        np.testing.assert_allclose(got["vertices"][b].numpy(), norm.invert(ref["vertices"][0].numpy()), atol=0.05)
+    pts[1, 5, 2] = np.nan
+    _expect_refusal(lambda: sig(points=tf.constant(pts)), ["points"])
