@@ -137,7 +137,9 @@ def distribute_batch(strategy: tf.distribute.Strategy, batch: Mapping):
 
     def value_fn(ctx):
         start = ctx.replica_id_in_sync_group * per
-        return tf.nest.map_structure(lambda v: tf.identity(v[start:start + per]), batch)
+        # Sliced on the host, where tf.data left the batch; each replica's step copies its slice to its device.
+        with tf.device("/cpu:0"):
+            return tf.nest.map_structure(lambda v: tf.identity(v[start:start + per]), batch)
 
     return strategy.experimental_distribute_values_from_function(value_fn)
 
