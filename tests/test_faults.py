@@ -304,3 +304,13 @@ def test_full_disk_during_a_shard_write_keeps_the_previous_shard(tmp_path, kind)
     if kind == "depth":
         from hsr_tf.data import shards
         assert shards.load_shard(path)["points"].shape[0] == 4
+
+
+def test_a_relative_workdir_resumes(tmp_path, monkeypatch, reference):
+    """The state file's relative entries resolve against the checkpoint directory once, not twice."""
+    monkeypatch.chdir(tmp_path)
+    toys.make_trainer("runs/rel", TOTAL).train(stop_after=5)
+    resumed = toys.make_trainer("runs/rel", TOTAL)
+    assert resumed.train()["step"] == TOTAL
+    _assert_resumed_like_reference(resumed, 5, reference)
+    _assert_clean(tmp_path / "runs" / "rel")
