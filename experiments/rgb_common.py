@@ -43,6 +43,8 @@ flags.DEFINE_string("synth_lighting", "all", "Rendering: lighting set-ups, e.g. 
 flags.DEFINE_float("synth_test_fraction", 0.1, "Rendering: fraction of subjects held out (test split).")
 flags.DEFINE_integer("synth_frames_per_shard", 256, "Rendering: frames per shard.")
 flags.DEFINE_integer("image_size", 256, "Network input size S (px; paper 256). Crops are resized to it.")
+flags.DEFINE_float("heatmap_sigma", 0.0, "Heat-map Gaussian sigma, px at the S/4 heat-map (0 = the paper's 4 px at "
+                   "64 x 64, scaled with S: 1 px for a 64 px input).")
 flags.DEFINE_string("background_dir", None, "Folder of background images (default: procedural backgrounds).")
 
 # ---------------------------------------------------------------------------------------------- model
@@ -87,14 +89,11 @@ def apply_rgb_defaults() -> None:
 # ---------------------------------------------------------------------------------------------- data
 def rgb_dataset_config():
     """The RGBDatasetConfig of data_prep.synth_rgb for the --synth_* flags."""
-    from data_prep.synth import render as depth_render
     from data_prep.synth_rgb import appearance, dataset, raster
 
-    base = raster.RGBFrameConfig()
-    view = dataclasses.replace(depth_render.ViewConfig(), cone_deg=FLAGS.synth_cone_deg,
-                               back_prob=FLAGS.synth_back_prob, inplane_deg=FLAGS.synth_inplane_deg)
+    view = common.synth_dataset_config().frame.view  # the depth set's viewpoints for the --synth_* view flags
     frame = dataclasses.replace(
-        base, view=view, image_size=FLAGS.synth_image_size, depth_noise=FLAGS.synth_noise,
+        raster.RGBFrameConfig(), view=view, image_size=FLAGS.synth_image_size, depth_noise=FLAGS.synth_noise,
         skin_tones=tuple(appearance.parse_index_list(FLAGS.synth_skin_tones, appearance.NUM_SKIN_TONES,
                                                      "--synth_skin_tones")),
         lighting=tuple(appearance.parse_index_list(FLAGS.synth_lighting, appearance.NUM_LIGHTING,
@@ -134,9 +133,10 @@ def ensure_rgb_data(data_dir: str) -> None:
 
 
 def heatmap_kwargs(image_size=None) -> dict:
-    """Heat-maps at S/4 with the paper's sigma (4 px at 64 x 64 for a 256 input) scaled with S."""
+    """Heat-maps at S/4 with --heatmap_sigma, by default the paper's (4 px at 64 x 64 for a 256 input) scaled
+    with S."""
     s = image_size or FLAGS.image_size
-    return {"heatmap_size": s // 4, "heatmap_sigma": 4.0 * s / 256.0}
+    return {"heatmap_size": s // 4, "heatmap_sigma": FLAGS.heatmap_sigma or 4.0 * s / 256.0}
 
 
 def train_dataset_fn(data_dir, split: str = "train", augment=None, seed=None):
@@ -245,11 +245,17 @@ def build_loss(model, phase: int, config=None):
     from hsr_tf import losses_rgb
 
     if phase == 1:
-        return lambda batch, outputs, epoch: (lambda h: (h, {"heatmap": h}))(
-            losses_rgb.heatmap_loss(outputs["heatmaps_all"], batch["heatmaps"]))
+        def heatmap_loss_fn(batch, outputs, epoch):
+            h = losses_rgb.heatmap_loss(outputs["heatmaps_all"], batch["heatmaps"])
+            return h, {"heatmap": h}
+
+        return heatmap_loss_fn
     if phase == 2:
-        return lambda batch, outputs, epoch: (lambda j: (j, {"pose": j}))(
-            losses_rgb.pose_loss(outputs["joints"], batch["joints"], batch["bone_scale"]))
+        def pose_loss_fn(batch, outputs, epoch):
+            j = losses_rgb.pose_loss(outputs["joints"], batch["joints"], batch["bone_scale"])
+            return j, {"pose": j}
+
+        return pose_loss_fn
     cfg = config or loss_config()
     faces = model.faces
 

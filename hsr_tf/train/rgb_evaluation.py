@@ -116,9 +116,7 @@ def evaluate(model, dataset: tf.data.Dataset, max_batches: Optional[int] = None,
 
     t0 = time.perf_counter()
     n_batches = 0
-    for batch in dataset:
-        if max_batches is not None and n_batches >= max_batches:
-            break
+    for batch in (dataset if max_batches is None else dataset.take(max_batches)):
         n_batches += 1
         out = predict_fn(batch)
         gt_joints = batch["joints"].numpy()
