@@ -36,7 +36,8 @@ flags.DEFINE_integer("frames_per_subject", 24, "Held-out frames per test subject
                      "and view of the test split).")
 flags.DEFINE_list("views", ["default", "frontal"], f"Viewpoint sets to render: {sorted(heldout.VIEW_SETS)}.")
 flags.DEFINE_integer("sheet_frames", 12, "Frames on each contact sheet (evenly spread over the set).")
-flags.DEFINE_integer("overlays", 12, "Frames (the sheet's first ones) that also get a front/side/GT overlay PNG.")
+flags.DEFINE_integer("overlays", 4, "Frames (the sheet's first ones) that also get a front/side/GT overlay PNG "
+                     "(about 1 s of CPU each).")
 flags.DEFINE_integer("render_workers", 2, "Processes rendering the held-out frames.")
 flags.DEFINE_integer("crop_size", 128, "Side (px) of the stored depth crops shown on the contact sheet.")
 
