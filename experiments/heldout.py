@@ -84,8 +84,9 @@ def heldout_slots(config: render.DatasetConfig, frames_per_subject: int = 0) -> 
     """(subject, pose, view, frame_id) slots of the test subjects, frame ids as in ``render.plan_shards``.
 
     Args:
-      frames_per_subject: 0 = every pose and view of each test subject (the whole test split); n > 0 = n frames
-        per subject, poses evenly spaced over the library, the view index cycling through 0..K-1.
+      frames_per_subject: 0 = every pose and view of each test subject (the whole test split); 0 < n <= P: n
+        distinct poses evenly spaced over the library, the view index cycling through 0..K-1; P < n <= P K: n
+        (pose, view) pairs evenly spaced in frame order.
     """
     P, K = config.poses_per_subject, config.views_per_pose
     slots = []
@@ -96,8 +97,12 @@ def heldout_slots(config: render.DatasetConfig, frames_per_subject: int = 0) -> 
             if frames_per_subject > P * K:
                 raise ValueError(f"frames_per_subject: expected at most {P * K} (poses x views of the set), found "
                                  f"{frames_per_subject}")
-            flat = np.unique(np.round(np.linspace(0, P * K - 1, frames_per_subject)).astype(int))
-            picks = [(int(i) // K, int(i) % K) for i in flat]
+            if frames_per_subject <= P:  # distinct poses, evenly spaced; views in turn
+                poses = np.round(np.linspace(0, P - 1, frames_per_subject)).astype(int)
+                picks = [(int(p), j % K) for j, p in enumerate(poses)]
+            else:  # every (pose, view) pair in order, evenly spaced
+                flat = np.round(np.linspace(0, P * K - 1, frames_per_subject)).astype(int)
+                picks = [(int(i) // K, int(i) % K) for i in flat]
         slots.extend((s, p, k, (s * P + p) * K + k) for p, k in picks)
     return slots
 
