@@ -84,3 +84,23 @@ def test_killed_schedule_equals_uninterrupted(tmp_path):
     np.testing.assert_allclose(got_losses, ref_losses[-len(got_losses):], rtol=1e-4)
     for a, b in zip(_published_weights(ref), _published_weights(wd)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_full_demo_learns(tmp_path):
+    """The whole demo (render, three phases, evaluation, export, predict) as a user runs it; its held-out errors
+    are below the mean baseline of the same run. Its time is written to W/timings.json (not asserted: it
+    depends on the machine's other load)."""
+    import subprocess
+    import sys
+
+    wd = str(tmp_path / "demo")
+    cmd = [sys.executable, "-m", "experiments.rgb_synth", "--flagfile=" + DEMO, f"--workdir={wd}",
+           f"--data_dir={tmp_path / 'data'}", "--noprogress"]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=3600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    m = json.load(open(os.path.join(wd, "eval", "metrics.json")))
+    assert m["pose_error_mm"] < m["mean_baseline_pose_error_mm"]
+    assert m["mesh_error_mm"] < m["mean_baseline_mesh_error_mm"]
+    for sub in ("export", "predict"):
+        assert os.listdir(os.path.join(wd, sub)), sub
