@@ -9,7 +9,9 @@ run's data (``--data_dir`` or the run's own), or on synthetic patterns when no R
 * left hands: each frame flipped left-right with cx -> 255 - cx and declared left must give the right-hand
   outputs mirrored (x -> -x, u -> 255 - u).
 
-Both must agree within 0.05 mm (0.05 px for joints_uv), as the depth export.
+Both must agree within 0.05 mm (0.05 px for joints_uv), as the depth export, under float32; under a mixed
+policy the SavedModel and the eager Keras model round their bfloat16/float16 activations differently (0.18 mm
+vertices, 0.31 mm joints measured on a CPU-sized network), so the Keras comparison allows 1 mm there.
 
 Legend: B batch, V vertices (1305), J joints (21), S = 256 the signature's crop size.
 """
@@ -21,7 +23,8 @@ import os
 import numpy as np
 from absl import logging
 
-MAX_DIFF_MM = 0.05
+MAX_DIFF_MM = 0.05        # float32
+MAX_DIFF_MIXED_MM = 1.0   # SavedModel vs Keras under mixed_bfloat16 / mixed_float16
 
 
 def is_rgb_run(workdir: str) -> bool:
@@ -67,7 +70,7 @@ def check_inputs(data_dir, num_frames: int, seed: int = 0) -> tuple[dict, str]:
     return x, f"{num_frames} synthetic patterns (no RGB shards found)"
 
 
-def verify(model, export_dir: str, x: dict) -> dict:
+def verify(model, export_dir: str, x: dict, tolerance: float = MAX_DIFF_MM) -> dict:
     """Max |difference| of the SavedModel vs the Keras model (right hands) and vs its own mirrored outputs
     (left hands); raises RuntimeError past the tolerance."""
     import tensorflow as tf
@@ -93,9 +96,10 @@ def verify(model, export_dir: str, x: dict) -> dict:
     diffs["left_vertices_vs_mirrored_right"] = float(np.max(np.abs(left["vertices"] - right["vertices"] * flip)))
     diffs["left_joints_uv_vs_mirrored_right_px"] = float(np.max(np.abs(
         left["joints_uv"] - np.stack([s - 1 - right["joints_uv"][..., 0], right["joints_uv"][..., 1]], -1))))
-    if max(diffs.values()) > MAX_DIFF_MM:
+    bounds = {k: (tolerance if k in ("vertices", "joints") else MAX_DIFF_MM) for k in diffs}
+    if any(diffs[k] > bounds[k] for k in diffs):
         raise RuntimeError(f"{export_dir}: expected the export to match the Keras model and its mirror within "
-                           f"{MAX_DIFF_MM} mm / px, found {diffs}")
+                           f"{bounds} mm / px, found {diffs}")
     return diffs
 
 
@@ -120,7 +124,8 @@ def export_rgb_run(workdir: str, export_dir: str, checkpoint, data_dir, check_fr
     if check_frames:
         x, source = check_inputs(data_dir, check_frames)
         report["check_frames"] = source
-        report["max_abs_diff"] = verify(model, export_dir, x)
+        report["max_abs_diff"] = verify(model, export_dir, x, MAX_DIFF_MM if precision == "float32" else
+                                        MAX_DIFF_MIXED_MM)
         logging.info("SavedModel vs Keras model / mirrored, max |difference| (mm, px): %s", report["max_abs_diff"])
     with open(os.path.join(export_dir, "export_report.json"), "w") as f:
         json.dump(report, f, indent=2)
