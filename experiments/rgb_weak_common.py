@@ -55,7 +55,6 @@ def apply_weak_defaults(data_dir: str) -> None:
     rgb_common.apply_rgb_defaults()
     FLAGS.set_default("learning_rate", 1e-4)
     FLAGS.set_default("data_dir", data_dir)
-    FLAGS.set_default("render_if_empty", False)
 
 
 def weak_loss_config(variant: str):
@@ -154,7 +153,10 @@ def run(stop_after=None) -> dict:
     workdir = FLAGS.workdir
     os.makedirs(workdir, exist_ok=True)
     rgb_common.write_run_info(workdir)
-    rgb_common.ensure_rgb_data(FLAGS.data_dir)
+    from hsr_tf.data import rgb_reader
+
+    for split in ("train", "test"):  # converted or rendered elsewhere: never re-rendered here
+        rgb_reader.resolve_files(FLAGS.data_dir, split)
     net, ckpt = loop.load_model_from_workdir(FLAGS.pretrained_workdir)
     logging.info("Pretrained network (%s, %s) from %s", net.variant, net.image_size, ckpt)
     FLAGS.image_size = net.image_size  # the readers of rgb_common follow the network

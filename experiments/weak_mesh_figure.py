@@ -25,10 +25,12 @@ flags.DEFINE_string("out", None, "Output PNG.")
 flags.mark_flags_as_required(["workdirs", "data_dir", "out"])
 
 
-def shade(depth):
-    """[H, W] mm (0 = empty) -> [H, W] grey in [0, 1]: Lambert shading of the depth map's normals, head light."""
+def shade(depth, focal):
+    """[H, W] mm (0 = empty), focal length (px) -> [H, W] grey in [0, 1]: Lambert shading of the depth map's
+    normals under a head light (slopes in mm per mm: a pixel spans z / focal mm)."""
     z = depth.astype(np.float64)
     gy, gx = np.gradient(np.where(z > 0, z, np.nan))
+    gx, gy = gx * focal / np.maximum(z, 1e-6), gy * focal / np.maximum(z, 1e-6)
     n = np.stack([-gx, gy, np.ones_like(z)], -1)  # image rows grow downwards; z away from the viewer
     n /= np.linalg.norm(n, axis=-1, keepdims=True)
     g = np.nan_to_num(np.clip(n[..., 2], 0, 1), nan=0.6)  # outline pixels without a full gradient: flat grey
@@ -45,7 +47,8 @@ def views(vertices, faces, camera, image_size, size):
     rot = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]])  # 90 degrees about y
     side_v = (vertices - c) @ rot.T + c
     side = render.render_depth(side_v[None].astype(np.float32), faces, cam, size, size).numpy()[0]
-    return shade(front), shade(side)
+    f = float(cam[0, 0])
+    return shade(front, f), shade(side, f)
 
 
 def main(argv):

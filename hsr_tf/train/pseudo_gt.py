@@ -95,6 +95,11 @@ def generate(model, data_dir: str, split: str = "train", tag: str = "default", b
     out = output_dir(data_dir, tag)
     os.makedirs(out, exist_ok=True)
     done = {"written": [], "skipped": []}
+
+    @tf.function(reduce_retracing=True)  # eager Keras calls are several times slower
+    def predict(inputs, heatmaps):
+        return predict_with_heatmaps(model, inputs, heatmaps)["vertices"]
+
     for path in files:
         name = os.path.basename(path)
         target = os.path.join(out, name)
@@ -110,7 +115,7 @@ def generate(model, data_dir: str, split: str = "train", tag: str = "default", b
         verts, ids = [], []
         for batch in ds:
             inputs = {k: batch[k] for k in ("image", "camera", "root_depth", "bone_scale")}
-            verts.append(predict_with_heatmaps(model, inputs, batch["heatmaps"])["vertices"].numpy())
+            verts.append(predict(inputs, batch["heatmaps"]).numpy())
             ids.append(batch["frame_id"].numpy())
         ids = np.concatenate(ids) if ids else np.zeros([0], np.int64)
         if not np.array_equal(ids, stored["frame_index"]):
