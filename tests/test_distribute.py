@@ -151,3 +151,20 @@ def test_strategy_names_and_tf_config_are_checked(monkeypatch):
     with pytest.raises(ValueError, match="TF_CONFIG: expected JSON"):
         distribute.make_strategy("multi_worker")
     assert distribute.make_strategy("none") is tf.distribute.get_strategy()
+
+
+@pytest.mark.slow
+def test_program_takes_the_distribution_flag(tmp_path):
+    """experiments.synth_full --distribution=mirrored --noprogress: the strategy line, the step lines, a run."""
+    import test_experiments as te
+
+    hm, data = te.make_setup(tmp_path)
+    res = te.run_module("experiments.synth_full", te.base_args(
+        tmp_path, hm, data, str(tmp_path / "w"), distribution="mirrored", evaluate="false", export="false",
+        log_every=3))
+    log = res.stdout + res.stderr
+    assert "distribution MirroredStrategy: 1 replicas in sync over 1 worker(s)" in log
+    assert "global batch 4, per-replica batch 4" in log
+    steps = [int(s) for s in __import__("re").findall(r"step (\d+)/12 \(epoch", log)]
+    assert steps == [3, 6, 9, 12], steps
+    assert os.path.exists(tmp_path / "w" / "checkpoints" / "ckpt-12.index")
