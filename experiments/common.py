@@ -226,6 +226,16 @@ def distribution_strategy():
     return _STRATEGY["strategy"]
 
 
+def lock_workdir(workdir: str) -> None:
+    """Hold ``workdir``'s lock until the program exits (chief only): a second run on it refuses to start
+    (hsr_tf.train.workdir_lock; the training loop's own acquisition nests inside)."""
+    from hsr_tf.train import distribute, workdir_lock
+
+    os.makedirs(workdir, exist_ok=True)
+    if distribute.is_chief(distribution_strategy()):
+        _STRATEGY.setdefault("locks", []).append(workdir_lock.WorkdirLock(workdir, command=command_line()).acquire())
+
+
 PRETRAINED_PREFIX = "pretrained:"
 
 
@@ -385,7 +395,7 @@ def run(supervision: str) -> dict:
     t_start = time.time()
     distribution_strategy()  # before any other TensorFlow work (multi_worker)
     workdir = FLAGS.workdir
-    os.makedirs(workdir, exist_ok=True)
+    lock_workdir(workdir)  # before anything is written into it
     lambda_shape = resolve_lambda_shape(supervision)
     ensure_data(FLAGS.data_dir)
     t_data = time.time()

@@ -194,6 +194,7 @@ def run_dataset(name: str) -> dict:
     if FLAGS.workdir is None:
         raise ValueError("--workdir: expected a run directory, found none")
     common.distribution_strategy()  # before any other TensorFlow work (--distribution=multi_worker)
+    common.lock_workdir(FLAGS.workdir)  # a second run on this workdir refuses before writing anything
     if FLAGS.lambda_shape not in (None, 0.0):
         raise ValueError(f"--lambda_shape: expected unset or 0 (real data has no ground-truth shape), "
                          f"found {FLAGS.lambda_shape}")

@@ -31,7 +31,7 @@ def _weights(npz, prefix):
     return [npz[k] for k in sorted(keys, key=lambda k: int(k[len(prefix):]))]
 
 
-@pytest.mark.parametrize("sync_bn", [1, 0])
+@pytest.mark.parametrize("sync_bn", [1, pytest.param(0, marks=pytest.mark.slow)])
 def test_two_logical_devices_match_one_device_with_the_same_global_batch(tmp_path, sync_bn):
     out = tmp_path / "r.npz"
     res = subprocess.run([sys.executable, WORKER, "logical", f"--out={out}", f"--workdir={tmp_path}", "--steps=5",

@@ -278,32 +278,19 @@ def test_the_lock_of_a_killed_run_is_taken_over(tmp_path, caplog):
     assert not [r for r in caplog.records if "taking over" in r.getMessage()]
 
 
-def test_lock_in_one_process_excludes_a_second_holder(tmp_path):
-    with workdir_lock.WorkdirLock(str(tmp_path), command="first"):
-        with pytest.raises(workdir_lock.WorkdirLockedError, match="command: first"):
-            workdir_lock.WorkdirLock(str(tmp_path)).acquire()
+def test_the_lock_nests_within_a_process_and_excludes_others(tmp_path):
+    """A program holds the lock for its whole run; the training loop's acquisition inside it nests."""
+    outer = workdir_lock.WorkdirLock(str(tmp_path), command="program --flags").acquire()
+    out = toys.make_trainer(tmp_path, 2).train()  # nested: no refusal
+    assert out["step"] == 2
+    assert outer.held and "program --flags" in (tmp_path / ".lock").read_text()  # still the program's lock
+    probe = subprocess.run([sys.executable, "-c", _HOLD, REPO, str(tmp_path)], capture_output=True, text=True,
+                           timeout=60)
+    assert probe.returncode != 0 and "WorkdirLockedError" in probe.stderr and "program --flags" in probe.stderr
+    outer.release()
+    assert (tmp_path / ".lock").read_text() == ""  # released cleanly: an empty record
     with workdir_lock.WorkdirLock(str(tmp_path)) as lock:
         assert lock.held
-
-
-# ---------------------------------------------------------------------------------------------- full disk: shards
-@pytest.mark.parametrize("kind", ["depth", "rgb"])
-def test_full_disk_during_a_shard_write_keeps_the_previous_shard(tmp_path, kind):
-    import _shard_full_disk as helper
-
-    path = str(tmp_path / "train-00000.h5")
-    helper.write(kind, path, 4, seed=0)  # the shard of an earlier, finished write
-    before = open(path, "rb").read()
-    res = subprocess.run([sys.executable, os.path.join(HERE, "_shard_full_disk.py"), kind, path, "8192"],
-                         capture_output=True, text=True, timeout=120, cwd=REPO)
-    assert res.returncode == 0, (res.returncode, res.stdout, res.stderr[-2000:])
-    assert res.stdout.startswith(f"ShardWriteError {errno.EFBIG} "), res.stdout
-    assert path in res.stdout and "removed" in res.stdout and "Free space" in res.stdout
-    assert open(path, "rb").read() == before
-    assert os.listdir(tmp_path) == ["train-00000.h5"]  # no .tmp left
-    if kind == "depth":
-        from hsr_tf.data import shards
-        assert shards.load_shard(path)["points"].shape[0] == 4
 
 
 def test_a_relative_workdir_resumes(tmp_path, monkeypatch, reference):
@@ -314,3 +301,20 @@ def test_a_relative_workdir_resumes(tmp_path, monkeypatch, reference):
     assert resumed.train()["step"] == TOTAL
     _assert_resumed_like_reference(resumed, 5, reference)
     _assert_clean(tmp_path / "runs" / "rel")
+
+
+@pytest.mark.slow
+def test_a_second_program_on_a_locked_workdir_refuses_before_writing(tmp_path):
+    holder = _hold_lock(tmp_path)
+    try:
+        env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
+        res = subprocess.run([sys.executable, "-m", "experiments.synth_full", f"--workdir={tmp_path}",
+                              f"--data_dir={tmp_path / 'no_data'}", "--norender_if_empty", "--noprogress"],
+                             capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert res.returncode != 0
+    assert "WorkdirLockedError" in res.stderr and f"pid {holder.pid}" in res.stderr, res.stderr[-2000:]
+    assert "FileNotFoundError" not in res.stderr  # refused before looking at the data
+    assert sorted(os.listdir(tmp_path)) == [".lock"]  # nothing written into the workdir

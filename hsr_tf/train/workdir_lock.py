@@ -9,6 +9,9 @@ file left by a dead run is simply taken over by the next run, with a warning nam
 pid guessing is involved (a recycled pid cannot keep a dead run's lock). The file is not deleted on exit:
 deleting it would let a third run lock a new inode while a second still waits on the old one.
 
+Within one process the lock is reentrant: a program holds it for its whole run (before it writes anything into
+the workdir) and the training loop's own acquisition inside it nests.
+
 Shared filesystems: ``flock`` works across hosts on NFSv4 and Lustre (with flock enabled); on a filesystem
 that cannot lock (``ENOLCK``/``EOPNOTSUPP``), the lock falls back to the record alone: it refuses while the
 recorded process is alive on this host, or while a record from another host is younger than
@@ -30,6 +33,7 @@ from typing import Optional
 log = logging.getLogger(__name__)
 
 LOCK_FILE = ".lock"
+_HELD: dict = {}  # realpath of a workdir -> [the WorkdirLock holding its flock in this process, nesting depth]
 
 
 class WorkdirLockedError(RuntimeError):
@@ -70,10 +74,11 @@ class WorkdirLock:
         self.command = command if command is not None else " ".join([sys.executable] + sys.argv)
         self.stale_after_s = float(stale_after_s)
         self._fd: Optional[int] = None
+        self._nested: Optional[str] = None
 
     @property
     def held(self) -> bool:
-        return self._fd is not None
+        return self._fd is not None or self._nested is not None
 
     def _read_record(self, fd=None) -> dict:
         try:
@@ -98,9 +103,14 @@ class WorkdirLock:
 
     def acquire(self) -> "WorkdirLock":
         """Take the lock or raise :class:`WorkdirLockedError` naming the holder."""
-        if self._fd is not None:
+        if self.held:
             return self
         os.makedirs(self.workdir, exist_ok=True)
+        key = os.path.realpath(self.workdir)
+        if key in _HELD:  # this process holds it already (the program around the training loop)
+            _HELD[key][1] += 1
+            self._nested = key
+            return self
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
@@ -135,6 +145,7 @@ class WorkdirLock:
                             _describe(previous))
             self._write_record(fd)
             self._fd = fd
+            _HELD[key] = [self, 1]
             return self
 
     def _refuse_if_recorded_holder_alive(self, fd, previous: dict) -> None:
@@ -150,8 +161,15 @@ class WorkdirLock:
                 "is). If that run is gone, delete the file")
 
     def release(self) -> None:
+        if self._nested is not None:
+            entry = _HELD.get(self._nested)
+            if entry is not None:
+                entry[1] -= 1
+            self._nested = None
+            return
         if self._fd is None:
             return
+        _HELD.pop(os.path.realpath(self.workdir), None)
         try:  # an empty record = released cleanly; a record left behind = its run died (see acquire)
             os.ftruncate(self._fd, 0)
         except OSError:
