@@ -191,6 +191,8 @@ def main(argv):
     unknown = sorted(set(FLAGS.views) - set(heldout.VIEW_SETS))
     if unknown or not FLAGS.views:
         raise app.UsageError(f"--views: expected a list of {sorted(heldout.VIEW_SETS)}, found {FLAGS.views}")
+    if FLAGS.ops == "fallback":  # common's --ops: the pure-TF PointNet++ ops
+        os.environ["HSR_TF_OPS"] = "fallback"
     t_start = time.time()
     workdir = FLAGS.workdir
     os.makedirs(workdir, exist_ok=True)
