@@ -73,6 +73,16 @@ def _trend(card) -> str:
             f"(steps {int(rows[-6][0]):,}-{int(rows[-1][0]):,}): {state}.")
 
 
+def _short_command(command: str) -> str:
+    """The packaging command as a reader retypes it: ``python -m ...``, the note elided (it is in the card)."""
+    import shlex
+
+    args = shlex.split(command)
+    if len(args) > 2 and args[1] == "-m":
+        args[0] = "python"
+    return " ".join("--card_note=..." if a.startswith("--card_note=") else shlex.quote(a) for a in args)
+
+
 def render(card: dict, curve_name) -> str:
     """Markdown text of the card."""
     d, f = card["heldout"]["default"], card["heldout"]["frontal"]
@@ -80,7 +90,7 @@ def render(card: dict, curve_name) -> str:
     wt = card["wall_time"]
     name = card["name"]
     lines = [f"# Model card: pretrained depth model (`hsr_tf.pretrained.load(\"{name}\")`)", "",
-             f"Generated from `hsr_tf/assets/pretrained/{name}/card.json` by `{card['package_command']}` "
+             f"Generated from `hsr_tf/assets/pretrained/{name}/card.json` by `{_short_command(card['package_command'])}` "
              f"({card['packaged_utc']}). Regenerate every figure after more training with that command (pointing "
              "`--workdir`/`--checkpoint` at the new checkpoint); rewrite only the text with "
              f"`python -m experiments.model_card --name={name}`.", "",
