@@ -22,6 +22,29 @@ ROWS = (("mean_joint_error_mm", "joint (regression)"), ("model_joint_error_mm", 
 TARGET_MM = 12.0
 
 
+def merge_curves(prior: dict, own: dict) -> dict:
+    """{metric: [[step, value], ...]} of both, sorted by step; ``own`` wins at a step present in both."""
+    out = {}
+    for key in sorted(set(prior) | set(own)):
+        rows = {int(s): float(v) for s, v in prior.get(key, [])}
+        rows.update({int(s): float(v) for s, v in own.get(key, [])})
+        out[key] = [[s, rows[s]] for s in sorted(rows)]
+    return out
+
+
+def read_prior_curve(path: str) -> tuple:
+    """(curve dict, source text) of a --prior_curve file."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--prior_curve: expected a JSON file of earlier evaluations, found nothing at {path}")
+    with open(path) as f:
+        doc = json.load(f)
+    curve = {k: v for k, v in doc.items() if k != "source"}
+    bad = [k for k, v in curve.items() if not all(isinstance(r, list) and len(r) == 2 for r in v)]
+    if bad:
+        raise ValueError(f"{path}: expected {{metric: [[step, value], ...]}}, found other entries under {bad}")
+    return curve, doc.get("source")
+
+
 def plot_curve(card: dict, path: str) -> bool:
     """Held-out errors against training step (the run's evaluations); False when the run recorded none."""
     curve = card.get("curve") or {}
@@ -62,6 +85,16 @@ def _flag(card, name):
     return None
 
 
+def _on_off(card, name, default="on"):
+    """'on' / 'off' for a boolean flag as absl writes it (--name or --noname), ``default`` when not recorded."""
+    lines = card.get("flags") or []
+    if f"--{name}" in lines or f"--{name}=true" in lines:
+        return "on"
+    if f"--no{name}" in lines or f"--{name}=false" in lines:
+        return "off"
+    return default
+
+
 def _trend(card) -> str:
     rows = (card.get("curve") or {}).get("mean_joint_error_mm")
     if not rows or len(rows) < 6:
@@ -100,7 +133,7 @@ def render(card: dict, curve_name) -> str:
              + f" of `{card['source_workdir']}`; model variables only, {card['package_mb']:.1f} MB in all "
              f"({card['num_parameters']:,} trainable parameters).",
              "- Network: HandShapeNet (Deng et al.), "
-             f"{_flag(card, 'num_stages') or '2'} stages, joint regression {_flag(card, 'joint_regression') or 'on'}, "
+             f"{_flag(card, 'num_stages') or '2'} stages, joint regression {_on_off(card, 'joint_regression')}, "
              f"transform {_flag(card, 'transform') or 'procrustes'}, precision {_flag(card, 'precision') or 'float32'}"
              f"; shape network `{_flag(card, 'shape_network') or 'paper size (defaults)'}`.",
              f"- Use: `hsr_tf.pretrained.load(\"{name}\")` (normalised points in); fine-tune with "
@@ -114,7 +147,7 @@ def render(card: dict, curve_name) -> str:
              f"camera, roll +-{view['inplane_deg']:g} deg, {view['distance_mm'][0]:g}-{view['distance_mm'][1]:g} mm.",
              f"- {card['train_frames']:,} training frames; held-out test split: subjects {card['heldout_subjects']} "
              f"({card['test_frames']:,} frames), never trained on. Online augmentation: "
-             f"{'on' if _flag(card, 'augment') in (None, 'true', 'True') else 'off'} (paper's, section III-E-1).", "",
+             f"{_on_off(card, 'augment', 'not recorded')} (paper's, section III-E-1).", "",
              "## Training", ""]
     if card.get("command"):
         lines += ["Command (the run's command.txt; resumable: rerun it to continue):", "", "```",

@@ -104,29 +104,6 @@ def held_out_curve(eval_scalars: dict) -> dict:
     return out
 
 
-def merge_curves(prior: dict, own: dict) -> dict:
-    """{metric: [[step, value], ...]} of both, sorted by step; ``own`` wins at a step present in both."""
-    out = {}
-    for key in sorted(set(prior) | set(own)):
-        rows = {int(s): float(v) for s, v in prior.get(key, [])}
-        rows.update({int(s): float(v) for s, v in own.get(key, [])})
-        out[key] = [[s, rows[s]] for s in sorted(rows)]
-    return out
-
-
-def read_prior_curve(path: str) -> tuple:
-    """(curve dict, source text) of a --prior_curve file."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"--prior_curve: expected a JSON file of earlier evaluations, found nothing at {path}")
-    with open(path) as f:
-        doc = json.load(f)
-    curve = {k: v for k, v in doc.items() if k != "source"}
-    bad = [k for k, v in curve.items() if not all(isinstance(r, list) and len(r) == 2 for r in v)]
-    if bad:
-        raise ValueError(f"{path}: expected {{metric: [[step, value], ...]}}, found other entries under {bad}")
-    return curve, doc.get("source")
-
-
 def write_reference(model, data_dir: str, n: int, path: str) -> None:
     """reference.npz: the first ``n`` test frames (normalised points, centre, scale) and the model's outputs."""
     from hsr_tf import pretrained
@@ -215,8 +192,8 @@ def main(argv):
         "package_command": common.command_line(), "note": FLAGS.card_note,
     }
     if FLAGS.prior_curve:
-        prior, source = read_prior_curve(FLAGS.prior_curve)
-        card["curve"] = merge_curves(prior, card["curve"])
+        prior, source = model_card.read_prior_curve(FLAGS.prior_curve)
+        card["curve"] = model_card.merge_curves(prior, card["curve"])
         card["curve_prior"] = {"file": FLAGS.prior_curve, "source": source}
     if card["batch_size"]:
         card["samples_seen"] = step * card["batch_size"]
