@@ -120,7 +120,7 @@ def generate(model, data_dir: str, split: str = "train", tag: str = "default", b
         ids = np.concatenate(ids) if ids else np.zeros([0], np.int64)
         if not np.array_equal(ids, stored["frame_index"]):
             raise PseudoGTError(f"{path}: the reader's frame order differs from the shard's frame_index")
-        tmp = target + ".tmp"
+        tmp = f"{target}.{os.getpid()}.tmp"  # two runs making the same pseudo-GT never share a temporary file
         with h5py.File(tmp, "w") as f:
             f.create_dataset("frame_index", data=ids.astype(np.int64))
             f.create_dataset("vertices", data=np.concatenate(verts).astype(np.float32) if verts else
