@@ -64,21 +64,21 @@ def as_radius(r, op: str) -> float:
     return float(r32)
 
 
+def _as_rank3(x, op: str, name: str, integer: bool, shape: str) -> tf.Tensor:
+    """``x`` as an int32 (``integer``) or float32 tensor of rank 3 (static rank only)."""
+    x = tf.convert_to_tensor(x)
+    if not (x.dtype.is_integer if integer else x.dtype.is_floating):
+        kind = "an integer" if integer else "a float"
+        raise OpArgumentError(f"{op}: {name} must be {kind} tensor, found dtype {x.dtype.name}")
+    x = tf.cast(x, tf.int32 if integer else tf.float32)
+    if x.shape.rank is not None and x.shape.rank != 3:
+        raise OpArgumentError(f"{op}: {name} must have shape {shape}, found {x.shape}")
+    return x
+
+
 def as_indices(idx, op: str) -> tf.Tensor:
-    idx = tf.convert_to_tensor(idx)
-    if not idx.dtype.is_integer:
-        raise OpArgumentError(f"{op}: indices must be an integer tensor, found dtype {idx.dtype.name}")
-    idx = tf.cast(idx, tf.int32)
-    if idx.shape.rank is not None and idx.shape.rank != 3:
-        raise OpArgumentError(f"{op}: indices must have shape [B,M,S], found {idx.shape}")
-    return idx
+    return _as_rank3(idx, op, "indices", integer=True, shape="[B,M,S]")
 
 
 def as_features(f, op: str) -> tf.Tensor:
-    f = tf.convert_to_tensor(f)
-    if not f.dtype.is_floating:
-        raise OpArgumentError(f"{op}: features must be a float tensor, found dtype {f.dtype.name}")
-    f = tf.cast(f, tf.float32)
-    if f.shape.rank is not None and f.shape.rank != 3:
-        raise OpArgumentError(f"{op}: features must have shape [B,N,C], found {f.shape}")
-    return f
+    return _as_rank3(f, op, "features", integer=False, shape="[B,N,C]")

@@ -162,6 +162,69 @@ static absl::Status CheckNonEmpty(const Tensor& t, const char* op, const char* n
   return absl::OkStatus();
 }
 
+// Argument checks of each op, shared by the CPU and GPU kernels: shapes and scalar attributes only (the CPU
+// kernels then check the data: finite coordinates, indices in range).
+
+static absl::Status CheckFpsArgs(const Tensor& points, int npoint) {
+  static const char* kOp = "farthest_point_sample";
+  TF_RETURN_IF_ERROR(CheckCloud(points, kOp, "points"));
+  TF_RETURN_IF_ERROR(CheckNonEmpty(points, kOp, "points"));
+  const int64_t n = points.dim_size(1);
+  if (npoint < 1 || npoint > n) {
+    return errors::InvalidArgument(kOp, ": npoint must be in [1, N] = [1, ", n, "], found ", npoint);
+  }
+  return absl::OkStatus();
+}
+
+static absl::Status CheckBallQueryArgs(const Tensor& points, const Tensor& centroids, float radius, int nsample) {
+  static const char* kOp = "ball_query";
+  TF_RETURN_IF_ERROR(CheckCloud(points, kOp, "points"));
+  TF_RETURN_IF_ERROR(CheckCloud(centroids, kOp, "centroids"));
+  TF_RETURN_IF_ERROR(CheckSameBatch(points, centroids, kOp, "points", "centroids"));
+  TF_RETURN_IF_ERROR(CheckNonEmpty(points, kOp, "points"));
+  if (nsample < 1) return errors::InvalidArgument(kOp, ": nsample must be >= 1, found ", nsample);
+  if (!(radius > 0.0f && std::isfinite(radius))) {
+    return errors::InvalidArgument(kOp, ": radius must be finite and > 0, found ", radius);
+  }
+  return absl::OkStatus();
+}
+
+static absl::Status CheckKnnArgs(const Tensor& points, const Tensor& queries, int k) {
+  static const char* kOp = "knn";
+  TF_RETURN_IF_ERROR(CheckCloud(points, kOp, "points"));
+  TF_RETURN_IF_ERROR(CheckCloud(queries, kOp, "queries"));
+  TF_RETURN_IF_ERROR(CheckSameBatch(points, queries, kOp, "points", "queries"));
+  TF_RETURN_IF_ERROR(CheckNonEmpty(points, kOp, "points"));
+  const int64_t n = points.dim_size(1);
+  if (k < 1 || k > n) return errors::InvalidArgument(kOp, ": k must be in [1, N] = [1, ", n, "], found ", k);
+  return absl::OkStatus();
+}
+
+static absl::Status CheckGroupArgs(const Tensor& features, const Tensor& idx) {
+  static const char* kOp = "group_points";
+  if (features.dims() != 3) {
+    return errors::InvalidArgument(kOp, ": features must have shape [B,N,C], found ",
+                                   features.shape().DebugString());
+  }
+  if (idx.dims() != 3) {
+    return errors::InvalidArgument(kOp, ": indices must have shape [B,M,S], found ", idx.shape().DebugString());
+  }
+  return CheckSameBatch(features, idx, kOp, "features", "indices");
+}
+
+static absl::Status CheckGroupGradArgs(const Tensor& grad, const Tensor& indices, const Tensor& num_points) {
+  static const char* kOp = "group_points_grad";
+  if (!(grad.dims() == 4 && indices.dims() == 3 && num_points.dims() == 0)) {
+    return errors::InvalidArgument(kOp, ": expected grad [B,M,S,C], indices [B,M,S], num_points scalar");
+  }
+  if (grad.dim_size(0) != indices.dim_size(0) || grad.dim_size(1) != indices.dim_size(1) ||
+      grad.dim_size(2) != indices.dim_size(2)) {
+    return errors::InvalidArgument(kOp, ": grad shape ", grad.shape().DebugString(),
+                                   " does not match indices shape ", indices.shape().DebugString());
+  }
+  return absl::OkStatus();
+}
+
 // Runs fn(begin, end) over [0, total) on TensorFlow's CPU worker pool.
 template <typename Fn>
 static void ParallelFor(OpKernelContext* ctx, int64_t total, int64_t cost_per_unit, Fn fn) {
@@ -178,14 +241,10 @@ class FarthestPointSampleCpu : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("npoint", &npoint_));
   }
   void Compute(OpKernelContext* ctx) override {
-    static const char* kOp = "farthest_point_sample";
     const Tensor& points = ctx->input(0);
-    OP_REQUIRES_OK(ctx, CheckCloud(points, kOp, "points"));
-    OP_REQUIRES_OK(ctx, CheckNonEmpty(points, kOp, "points"));
+    OP_REQUIRES_OK(ctx, CheckFpsArgs(points, npoint_));
+    OP_REQUIRES_OK(ctx, CheckFinite(points, "farthest_point_sample", "points"));
     const int64_t b = points.dim_size(0), n = points.dim_size(1);
-    OP_REQUIRES(ctx, npoint_ >= 1 && npoint_ <= n,
-                errors::InvalidArgument(kOp, ": npoint must be in [1, N] = [1, ", n, "], found ", npoint_));
-    OP_REQUIRES_OK(ctx, CheckFinite(points, kOp, "points"));
     Tensor* out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({b, npoint_}), &out));
     const float* p = points.flat<float>().data();
@@ -216,13 +275,7 @@ class BallQueryCpu : public OpKernel {
     static const char* kOp = "ball_query";
     const Tensor& points = ctx->input(0);
     const Tensor& centroids = ctx->input(1);
-    OP_REQUIRES_OK(ctx, CheckCloud(points, kOp, "points"));
-    OP_REQUIRES_OK(ctx, CheckCloud(centroids, kOp, "centroids"));
-    OP_REQUIRES_OK(ctx, CheckSameBatch(points, centroids, kOp, "points", "centroids"));
-    OP_REQUIRES_OK(ctx, CheckNonEmpty(points, kOp, "points"));
-    OP_REQUIRES(ctx, nsample_ >= 1, errors::InvalidArgument(kOp, ": nsample must be >= 1, found ", nsample_));
-    OP_REQUIRES(ctx, radius_ > 0.0f && std::isfinite(radius_),
-                errors::InvalidArgument(kOp, ": radius must be finite and > 0, found ", radius_));
+    OP_REQUIRES_OK(ctx, CheckBallQueryArgs(points, centroids, radius_, nsample_));
     OP_REQUIRES_OK(ctx, CheckFinite(points, kOp, "points"));
     OP_REQUIRES_OK(ctx, CheckFinite(centroids, kOp, "centroids"));
     const int64_t b = points.dim_size(0), n = points.dim_size(1), m = centroids.dim_size(1);
@@ -256,15 +309,10 @@ class KnnCpu : public OpKernel {
     static const char* kOp = "knn";
     const Tensor& points = ctx->input(0);
     const Tensor& queries = ctx->input(1);
-    OP_REQUIRES_OK(ctx, CheckCloud(points, kOp, "points"));
-    OP_REQUIRES_OK(ctx, CheckCloud(queries, kOp, "queries"));
-    OP_REQUIRES_OK(ctx, CheckSameBatch(points, queries, kOp, "points", "queries"));
-    OP_REQUIRES_OK(ctx, CheckNonEmpty(points, kOp, "points"));
-    const int64_t b = points.dim_size(0), n = points.dim_size(1), m = queries.dim_size(1);
-    OP_REQUIRES(ctx, k_ >= 1 && k_ <= n,
-                errors::InvalidArgument(kOp, ": k must be in [1, N] = [1, ", n, "], found ", k_));
+    OP_REQUIRES_OK(ctx, CheckKnnArgs(points, queries, k_));
     OP_REQUIRES_OK(ctx, CheckFinite(points, kOp, "points"));
     OP_REQUIRES_OK(ctx, CheckFinite(queries, kOp, "queries"));
+    const int64_t b = points.dim_size(0), n = points.dim_size(1), m = queries.dim_size(1);
     Tensor* dist = nullptr;
     Tensor* idx = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({b, m, k_}), &dist));
@@ -286,18 +334,6 @@ class KnnCpu : public OpKernel {
  private:
   int k_;
 };
-
-static absl::Status CheckGroupArgs(const Tensor& features, const Tensor& idx) {
-  static const char* kOp = "group_points";
-  if (features.dims() != 3) {
-    return errors::InvalidArgument(kOp, ": features must have shape [B,N,C], found ",
-                                   features.shape().DebugString());
-  }
-  if (idx.dims() != 3) {
-    return errors::InvalidArgument(kOp, ": indices must have shape [B,M,S], found ", idx.shape().DebugString());
-  }
-  return CheckSameBatch(features, idx, kOp, "features", "indices");
-}
 
 class GroupPointsCpu : public OpKernel {
  public:
@@ -335,13 +371,7 @@ class GroupPointsGradCpu : public OpKernel {
     const Tensor& grad = ctx->input(0);
     const Tensor& indices = ctx->input(1);
     const Tensor& num_points = ctx->input(2);
-    OP_REQUIRES(ctx, grad.dims() == 4 && indices.dims() == 3 && num_points.dims() == 0,
-                errors::InvalidArgument(kOp, ": expected grad [B,M,S,C], indices [B,M,S], num_points scalar"));
-    OP_REQUIRES(ctx,
-                grad.dim_size(0) == indices.dim_size(0) && grad.dim_size(1) == indices.dim_size(1) &&
-                    grad.dim_size(2) == indices.dim_size(2),
-                errors::InvalidArgument(kOp, ": grad shape ", grad.shape().DebugString(),
-                                        " does not match indices shape ", indices.shape().DebugString()));
+    OP_REQUIRES_OK(ctx, CheckGroupGradArgs(grad, indices, num_points));
     const int64_t n = num_points.scalar<int>()();
     const int64_t b = grad.dim_size(0), m = grad.dim_size(1), s = grad.dim_size(2), c = grad.dim_size(3);
     const int* ix = indices.flat<int>().data();

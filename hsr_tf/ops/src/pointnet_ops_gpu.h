@@ -32,11 +32,8 @@ class FarthestPointSampleGpu : public OpKernel {
   void Compute(OpKernelContext* ctx) override {
     static const char* kOp = "farthest_point_sample";
     const Tensor& points = ctx->input(0);
-    OP_REQUIRES_OK(ctx, CheckCloud(points, kOp, "points"));
-    OP_REQUIRES_OK(ctx, CheckNonEmpty(points, kOp, "points"));
+    OP_REQUIRES_OK(ctx, CheckFpsArgs(points, npoint_));
     const int64_t b = points.dim_size(0), n = points.dim_size(1);
-    OP_REQUIRES(ctx, npoint_ >= 1 && npoint_ <= n,
-                errors::InvalidArgument(kOp, ": npoint must be in [1, N] = [1, ", n, "], found ", npoint_));
     Tensor* out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({b, npoint_}), &out));
     Tensor scratch;
@@ -63,13 +60,7 @@ class BallQueryGpu : public OpKernel {
     static const char* kOp = "ball_query";
     const Tensor& points = ctx->input(0);
     const Tensor& centroids = ctx->input(1);
-    OP_REQUIRES_OK(ctx, CheckCloud(points, kOp, "points"));
-    OP_REQUIRES_OK(ctx, CheckCloud(centroids, kOp, "centroids"));
-    OP_REQUIRES_OK(ctx, CheckSameBatch(points, centroids, kOp, "points", "centroids"));
-    OP_REQUIRES_OK(ctx, CheckNonEmpty(points, kOp, "points"));
-    OP_REQUIRES(ctx, nsample_ >= 1, errors::InvalidArgument(kOp, ": nsample must be >= 1, found ", nsample_));
-    OP_REQUIRES(ctx, radius_ > 0.0f && std::isfinite(radius_),
-                errors::InvalidArgument(kOp, ": radius must be finite and > 0, found ", radius_));
+    OP_REQUIRES_OK(ctx, CheckBallQueryArgs(points, centroids, radius_, nsample_));
     const int64_t b = points.dim_size(0), n = points.dim_size(1), m = centroids.dim_size(1);
     Tensor* out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({b, m, nsample_}), &out));
@@ -93,13 +84,8 @@ class KnnGpu : public OpKernel {
     static const char* kOp = "knn";
     const Tensor& points = ctx->input(0);
     const Tensor& queries = ctx->input(1);
-    OP_REQUIRES_OK(ctx, CheckCloud(points, kOp, "points"));
-    OP_REQUIRES_OK(ctx, CheckCloud(queries, kOp, "queries"));
-    OP_REQUIRES_OK(ctx, CheckSameBatch(points, queries, kOp, "points", "queries"));
-    OP_REQUIRES_OK(ctx, CheckNonEmpty(points, kOp, "points"));
+    OP_REQUIRES_OK(ctx, CheckKnnArgs(points, queries, k_));
     const int64_t b = points.dim_size(0), n = points.dim_size(1), m = queries.dim_size(1);
-    OP_REQUIRES(ctx, k_ >= 1 && k_ <= n,
-                errors::InvalidArgument(kOp, ": k must be in [1, N] = [1, ", n, "], found ", k_));
     Tensor* dist = nullptr;
     Tensor* idx = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({b, m, k_}), &dist));
@@ -145,8 +131,7 @@ class GroupPointsGradGpu : public OpKernel {
     const Tensor& grad = ctx->input(0);
     const Tensor& indices = ctx->input(1);
     const Tensor& num_points = ctx->input(2);
-    OP_REQUIRES(ctx, grad.dims() == 4 && indices.dims() == 3 && num_points.dims() == 0,
-                errors::InvalidArgument(kOp, ": expected grad [B,M,S,C], indices [B,M,S], num_points scalar"));
+    OP_REQUIRES_OK(ctx, CheckGroupGradArgs(grad, indices, num_points));
     const int64_t n = num_points.scalar<int>()();
     const int64_t b = grad.dim_size(0), m = grad.dim_size(1), s = grad.dim_size(2), c = grad.dim_size(3);
     Tensor* out = nullptr;
