@@ -114,7 +114,8 @@ def run(config_name: str, overrides: dict, batch: int, repeats: int, train_batch
     thr = _best(lambda: served(**xb)["vertices"].numpy(), max(2, repeats // 2))
     res.update(latency_b1_ms=1e3 * lat, throughput_fps=batch / thr, achieved_gflops=flops * batch / thr / 1e9)
     res["efficiency_vs_matmul"] = res["achieved_gflops"] / matmul_gflops
-    print(f"  SavedModel (uint8 256 px in, resize to {s} inside): latency B=1 {res['latency_b1_ms']:.1f} ms "
+    resize = "no resize" if s == 256 else f"resized to {s} inside"
+    print(f"  SavedModel (uint8 256 px in, {resize}): latency B=1 {res['latency_b1_ms']:.1f} ms "
           f"({res['latency_b1_ms'] / PAPER_MS['total']:.2f} x the paper's {PAPER_MS['total']} ms on a GTX 1080) | "
           f"throughput B={batch} {res['throughput_fps']:.1f} frames/s | {flops / 1e9:.2f} GFLOP/frame "
           f"(profiler {prof / 1e9:.2f} + sparse {sparse / 1e9:.3f}) -> {res['achieved_gflops']:.1f} GFLOP/s = "

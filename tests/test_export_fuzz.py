@@ -75,7 +75,7 @@ DEPTH_CASES = ("valid", "empty", "rank_more", "rank_less", "num_points", "last_d
                "degenerate", "dtype")
 
 
-@settings(max_examples=25, **SETTINGS)
+@settings(max_examples=15, **SETTINGS)
 @given(case=st.sampled_from(DEPTH_CASES), mode=st.sampled_from(("fixed", "max_dist")), b=st.integers(1, 3),
        seed=st.integers(0, 2 ** 31 - 1), where=st.integers(0, 10 ** 6))
 def test_depth_signature_fuzzed(depth_sigs, case, mode, b, seed, where):
@@ -143,7 +143,7 @@ RGB_CASES = ("valid", "empty", "rank_more", "rank_less", "size", "batch", "nan",
              "dtype")
 
 
-@settings(max_examples=20, **SETTINGS)
+@settings(max_examples=12, **SETTINGS)
 @given(case=st.sampled_from(RGB_CASES), target=st.sampled_from(RGB_KEYS), b=st.integers(1, 2),
        seed=st.integers(0, 2 ** 31 - 1), where=st.integers(0, 10 ** 6))
 def test_rgb_signature_fuzzed(rgb_sig, case, target, b, seed, where):
