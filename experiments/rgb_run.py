@@ -65,8 +65,10 @@ def run(stop_after=None) -> dict:
     loop.save_model_config(net, workdir)
     run_kind.write_run_kind(workdir, "rgb")
     heldout = rgb_common.heldout_dataset(FLAGS.data_dir)
+    cpu0 = time.process_time()
     sched = rgb_common.train_schedule(net, FLAGS.data_dir, workdir, heldout=heldout, stop_after=stop_after)
-    timings = {"render_s": t_data - t_start, "train_s": time.time() - t_data}
+    timings = {"render_s": t_data - t_start, "train_s": time.time() - t_data,
+               "train_cpu_s": time.process_time() - cpu0}
     if sched["interrupted"]:
         logging.info("Stopped after %s steps of this process (test hook); rerun to resume", stop_after)
         return {"interrupted": True, "schedule": sched, "timings": timings}
@@ -74,9 +76,11 @@ def run(stop_after=None) -> dict:
     metrics = None
     if FLAGS.evaluate:
         t0 = time.time()
+        cpu0 = time.process_time()
         metrics = rgb_common.evaluate(net, FLAGS.data_dir, os.path.join(workdir, "eval"),
                                       label=os.path.basename(os.path.abspath(workdir)))
         timings["evaluate_s"] = time.time() - t0
+        timings["evaluate_cpu_s"] = time.process_time() - cpu0
         logging.info("Held-out: pose error %.2f mm (mean baseline %.2f), mesh error %s mm (baseline %s), "
                      "aligned %s mm (baseline %s), 2D %.2f px", metrics["pose_error_mm"],
                      metrics.get("mean_baseline_pose_error_mm", float("nan")),
