@@ -59,10 +59,16 @@ def gradient(seed, size: int):
     x, y = _grid(size)
     c1, c2 = _u(s[0], [3]), _u(s[1], [3])
     ang = _u(s[2], [], 0.0, 2 * math.pi)
-    lin = 0.5 + 0.5 * (x * tf.cos(ang) + y * tf.sin(ang)) / math.sqrt(2.0)
     centre = _u(s[3], [2], -1.0, 1.0)
-    rad = tf.clip_by_value(tf.sqrt((x - centre[0]) ** 2 + (y - centre[1]) ** 2) / 2.0, 0.0, 1.0)
-    t = tf.where(_u(s[4], []) < 0.7, lin, rad)[..., None]
+
+    def linear():
+        return 0.5 + 0.5 * (x * tf.cos(ang) + y * tf.sin(ang)) / math.sqrt(2.0)
+
+    def radial():
+        return tf.clip_by_value(tf.sqrt((x - centre[0]) ** 2 + (y - centre[1]) ** 2) / 2.0, 0.0, 1.0)
+
+    # only the chosen profile is computed (half the per-pixel work of computing both and selecting)
+    t = tf.cond(_u(s[4], []) < 0.7, linear, radial)[..., None]
     return c1 * (1.0 - t) + c2 * t
 
 
@@ -84,24 +90,31 @@ def coloured_noise(seed, size: int):
 
 
 def shapes(seed, size: int, count: int = 10):
-    """[S, S, 3] gradient with ``count`` random discs / rotated rectangles painted over it."""
+    """[S, S, 3] gradient with ``count`` random discs / rotated rectangles painted over it (later ones on top)."""
     s = tf.random.experimental.stateless_split(seed, 2 + 6 * count)
     img = gradient(s[0], size)
     x, y = _grid(size)
+    # per-shape parameters (scalars, drawn shape by shape from the same keys as ever), then all shapes'
+    # per-pixel tests in one [count, S, S] pass: ~25 ops instead of ~25 per shape
+    params = []
     for i in range(count):
         k = s[2 + 6 * i: 8 + 6 * i]
         cx, cy = _u(k[0], [], -1.1, 1.1), _u(k[1], [], -1.1, 1.1)
         half = _u(k[2], [2], 0.05, 0.5)
         ang = _u(k[3], [], 0.0, math.pi)
-        colour = _u(k[4], [3])
-        dx, dy = x - cx, y - cy
-        rx = dx * tf.cos(ang) + dy * tf.sin(ang)
-        ry = -dx * tf.sin(ang) + dy * tf.cos(ang)
-        rect = (tf.abs(rx) < half[0]) & (tf.abs(ry) < half[1])
-        disc = (rx / half[0]) ** 2 + (ry / half[1]) ** 2 < 1.0
-        inside = tf.where(_u(k[5], []) < 0.5, rect, disc)
-        img = tf.where(inside[..., None], colour, img)
-    return img
+        params.append((cx, cy, half[0], half[1], tf.cos(ang), tf.sin(ang), _u(k[5], []), _u(k[4], [3])))
+    cx, cy, hx, hy, cos, sin, kind = (tf.stack([p[j] for p in params])[:, None, None] for j in range(7))
+    colours = tf.stack([p[7] for p in params])  # [count, 3]
+    dx, dy = x - cx, y - cy  # [count, S, S]
+    rx = dx * cos + dy * sin
+    ry = -dx * sin + dy * cos
+    rect = (tf.abs(rx) < hx) & (tf.abs(ry) < hy)
+    disc = (rx / hx) ** 2 + (ry / hy) ** 2 < 1.0
+    inside = tf.where(kind < 0.5, rect, disc)
+    # the topmost shape covering a pixel (1-based; 0 = none) gives its colour, as painting in order would
+    top = tf.reduce_max(tf.where(inside, tf.range(1, count + 1)[:, None, None], 0), axis=0)
+    painted = tf.gather(colours, tf.maximum(top - 1, 0))
+    return tf.where((top > 0)[..., None], painted, img)
 
 
 def texture(seed, size: int):

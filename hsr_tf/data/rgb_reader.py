@@ -84,7 +84,15 @@ def resolve_files(data_dir_or_paths, split: str) -> list:
 
 
 class _FrameSource:
-    """Random access to the frames of a list of shards (h5py handles cached; h5py serialises access)."""
+    """Random access to the frames of a list of shards.
+
+    h5py handles and dataset objects are cached per file; the small per-frame fields (joints, joints_uv, camera,
+    bone_scale, root_depth, mirrored, frame_index: ~0.5 KB a frame) of a shard are read whole on its first use
+    and checked once, so a frame costs one chunk read each of image, mask, depth and vertices (the gzip inflate
+    is most of the remaining time; h5py serialises access)."""
+
+    SMALL = ("joints", "joints_uv", "camera", "bone_scale", "root_depth", "mirrored", "frame_index")
+    LARGE = ("image", "mask", "depth")
 
     def __init__(self, files):
         self.files = list(files)
@@ -103,34 +111,47 @@ class _FrameSource:
         self.file_of = np.repeat(np.arange(len(self.files)), counts)
         self.local = np.concatenate([np.arange(c) for c in counts])
         self.num_frames = int(counts.sum())
-        self._handles = {}
+        self._open = {}  # file index -> (h5py.File, {large field: Dataset}, {small field: array [F, ...]})
 
     def order(self, seed: int, epoch: int, shuffle: bool):
         if not shuffle:
             return np.arange(self.num_frames, dtype=np.int64)
         return np.random.default_rng([int(seed), int(epoch)]).permutation(self.num_frames).astype(np.int64)
 
-    def read(self, g):
+    def _shard(self, i):
         import h5py
 
+        if i not in self._open:
+            path = self.files[i]
+            f = h5py.File(path, "r")
+            large = {k: f[k] for k in self.LARGE + (("vertices",) if "vertices" in f else ())}
+            small = {k: f[k][()] for k in self.SMALL}
+            for name in ("joints", "joints_uv", "camera"):
+                bad = np.flatnonzero(~np.isfinite(small[name].reshape(len(small[name]), -1)).all(-1))
+                if len(bad):
+                    raise RGBShardError(f"{path}: field '{name}': frame {bad[0]}: expected finite values, found "
+                                        f"NaN/Inf")
+            self._open[i] = (f, large, small)
+        return self._open[i]
+
+    def read(self, g):
         i, j = int(self.file_of[g]), int(self.local[g])
         path = self.files[i]
         try:
-            if path not in self._handles:
-                self._handles[path] = h5py.File(path, "r")
-            f = self._handles[path]
-            out = [f[k][j] for k in ("image", "mask", "depth", "joints", "joints_uv", "camera", "bone_scale",
-                                     "root_depth", "mirrored", "frame_index")]
-            has_v = "vertices" in f
-            verts = f["vertices"][j] if has_v else np.zeros((NUM_VERTICES, 3), np.float32)
+            _, large, small = self._shard(i)
+            img, mask, depth = (large[k][j] for k in self.LARGE)
+            has_v = "vertices" in large
+            verts = large["vertices"][j] if has_v else np.zeros((NUM_VERTICES, 3), np.float32)
         except (OSError, RuntimeError, ValueError, KeyError) as e:
+            if isinstance(e, RGBShardError):
+                raise
             raise RGBShardError(f"{path}: frame {j}: cannot read (truncated or corrupt): {e}") from e
-        img, mask, depth, joints, uv, cam, bone, root, mirrored, fid = out
-        for name, arr in (("joints", joints), ("joints_uv", uv), ("camera", cam), ("vertices", verts)):
-            if not np.all(np.isfinite(arr)):
-                raise RGBShardError(f"{path}: field '{name}': frame {j}: expected finite values, found NaN/Inf")
-        return (img, mask, depth.astype(np.int32), joints, uv, cam, verts.astype(np.float32), np.float32(has_v),
-                np.float32(bone), np.float32(root), np.float32(mirrored), np.int64(fid))
+        if not np.all(np.isfinite(verts)):
+            raise RGBShardError(f"{path}: field 'vertices': frame {j}: expected finite values, found NaN/Inf")
+        joints, uv, cam, bone, root, mirrored, fid = (small[k][j] for k in self.SMALL)
+        return (img, mask, depth.astype(np.int32), joints.astype(np.float32), uv.astype(np.float32),
+                cam.astype(np.float32), verts.astype(np.float32), np.float32(has_v), np.float32(bone),
+                np.float32(root), np.float32(mirrored), np.int64(fid))
 
 
 _READ_TYPES = (tf.uint8, tf.uint8, tf.int32, tf.float32, tf.float32, tf.float32, tf.float32, tf.float32,
@@ -192,7 +213,7 @@ def crop_transform(camera, in_size, out_size: int, scale, rotation, shift):
 
 
 def _warp(image, transform, out_size, interpolation):
-    """[h, w, C] float32 -> [S, S, C] by the output->input map ``transform`` [8]; outside = 0."""
+    """[h, w, C] (float32; int32 with NEAREST) -> [S, S, C] by the output->input map ``transform`` [8]; 0 outside."""
     return tf.raw_ops.ImageProjectiveTransformV3(
         images=image[None], transforms=transform[None], output_shape=tf.constant([out_size, out_size], tf.int32),
         fill_value=tf.constant(0.0), interpolation=interpolation, fill_mode="CONSTANT")[0]
@@ -247,6 +268,7 @@ def make_rgb_dataset(data_dir_or_paths, split: str, batch_size: int, *, image_si
     sizes = tf.constant([int(info["attrs"]["image_size"]) for info in src.infos], tf.int32)
     file_of = tf.constant(src.file_of, tf.int32)
     base_key = tf.constant([int(seed), 0x5EED], tf.int64)
+    identity = not augment and all(int(info["attrs"]["image_size"]) == image_size for info in src.infos)
 
     def epoch_items(e):
         order = tf.numpy_function(lambda x: src.order(seed, int(x), shuffle), [e], tf.int64, stateful=False)
@@ -276,16 +298,21 @@ def make_rgb_dataset(data_dir_or_paths, split: str, batch_size: int, *, image_si
             shift = tf.random.stateless_uniform([2], k[2], -1.0, 1.0) * cfg.shift * image_size
         else:
             scale, rot, shift = tf.constant(1.0), tf.constant(0.0), tf.zeros([2])
-        cam, r3, tmat, fwd = crop_transform(item["camera"], item["in_size"], image_size, scale, rot, shift)
         rgba = tf.concat([tf.cast(item["image"], tf.float32), tf.cast(item["mask"], tf.float32)[..., None]], -1)
-        rgba = _warp(rgba / 255.0, tmat, image_size, "BILINEAR")
-        depth = _warp(tf.cast(item["depth"], tf.float32)[..., None], tmat, image_size, "NEAREST")[..., 0]
+        if identity:  # no jitter, stored size == image_size: the warp would copy every pixel
+            cam, r3, uv = item["camera"], tf.eye(3), item["joints_uv"]
+            depth = tf.cast(item["depth"], tf.float32)
+        else:
+            cam, r3, tmat, fwd = crop_transform(item["camera"], item["in_size"], image_size, scale, rot, shift)
+            rgba = _warp(rgba, tmat, image_size, "BILINEAR")  # 0..255; scaled below, after the warp (fewer px)
+            depth = tf.cast(_warp(item["depth"][..., None], tmat, image_size, "NEAREST")[..., 0], tf.float32)
+            uv = tf.einsum("jc,kc->jk", tf.concat([item["joints_uv"], tf.ones([NUM_JOINTS, 1])], -1), fwd)
+        rgba = rgba * (1.0 / 255.0)
         hand, mask = rgba[..., :3], tf.clip_by_value(rgba[..., 3], 0.0, 1.0)
         background = bg_lib.background(k[3], image_size, bg_files, cfg.background_image_prob)
         image = tf.clip_by_value(hand + (1.0 - mask[..., None]) * background, 0.0, 1.0)
         if augment:
             image = _colour_jitter(image, k[4], cfg)
-        uv = tf.einsum("jc,kc->jk", tf.concat([item["joints_uv"], tf.ones([NUM_JOINTS, 1])], -1), fwd)
         return {
             "image": image, "mask": mask, "depth": depth,
             "heatmaps": heatmaps_from_uv(uv, image_size, heatmap_size, heatmap_sigma),
