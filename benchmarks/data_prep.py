@@ -20,7 +20,13 @@ Synthetic RGB (``--rgb_poses`` > 0): renders the same frames (``--rgb_subjects``
 x 1 view, same seed, hence the same subjects, poses and viewpoints) with ``data_prep.synth`` (depth maps, the
 peer) and with ``data_prep.synth_rgb`` (shaded ``--rgb_image_size`` crops + mask + crop depth), same worker
 count, and prints both rates and their ratio; then reads the RGB set back through ``hsr_tf.data.rgb_reader``
-(background compositing, crop and colour jitter, heat-maps; batch 32) and prints its frames/s.
+(background compositing, crop and colour jitter, heat-maps; batch 32) at ``--rgb_image_size`` (the paper's
+network input) and at the CPU-sized network's 64 px (experiments/flags/rgb_cpu_small.flags: heat-maps 16 x 16,
+sigma 1 px), and times one phase-3 training step of that CPU-sized network (RGBMeshNet 'mesh', L_fully, RMSprop,
+batch 32, on a reader batch) in the same process: it prints reader frames/s over training samples/s (wall clock,
+each alone on the machine's cores) and the same ratio in CPU time (process CPU seconds per training sample over
+per reader frame: the share of the cores the reader takes from training when both run together, and far less
+sensitive to other processes' load than the wall clock).
 """
 from __future__ import annotations
 
@@ -44,6 +50,10 @@ flags.DEFINE_integer("stb_frames", 64, "STB-format frames for the STB conversion
 flags.DEFINE_integer("rgb_poses", 24, "poses per subject of the synthetic RGB vs depth render rate (0: skip it)")
 flags.DEFINE_integer("rgb_subjects", 4, "subjects of the synthetic RGB vs depth render rate")
 flags.DEFINE_integer("rgb_image_size", 256, "crop size S of the synthetic RGB render")
+flags.DEFINE_integer("rgb_reader_batches", 8, "timed RGB reader batches (of 32) per image size")
+flags.DEFINE_integer("rgb_train_steps", 3, "timed training steps of the CPU-sized RGB network (best of)")
+
+BATCH = 32
 
 
 def _decode_chunk(paths):
@@ -124,22 +134,83 @@ def _rgb_rate(tmp, workers):
     assert rgb["frames"] == frames, (rgb["frames"], frames)
     depth_fps = frames / depth["seconds"]
     rgb_fps = frames / rgb["seconds"]
-    ds = rgb_reader.make_rgb_dataset(os.path.join(tmp, "synth_rgb"), "train", 32, image_size=FLAGS.rgb_image_size,
-                                     augment=True, seed=0, drop_remainder=False, repeat=True)
-    it = iter(ds)
-    next(it)  # warm-up: tracing, shard open
-    n_batches, n_frames, t0 = 0, 0, time.perf_counter()
-    while n_batches < 8:
-        n_frames += int(next(it)["image"].shape[0])
-        n_batches += 1
-    reader_fps = n_frames / (time.perf_counter() - t0)
+    from benchmarks._inference_rgb import CPU_NETWORK  # the network of experiments/flags/rgb_cpu_small.flags
+
+    data = os.path.join(tmp, "synth_rgb")
+    reader_fps, reader_cpu_ms, _ = _reader_rate(data, FLAGS.rgb_image_size)
+    cpu_size = CPU_NETWORK["image_size"]
+    small_fps, small_cpu_ms, batch = _reader_rate(data, cpu_size)
+    train_sps, train_cpu_ms = _train_rate(batch)
     report = {"synth_frames": frames, "workers": workers, "image_size": FLAGS.rgb_image_size,
               "depth_render_fps": depth_fps, "rgb_render_fps": rgb_fps, "rgb_over_depth_time": depth_fps / rgb_fps,
-              "rgb_reader_fps": reader_fps}
+              "rgb_reader_fps": reader_fps, "rgb_reader_cpu_ms_per_frame": reader_cpu_ms,
+              "cpu_net_image_size": cpu_size, "rgb_reader_fps_cpu_net": small_fps,
+              "rgb_reader_cpu_ms_per_frame_cpu_net": small_cpu_ms, "cpu_net_train_samples_per_s": train_sps,
+              "cpu_net_train_cpu_ms_per_sample": train_cpu_ms, "reader_over_train_wall": small_fps / train_sps,
+              "reader_over_train_cpu": train_cpu_ms / small_cpu_ms, "load_avg_1min": os.getloadavg()[0]}
     print(json.dumps(report, indent=2))
     print(f"synthetic render of the same {frames} frames: depth {depth_fps:.1f} frames/s, RGB "
           f"{rgb_fps:.1f} frames/s (RGB takes {depth_fps / rgb_fps:.2f}x the depth time, {workers} workers); "
-          f"RGB reader with augmentation: {reader_fps:.0f} frames/s")
+          f"RGB reader with augmentation: {reader_fps:.0f} frames/s at {FLAGS.rgb_image_size} px "
+          f"({reader_cpu_ms:.1f} CPU ms a frame)")
+    print(f"CPU-sized network ({cpu_size} px, batch {BATCH}): reader {small_fps:.0f} frames/s vs phase-3 training "
+          f"{train_sps:.1f} samples/s: ratio {small_fps / train_sps:.1f} (wall), {train_cpu_ms / small_cpu_ms:.1f} "
+          f"(CPU: {train_cpu_ms:.1f} ms a sample to train, {small_cpu_ms:.2f} ms a frame to read); load average "
+          f"{os.getloadavg()[0]:.1f}")
+
+
+def _reader_rate(data, size):
+    """(frames/s wall, process CPU ms per frame, one batch) of the augmented RGB reader at ``size`` px, batch
+    BATCH, heat-maps at size / 4 with sigma 4 size / 256 (experiments.rgb_common), after a warm-up batch."""
+    from hsr_tf.data import rgb_reader
+
+    ds = rgb_reader.make_rgb_dataset(data, "train", BATCH, image_size=size, augment=True, seed=0,
+                                     drop_remainder=False, repeat=True, heatmap_size=size // 4,
+                                     heatmap_sigma=4.0 * size / 256)
+    it = iter(ds)
+    batch = next(it)  # warm-up: tracing, shard open
+    n_frames, t0, c0 = 0, time.perf_counter(), time.process_time()
+    for _ in range(FLAGS.rgb_reader_batches):
+        n_frames += int(next(it)["image"].shape[0])
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    del it  # stops the prefetching threads before anything else is timed
+    return n_frames / wall, 1e3 * cpu / n_frames, batch
+
+
+def _train_rate(batch):
+    """(samples/s wall, process CPU ms per sample) of a phase-3 step (L_fully, RMSprop, the pose regressor
+    frozen, as experiments.rgb_common) of the CPU-sized RGBMeshNet on one reader batch (best of the timed steps)."""
+    import keras
+    import tensorflow as tf
+
+    from benchmarks._inference_rgb import CPU_NETWORK
+    from hsr_tf import losses_rgb
+    from hsr_tf.models.rgb_mesh_net import RGBMeshNet
+
+    keras.utils.set_random_seed(0)
+    net = RGBMeshNet("mesh", **CPU_NETWORK)
+    size = net.image_size
+    net(net.example_input(1))
+    frozen = {id(v) for v in net.pose_regressor.trainable_variables}
+    variables = [v for v in net.trainable_variables if id(v) not in frozen]
+    opt = keras.optimizers.RMSprop(1e-4)
+    cfg = losses_rgb.RGBLossConfig()
+
+    @tf.function
+    def step(b):
+        with tf.GradientTape() as tape:
+            total, _ = losses_rgb.fully_supervised_loss(b, net(b, training=True), net.faces, cfg, size)
+        opt.apply_gradients(zip(tape.gradient(total, variables), variables))
+        return total
+
+    step(batch).numpy()  # tracing
+    best_wall, best_cpu = float("inf"), float("inf")
+    for _ in range(FLAGS.rgb_train_steps):
+        t0, c0 = time.perf_counter(), time.process_time()
+        step(batch).numpy()
+        best_wall, best_cpu = min(best_wall, time.perf_counter() - t0), min(best_cpu, time.process_time() - c0)
+    n = int(batch["image"].shape[0])
+    return n / best_wall, 1e3 * best_cpu / n
 
 
 def main(argv):

@@ -28,6 +28,8 @@ flags.DEFINE_integer("panel", 160, "Panel size in pixels.")
 flags.DEFINE_bool("reader", False, "Show augmented reader batches instead of the stored frames.")
 flags.DEFINE_integer("seed", 0, "Reader seed (--reader).")
 flags.DEFINE_string("background_dir", None, "Reader background images (--reader).")
+flags.DEFINE_integer("image_size", 256, "Reader output size S (--reader); heat-maps S / 4 with sigma 4 S / 256 px, "
+                     "as experiments.rgb_common.")
 
 FINGER_COLOURS = ((255, 60, 60), (255, 220, 0), (60, 220, 60), (0, 220, 220), (230, 60, 230))
 
@@ -114,11 +116,12 @@ def stored_frames(data_dir, split, num, panel):
     return out
 
 
-def reader_frames(data_dir, split, num, panel, seed, background_dir):
+def reader_frames(data_dir, split, num, panel, seed, background_dir, image_size=256):
     from hsr_tf.data import rgb_reader
 
     ds = rgb_reader.make_rgb_dataset(data_dir, split, batch_size=num, augment=True, seed=seed,
-                                     background_dir=background_dir, drop_remainder=False)
+                                     background_dir=background_dir, drop_remainder=False, image_size=image_size,
+                                     heatmap_size=image_size // 4, heatmap_sigma=4.0 * image_size / 256)
     batch = next(iter(ds))
     b = {k: v.numpy() for k, v in batch.items()}
     out = []
@@ -135,7 +138,8 @@ def main(argv):
     if not FLAGS.data_dir or not FLAGS.out:
         raise app.UsageError("--data_dir and --out are required")
     if FLAGS.reader:
-        frames = reader_frames(FLAGS.data_dir, FLAGS.split, FLAGS.num, FLAGS.panel, FLAGS.seed, FLAGS.background_dir)
+        frames = reader_frames(FLAGS.data_dir, FLAGS.split, FLAGS.num, FLAGS.panel, FLAGS.seed, FLAGS.background_dir,
+                               FLAGS.image_size)
     else:
         frames = stored_frames(FLAGS.data_dir, FLAGS.split, FLAGS.num, FLAGS.panel)
     os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)

@@ -58,7 +58,7 @@ class RGBAugmentConfig:
     contrast: tuple = (0.8, 1.2)
     saturation: tuple = (0.7, 1.3)
     hue: float = 0.04                # +- fraction of the hue circle
-    noise_std: float = 0.02          # Gaussian noise std ~ U(0, noise_std)
+    noise_std: float = 0.02          # camera noise (uniform, zero mean), its std ~ U(0, noise_std)
     background_image_prob: float = 0.7
 
 
@@ -219,17 +219,40 @@ def _warp(image, transform, out_size, interpolation):
         fill_value=tf.constant(0.0), interpolation=interpolation, fill_mode="CONSTANT")[0]
 
 
+# Rec. 601 luma weights: the grey a saturation change moves towards (as PIL's ImageEnhance.Color)
+LUMA = (0.299, 0.587, 0.114)
+
+
+def colour_matrix(brightness, contrast, saturation, hue, mean):
+    """The colour jitter as one affine colour map: rgb' = M rgb + o.
+
+    brightness b, contrast c, saturation s, hue h (fraction of a turn): scalars; mean: [3] the image's mean
+    colour. In order: scale by b; move away from the (scaled) mean colour by c; lerp towards luma by s
+    (s = 0: grey); rotate by 2 pi h about the grey axis (1, 1, 1). Returns (M [3, 3], o [3]).
+    """
+    eye = tf.eye(3)
+    luma = tf.constant(LUMA, tf.float32)
+    sat = saturation * eye + (1.0 - saturation) * tf.ones([3, 1]) * luma[None, :]
+    u = tf.fill([3], 1.0 / math.sqrt(3.0))
+    cross = tf.constant([[0.0, -1.0, 1.0], [1.0, 0.0, -1.0], [-1.0, 1.0, 0.0]]) / math.sqrt(3.0)  # [u]x
+    ang = 2.0 * math.pi * hue
+    rot = tf.cos(ang) * eye + tf.sin(ang) * cross + (1.0 - tf.cos(ang)) * u[:, None] * u[None, :]
+    hs = tf.matmul(rot, sat)
+    return hs * (contrast * brightness), tf.linalg.matvec(hs, (1.0 - contrast) * brightness * mean)
+
+
 def _colour_jitter(img, key, cfg: RGBAugmentConfig):
+    """[S, S, 3] in [0, 1] -> jittered: one affine colour map (``colour_matrix``) + uniform camera noise."""
     k = tf.random.experimental.stateless_split(key, 6)
-    img = img * tf.random.stateless_uniform([], k[0], 1 - cfg.brightness, 1 + cfg.brightness)
-    mean = tf.reduce_mean(img, axis=[0, 1], keepdims=True)
-    img = mean + (img - mean) * tf.random.stateless_uniform([], k[1], *cfg.contrast)
-    img = tf.clip_by_value(img, 0.0, 1.0)
-    img = tf.image.adjust_saturation(img, tf.random.stateless_uniform([], k[2], *cfg.saturation))
-    img = tf.image.adjust_hue(img, tf.random.stateless_uniform([], k[3], -cfg.hue, cfg.hue))
-    noise = tf.random.stateless_normal(tf.shape(img), k[4]) * tf.random.stateless_uniform([], k[5], 0.0,
-                                                                                          cfg.noise_std)
-    return tf.clip_by_value(img + noise, 0.0, 1.0)
+    m, o = colour_matrix(tf.random.stateless_uniform([], k[0], 1 - cfg.brightness, 1 + cfg.brightness),
+                         tf.random.stateless_uniform([], k[1], *cfg.contrast),
+                         tf.random.stateless_uniform([], k[2], *cfg.saturation),
+                         tf.random.stateless_uniform([], k[3], -cfg.hue, cfg.hue),
+                         tf.reduce_mean(img, axis=[0, 1]))
+    # uniform noise of standard deviation std (half-width sqrt(3) std): 2.5x cheaper to draw than Gaussian
+    half = tf.random.stateless_uniform([], k[5], 0.0, cfg.noise_std) * math.sqrt(3.0)
+    noise = tf.random.stateless_uniform(tf.shape(img), k[4], -1.0, 1.0) * half
+    return tf.clip_by_value(tf.einsum("hwc,kc->hwk", img, m) + o + noise, 0.0, 1.0)
 
 
 def make_rgb_dataset(data_dir_or_paths, split: str, batch_size: int, *, image_size: int = 256,
