@@ -144,6 +144,17 @@ def scalar_metrics(results: dict) -> dict:
     return {k: float(v) for k, v in results.items() if not isinstance(v, dict) and np.ndim(v) == 0}
 
 
+def metrics_doc(results: dict, joint_names=None):
+    """(metrics.json dict with the scalars, num_frames and per-joint errors by name; per-joint errors [J];
+    the joint names) of an evaluation result with ``num_frames`` and ``per_joint_error_mm`` (depth or RGB)."""
+    doc = scalar_metrics(results)
+    doc["num_frames"] = int(results["num_frames"])
+    per_joint = np.asarray(results["per_joint_error_mm"])
+    names = list(joint_names) if joint_names is not None else [f"joint_{j}" for j in range(len(per_joint))]
+    doc["per_joint_error_mm"] = {n: float(e) for n, e in zip(names, per_joint)}
+    return doc, per_joint, names
+
+
 def write_report(results: dict, out_dir: str, joint_names=None, label: str = "model",
                  extra: Optional[dict] = None) -> dict:
     """Write metrics.json, per_joint.csv, threshold_curve.csv, threshold_curve.png and (when the results have
@@ -156,11 +167,7 @@ def write_report(results: dict, out_dir: str, joint_names=None, label: str = "mo
     paths = {k: os.path.join(out_dir, v) for k, v in (
         ("metrics", "metrics.json"), ("per_joint", "per_joint.csv"), ("curve_csv", "threshold_curve.csv"),
         ("curve_png", "threshold_curve.png"))}
-    doc = scalar_metrics(results)
-    doc["num_frames"] = int(results["num_frames"])
-    per_joint = np.asarray(results["per_joint_error_mm"])
-    names = list(joint_names) if joint_names is not None else [f"joint_{j}" for j in range(len(per_joint))]
-    doc["per_joint_error_mm"] = {n: float(e) for n, e in zip(names, per_joint)}
+    doc, per_joint, names = metrics_doc(results, joint_names)
     thr, frac = np.asarray(results["thresholds_mm"]), np.asarray(results["fraction_good_frames"])
     doc["fraction_good_frames_at"] = {f"{t:g}mm": float(f) for t, f in zip(thr, frac) if t in (10, 20, 30, 40, 50, 80)}
     if extra:

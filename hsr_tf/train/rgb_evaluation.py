@@ -33,7 +33,7 @@ import tensorflow as tf
 from hsr_tf import metrics as metrics_lib
 from hsr_tf import pose_metrics
 from hsr_tf.train import summaries as summaries_lib
-from hsr_tf.train.evaluation import write_per_frame_csv
+from hsr_tf.train.evaluation import metrics_doc, write_per_frame_csv
 
 MODEL_INPUT_KEYS = ("image", "camera", "root_depth", "bone_scale")
 AUC_RANGES = {"auc_0_50": (0.0, 50.0), "auc_20_50": (20.0, 50.0)}
@@ -197,11 +197,7 @@ def write_report(results: dict, out_dir: str, faces=None, joint_names=None, labe
     paths = {k: os.path.join(out_dir, v) for k, v in (
         ("metrics", "metrics.json"), ("per_joint", "per_joint.csv"), ("pck_csv", "pck_curve.csv"),
         ("pck_png", "pck_curve.png"), ("per_frame", "per_frame.csv"))}
-    doc = scalar_metrics(results)
-    doc["num_frames"] = int(results["num_frames"])
-    per_joint = np.asarray(results["per_joint_error_mm"])
-    names = list(joint_names) if joint_names is not None else [f"joint_{j}" for j in range(len(per_joint))]
-    doc["per_joint_error_mm"] = {n: float(e) for n, e in zip(names, per_joint)}
+    doc, per_joint, names = metrics_doc(results, joint_names)
     thr = np.asarray(results["pck_thresholds_mm"])
     doc["pck_at"] = {f"{t:g}mm": float(p) for t, p in zip(thr, results["pck"]) if t in (10, 20, 30, 40, 50)}
     doc.update(extra or {})
