@@ -26,6 +26,7 @@ def _run(module, *args):
     return proc.stderr
 
 
+@pytest.mark.timeout(3600)  # six subprocesses; ~11 min on the shared 2 cores at a load of ~10
 def test_stb_weak_end_to_end(tmp_path):
     from data_prep import stb
     from hsr_tf.data import rgb_shards
