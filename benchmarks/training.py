@@ -151,11 +151,14 @@ def main(argv):
         steps[name], trace_s, first_loss = build_step(name, overrides, hm, batch, workdir)
         results[name] = {"policy": VARIANTS[name][0], "trace_s": trace_s, "first_loss": first_loss, "times": []}
         print(f"[{name}] traced + first step {trace_s:.1f} s (loss {first_loss:.4g})", flush=True)
-    for _ in range(FLAGS.steps):
+    for r in range(FLAGS.steps):
         for name in names:
             t0 = time.perf_counter()
             steps[name](batch).numpy()
             results[name]["times"].append(time.perf_counter() - t0)
+        # Per round, so that an interrupted run on a loaded machine still leaves figures.
+        print(f"round {r + 1}: " + ", ".join(f"{n} {results[n]['times'][-1]:.2f} s" for n in names)
+              + f" (load average {os.getloadavg()[0]:.1f})", flush=True)
     for p, d in dtypes.items():
         mm[p] = max(mm[p], matmul_gflops(d))
     print(f"load average {os.getloadavg()[0]:.2f}; dense matmul 2048^3: float32 {mm['float32']:.1f} GFLOP/s, "
