@@ -5,8 +5,9 @@
 Per frame, four panels side by side: the stored image composited over mid grey; the same with the joints_uv
 skeleton drawn on it (thumb red, index yellow, middle green, ring cyan, pinky magenta, wrist white) and the
 projected mesh vertices as dots; the mask; the depth (near bright). With ``--reader`` the frames come from
-``hsr_tf.data.rgb_reader.make_rgb_dataset`` (augmented, background composited, heat-maps summed over joints
-in the last panel instead of the mask), so augmentation can be checked by eye.
+``hsr_tf.data.rgb_reader.make_rgb_dataset`` (augmented, background composited; the third panel shows the
+maximum of the 21 heat-maps in red-yellow over the dimmed image instead of the mask), so augmentation can be
+checked by eye.
 
 Legend: S image size, J joints.
 """
@@ -72,7 +73,8 @@ def frame_panels(image, mask, depth, joints_uv, camera=None, vertices=None, pane
     m = m / 255.0 if m.max() > 1.0 else m
     if last is not None:
         m = last
-    mimg = Image.fromarray(np.uint8(np.clip(m, 0, 1) * 255)).convert("RGB").resize((panel, panel), Image.NEAREST)
+    mimg = Image.fromarray(np.uint8(np.clip(m, 0, 1) * 255)).convert("RGB").resize((panel, panel), Image.BILINEAR
+                                                                                  if m.ndim == 3 else Image.NEAREST)
     dep = np.asarray(depth, np.float32)
     vis = np.zeros_like(dep)
     if np.any(dep > 0):
@@ -128,6 +130,8 @@ def reader_frames(data_dir, split, num, panel, seed, background_dir, image_size=
     for i in range(len(b["image"])):
         hm = b["heatmaps"][i].max(axis=-1)
         hm = np.kron(hm, np.ones((b["image"].shape[1] // hm.shape[0],) * 2))
+        # heat-maps in red-yellow over the dimmed image: a blob off its joint shows at a glance
+        hm = 0.35 * b["image"][i] + hm[..., None] * np.array([1.0, 0.75, 0.0])
         out.append(frame_panels(b["image"][i], b["mask"][i], b["depth"][i], b["joints_uv"][i], b["camera"][i],
                                 b["vertices"][i], panel, last=hm))
     return out
