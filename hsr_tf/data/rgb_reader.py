@@ -23,7 +23,11 @@ For a rotation about z the induced image map is affine, so the warp of image, ma
 ``ImageProjectiveTransformV3`` (output pixel -> input pixel, integer coordinates = pixel centres), and
 joints_uv is moved by the same map (tests check that it equals the projection of the new joints by the new
 camera). With augment=False, beta = 0, s = 1, t = 0; a shard of another size than image_size is resized
-(u -> (u + 0.5) k - 0.5, k = image_size / stored size).
+(u -> (u + 0.5) k - 0.5, k = image_size / stored size); at the stored size nothing is warped.
+
+Colour jitter (augment=True): one affine colour map per frame (``colour_matrix``: brightness, contrast about
+the mean colour, saturation towards Rec. 601 luma, hue as a rotation about the grey axis), then zero-mean
+uniform camera noise, clipped to [0, 1]. Speed and its history: docs/rgb_synthetic_data.md.
 
 Determinism (the resume contract of hsr_tf/train/loop.py): the frame order of epoch e is the permutation
 ``np.random.default_rng([seed, e])`` of all frames (file order when shuffle=False), and every random draw of
@@ -324,7 +328,8 @@ def make_rgb_dataset(data_dir_or_paths, split: str, batch_size: int, *, image_si
         rgba = tf.concat([tf.cast(item["image"], tf.float32), tf.cast(item["mask"], tf.float32)[..., None]], -1)
         if identity:  # no jitter, stored size == image_size: the warp would copy every pixel
             cam, r3, uv = item["camera"], tf.eye(3), item["joints_uv"]
-            depth = tf.cast(item["depth"], tf.float32)
+            rgba = tf.ensure_shape(rgba, [image_size, image_size, 4])  # static S x S, as the warp's output
+            depth = tf.ensure_shape(tf.cast(item["depth"], tf.float32), [image_size, image_size])
         else:
             cam, r3, tmat, fwd = crop_transform(item["camera"], item["in_size"], image_size, scale, rot, shift)
             rgba = _warp(rgba, tmat, image_size, "BILINEAR")  # 0..255; scaled below, after the warp (fewer px)
