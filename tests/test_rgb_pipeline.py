@@ -87,9 +87,6 @@ def test_killed_schedule_equals_uninterrupted(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="measured this session (notes_drafts/rgb_net.md): in its step budget the demo network stays "
-                          "at the mean answer (a blob at the crop centre) and its pose error equals the mean baseline's",
-                   strict=False)
 def test_full_demo_learns(tmp_path):
     """The whole demo (render, three phases, evaluation, export, predict) as a user runs it; its held-out errors
     are below the mean baseline of the same run. Its time is written to W/timings.json (not asserted: it
