@@ -74,7 +74,17 @@ class ChebConv(keras.layers.Layer):
             self.num_nodes = self._lap_spec["num_nodes"]
         else:
             idx, vals, self.num_nodes = _graph_laplacian(self.level, graph_path)
+        order = np.lexsort((idx[:, 1], idx[:, 0]))  # CSR conversion wants row-major order (a spec may not be)
+        idx, vals = idx[order], vals[order]
         self._lap_indices, self._lap_values = idx, vals
+        # L~^T for the gradient of L~ z; the same arrays when L~ is symmetric (always, for an undirected graph).
+        lap_t = scipy.sparse.coo_matrix((vals, (idx[:, 0], idx[:, 1])), shape=(self.num_nodes,) * 2).T.tocoo()
+        order = np.lexsort((lap_t.col, lap_t.row))
+        self._lap_t_indices = np.stack([lap_t.row[order], lap_t.col[order]], 1).astype(np.int64).reshape(-1, 2)
+        self._lap_t_values = lap_t.data[order].astype(np.float32)
+        self._symmetric = bool(np.array_equal(self._lap_t_indices, idx) and np.array_equal(self._lap_t_values, vals))
+        # SparseMatrixMatMul has no XLA kernel.
+        self.supports_jit = False
 
     def build(self, input_shape):
         if len(input_shape) != 3 or input_shape[1] != self.num_nodes or input_shape[2] is None:
@@ -87,24 +97,70 @@ class ChebConv(keras.layers.Layer):
         self.f_in = f_in
 
     def _laplacian(self):
+        """L~ as a tf.sparse.SparseTensor [M, M] of the compute dtype (kept for callers counting nnz)."""
         return tf.sparse.SparseTensor(self._lap_indices, tf.constant(self._lap_values, self.compute_dtype),
                                       (self.num_nodes, self.num_nodes))
 
+    def _sparse_dtype(self):
+        # SparseMatrixMatMul has float32/float64 CPU and GPU kernels only: half-precision policies run the
+        # recurrence in float32 (also keeps L~'s values exact instead of rounding them to 8 mantissa bits).
+        return tf.float64 if self.compute_dtype == "float64" else tf.float32
+
+    def _product(self):
+        """z [M, C] -> L~ z [M, C] (CSR sparse x dense), with the gradient L~^T dy by the same kernel."""
+        m, dt = self.num_nodes, self._sparse_dtype()
+        shape = tf.constant([m, m], tf.int64)
+
+        def csr(indices, values):
+            return tf.raw_ops.SparseTensorToCSRSparseMatrix(indices=indices, values=tf.constant(values, dt),
+                                                            dense_shape=shape)
+
+        lap = csr(self._lap_indices, self._lap_values)
+        lap_t = lap if self._symmetric else csr(self._lap_t_indices, self._lap_t_values)
+
+        @tf.custom_gradient
+        def product(z):
+            # TF's registered gradient of SparseMatrixMatMul w.r.t. b multiplies by the adjoint; L~ of an
+            # undirected graph is symmetric, so the forward kernel is reused (no adjoint pass).
+            y = tf.raw_ops.SparseMatrixMatMul(a=lap, b=z)
+            return y, lambda dy: tf.raw_ops.SparseMatrixMatMul(a=lap_t, b=dy)
+
+        return product
+
     def call(self, x):
         x = tf.convert_to_tensor(x)
-        lap = self._laplacian()
-        b = tf.shape(x)[0]
-        m, f_in = self.num_nodes, self.f_in
-        # [B, M, F] -> [M, F * B] so every T_k product is one sparse x dense matmul.
-        x0 = tf.reshape(tf.transpose(x, [1, 2, 0]), [m, -1])
-        terms = [x0]
-        if self.K > 1:
-            terms.append(tf.sparse.sparse_dense_matmul(lap, x0))
-        for _ in range(2, self.K):
-            terms.append(2.0 * tf.sparse.sparse_dense_matmul(lap, terms[-1]) - terms[-2])
-        t = tf.reshape(tf.stack(terms, 0), [self.K, m, f_in, b])     # [K, M, F_in, B]
-        t = tf.reshape(tf.transpose(t, [3, 1, 0, 2]), [b, m, self.K * f_in])  # [B, M, K * F_in], k-major
-        y = tf.matmul(t, tf.cast(self.kernel, t.dtype))
+        if x.shape.rank != 3 or x.shape[1] != self.num_nodes or x.shape[2] != self.f_in:
+            raise ValueError(f"{self.name}: x: expected [B, {self.num_nodes}, {self.f_in}], found {tuple(x.shape)}")
+        m, f_in, f_out, k_terms = self.num_nodes, self.f_in, self.filters, self.K
+        dt, sdt = x.dtype, self._sparse_dtype()
+        kernel = tf.cast(self.kernel, dt)
+        product = self._product()
+        # Node-major [M, B * F] so every L~ product is one CSR x dense matmul over the whole batch; the
+        # [B, M, F] <-> [M, B, F] transposes move F-long rows (the old [M, F, B] layout moved single scalars).
+        if f_out < f_in:
+            # Transform first, then Clenshaw: sum_k T_k(L~) (x theta_k) costs K - 1 products of width F_out.
+            # b_k = y_k + 2 L~ b_{k+1} - b_{k+2} (k = K-1..1), result = y_0 + L~ b_1 - b_2.
+            theta = tf.reshape(tf.transpose(tf.reshape(kernel, [k_terms, f_in, f_out]), [1, 0, 2]),
+                               [f_in, k_terms * f_out])                           # [F_in, K * F_out]
+            y = tf.transpose(tf.matmul(x, theta), [1, 0, 2])                      # [M, B, K * F_out]
+            y = tf.reshape(tf.cast(y, sdt), [m, -1, k_terms, f_out])
+            ys = [tf.reshape(y[:, :, i], [m, -1]) for i in range(k_terms)]       # K x [M, B * F_out]
+            b1, b2 = ys[-1], tf.zeros_like(ys[0])
+            for i in range(k_terms - 2, 0, -1):
+                b1, b2 = ys[i] + 2.0 * product(b1) - b2, b1
+            out = ys[0] if k_terms == 1 else ys[0] + product(b1) - b2
+            out = tf.cast(tf.reshape(out, [m, -1, f_out]), dt)                    # [M, B, F_out]
+        else:
+            # Recurrence first on width F_in, then one [M B, K F_in] x [K F_in, F_out] matmul (k-major rows).
+            x0 = tf.reshape(tf.cast(tf.transpose(x, [1, 0, 2]), sdt), [m, -1])  # [M, B * F_in]
+            terms = [x0]
+            if k_terms > 1:
+                terms.append(product(x0))
+            for _ in range(2, k_terms):
+                terms.append(2.0 * product(terms[-1]) - terms[-2])
+            t = tf.concat([tf.reshape(tf.cast(term, dt), [m, -1, f_in]) for term in terms], -1)  # [M, B, K F_in]
+            out = tf.matmul(t, kernel)                                            # [M, B, F_out]
+        y = tf.transpose(out, [1, 0, 2])
         if self.bias is not None:
             y = y + tf.cast(self.bias, y.dtype)
         return y
