@@ -43,9 +43,9 @@ def epoch_dataset_fn(data_dir: str, batch_size: int, seed: int, augment: bool = 
     soon as epoch ``e`` yields its first batch, so its shuffle buffer (``shuffle_buffer`` frames read from the
     shards) is full and ``prefetch_batches`` batches wait when the training loop asks for epoch ``e + 1``:
     without it every epoch began with a pause of several seconds (the buffer refill), growing under CPU load
-    (measured in WORKSPACE_NOTES.md, "Training speed"). The batches are those of the same per-epoch pipeline, only iterated
-    earlier, so the order (and the resume contract of ``hsr_tf.train.loop``) is unchanged; an epoch asked for
-    out of turn (a restart, a second pass over one epoch) simply builds its pipeline then.
+    (measured in WORKSPACE_NOTES.md, "Training speed"). The batches are those of the same per-epoch pipeline,
+    only iterated earlier, so the order (and the resume contract of ``hsr_tf.train.loop``) is unchanged; an
+    epoch asked for out of turn (a restart, a second pass over one epoch) simply builds its pipeline then.
     """
     def make(epoch: int) -> tf.data.Dataset:
         return reader_lib.make_dataset(data_dir, split=split, batch_size=batch_size, shuffle=True, augment=augment,
