@@ -56,6 +56,12 @@ class ChebConv(keras.layers.Layer):
       use_bias: add a bias per output feature.
 
     Call: ``x [B, M, F_in]`` -> ``[B, M, F_out]``.
+
+    Implementation (speed, same maths): the batch is laid out node-major, [M, B * F], so every L~ product is
+    one CSR sparse x dense matmul (``SparseMatrixMatMul``) over the whole batch; its gradient reuses L~^T (= L~).
+    With F_out < F_in the kernel is applied first and sum_k T_k(L~) y_k is summed by Clenshaw's recurrence on
+    width F_out. Under a half-precision policy the L~ products run in float32 (SparseMatrixMatMul has no
+    bfloat16/float16 kernel) and the dense matmul in the compute dtype. No XLA (``supports_jit = False``).
     """
 
     def __init__(self, filters, K=3, level=0, graph_path=None, laplacian=None, use_bias=True,
@@ -74,15 +80,19 @@ class ChebConv(keras.layers.Layer):
             self.num_nodes = self._lap_spec["num_nodes"]
         else:
             idx, vals, self.num_nodes = _graph_laplacian(self.level, graph_path)
+        if idx.size and (idx.min() < 0 or idx.max() >= self.num_nodes):
+            raise ValueError(f"laplacian: expected indices in [0, {self.num_nodes}), found [{idx.min()}, {idx.max()}]")
+        if len(idx) != len(vals):
+            raise ValueError(f"laplacian: expected one value per index pair, found {len(vals)} values for "
+                             f"{len(idx)} pairs")
         order = np.lexsort((idx[:, 1], idx[:, 0]))  # CSR conversion wants row-major order (a spec may not be)
         idx, vals = idx[order], vals[order]
         self._lap_indices, self._lap_values = idx, vals
-        # L~^T for the gradient of L~ z; the same arrays when L~ is symmetric (always, for an undirected graph).
+        # L~^T for the gradient of L~ z (equal to L~ for an undirected graph; an explicit operator may not be).
         lap_t = scipy.sparse.coo_matrix((vals, (idx[:, 0], idx[:, 1])), shape=(self.num_nodes,) * 2).T.tocoo()
         order = np.lexsort((lap_t.col, lap_t.row))
         self._lap_t_indices = np.stack([lap_t.row[order], lap_t.col[order]], 1).astype(np.int64).reshape(-1, 2)
         self._lap_t_values = lap_t.data[order].astype(np.float32)
-        self._symmetric = bool(np.array_equal(self._lap_t_indices, idx) and np.array_equal(self._lap_t_values, vals))
         # SparseMatrixMatMul has no XLA kernel.
         self.supports_jit = False
 
@@ -116,14 +126,15 @@ class ChebConv(keras.layers.Layer):
                                                             dense_shape=shape)
 
         lap = csr(self._lap_indices, self._lap_values)
-        lap_t = lap if self._symmetric else csr(self._lap_t_indices, self._lap_t_values)
+
+        def grad(dy):
+            # L~^T dy by the plain (non-adjoint) kernel: TF's registered gradient takes the adjoint path. The CSR
+            # is built here, not captured: a SavedModel cannot serialise a gradient function capturing a variant.
+            return tf.raw_ops.SparseMatrixMatMul(a=csr(self._lap_t_indices, self._lap_t_values), b=dy)
 
         @tf.custom_gradient
         def product(z):
-            # TF's registered gradient of SparseMatrixMatMul w.r.t. b multiplies by the adjoint; L~ of an
-            # undirected graph is symmetric, so the forward kernel is reused (no adjoint pass).
-            y = tf.raw_ops.SparseMatrixMatMul(a=lap, b=z)
-            return y, lambda dy: tf.raw_ops.SparseMatrixMatMul(a=lap_t, b=dy)
+            return tf.raw_ops.SparseMatrixMatMul(a=lap, b=z), grad
 
         return product
 
