@@ -172,3 +172,18 @@ def test_vertex_node_round_trip_on_packaged_graph():
     for v in (0, 500, 1304):
         group = pos[anc == anc[v]]
         np.testing.assert_allclose(back[0, v], x[0, graph.perms[0][group]].max(0))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])  # bfloat16: the -inf penalty in half precision
+def test_masked_pool_gradient_goes_to_the_real_argmax_only(dtype):
+    # groups of 4: [real, real, fake, fake] (max at node 1), [fake x 4] (-> 0, no gradient)
+    x = tf.constant([[[1.0], [2.0], [9.0], [5.0], [7.0], [8.0], [3.0], [4.0]]], dtype)
+    layer = GraphMaxPool(2, real_mask=[True, True, False, False] + [False] * 4, dtype=dtype)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x)
+        loss = tf.reduce_sum(tf.cast(y, tf.float32) * tf.constant([[[3.0], [5.0]]]))
+    assert y.dtype == dtype
+    np.testing.assert_array_equal(tf.cast(y, tf.float32).numpy().ravel(), [2.0, 0.0])
+    np.testing.assert_array_equal(tf.cast(tape.gradient(loss, x), tf.float32).numpy().ravel(),
+                                  [0, 3, 0, 0, 0, 0, 0, 0])

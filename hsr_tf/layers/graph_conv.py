@@ -148,29 +148,28 @@ class ChebConv(keras.layers.Layer):
         product = self._product()
         # Node-major [M, B * F] so every L~ product is one CSR x dense matmul over the whole batch; the
         # [B, M, F] <-> [M, B, F] transposes move F-long rows (the old [M, F, B] layout moved single scalars).
+        xn = tf.reshape(tf.transpose(x, [1, 0, 2]), [-1, f_in])                  # [M B, F_in]
+        thetas = [kernel[i * f_in:(i + 1) * f_in] for i in range(k_terms)]       # K x [F_in, F_out], k-major rows
+        # One matmul per theta_k, summed, rather than one on the concatenated T_k x: the concat's copy cost
+        # as much as the matmul (benchmarks/graph_conv.py, notes).
         if f_out < f_in:
-            # Transform first, then Clenshaw: sum_k T_k(L~) (x theta_k) costs K - 1 products of width F_out.
-            # b_k = y_k + 2 L~ b_{k+1} - b_{k+2} (k = K-1..1), result = y_0 + L~ b_1 - b_2.
-            theta = tf.reshape(tf.transpose(tf.reshape(kernel, [k_terms, f_in, f_out]), [1, 0, 2]),
-                               [f_in, k_terms * f_out])                           # [F_in, K * F_out]
-            y = tf.transpose(tf.matmul(x, theta), [1, 0, 2])                      # [M, B, K * F_out]
-            y = tf.reshape(tf.cast(y, sdt), [m, -1, k_terms, f_out])
-            ys = [tf.reshape(y[:, :, i], [m, -1]) for i in range(k_terms)]       # K x [M, B * F_out]
+            # Transform first, then Clenshaw: sum_k T_k(L~) y_k with y_k = x theta_k costs K - 1 products of
+            # width F_out: b_k = y_k + 2 L~ b_{k+1} - b_{k+2} (k = K-1..1), result = y_0 + L~ b_1 - b_2.
+            ys = [tf.reshape(tf.cast(tf.matmul(xn, theta), sdt), [m, -1]) for theta in thetas]  # [M, B F_out]
             b1, b2 = ys[-1], tf.zeros_like(ys[0])
             for i in range(k_terms - 2, 0, -1):
                 b1, b2 = ys[i] + 2.0 * product(b1) - b2, b1
-            out = ys[0] if k_terms == 1 else ys[0] + product(b1) - b2
-            out = tf.cast(tf.reshape(out, [m, -1, f_out]), dt)                    # [M, B, F_out]
+            out = tf.cast(ys[0] if k_terms == 1 else ys[0] + product(b1) - b2, dt)
         else:
-            # Recurrence first on width F_in, then one [M B, K F_in] x [K F_in, F_out] matmul (k-major rows).
-            x0 = tf.reshape(tf.cast(tf.transpose(x, [1, 0, 2]), sdt), [m, -1])  # [M, B * F_in]
-            terms = [x0]
+            # Recurrence first on width F_in: T_0 x = x, T_1 x = L~ x, T_k x = 2 L~ T_{k-1} x - T_{k-2} x.
+            terms = [tf.reshape(tf.cast(xn, sdt), [m, -1])]                       # [M, B F_in]
             if k_terms > 1:
-                terms.append(product(x0))
+                terms.append(product(terms[0]))
             for _ in range(2, k_terms):
                 terms.append(2.0 * product(terms[-1]) - terms[-2])
-            t = tf.concat([tf.reshape(tf.cast(term, dt), [m, -1, f_in]) for term in terms], -1)  # [M, B, K F_in]
-            out = tf.matmul(t, kernel)                                            # [M, B, F_out]
+            out = tf.add_n([tf.matmul(tf.reshape(tf.cast(term, dt), [-1, f_in]), theta)
+                            for term, theta in zip(terms, thetas)])              # [M B, F_out]
+        out = tf.reshape(out, [m, -1, f_out])
         y = tf.transpose(out, [1, 0, 2])
         if self.bias is not None:
             y = y + tf.cast(self.bias, y.dtype)
@@ -243,10 +242,12 @@ class GraphMaxPool(keras.layers.Layer):
             return tf.reduce_max(groups, axis=2)
         if len(self.real_mask) != m:
             raise ValueError(f"{self.name}: x: expected {len(self.real_mask)} nodes (real_mask), found {m}")
-        mask = tf.reshape(tf.constant(self.real_mask), [1, m // g, g, 1])
-        lowest = tf.constant(np.finfo(np.float32).min, x.dtype)
-        pooled = tf.reduce_max(tf.where(mask, groups, lowest), axis=2)
-        any_real = tf.reduce_any(mask, axis=2)
+        # Fake nodes get -inf added (an add's gradient is free; a where over the whole input cost ~1.5 x more
+        # forward + backward, benchmarks/graph_conv.py); all-fake groups (max -inf) are then set to 0.
+        mask = np.asarray(self.real_mask).reshape(1, m // g, g, 1)
+        penalty = tf.constant(np.where(mask, 0.0, -np.inf), x.dtype)
+        pooled = tf.reduce_max(groups + penalty, axis=2)
+        any_real = tf.constant(mask.any(axis=2))
         return tf.where(any_real, pooled, tf.zeros_like(pooled))
 
     def compute_output_shape(self, input_shape):
