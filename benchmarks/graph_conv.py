@@ -18,7 +18,8 @@ so that both see the same load. GFLOP/s = each path's own multiply-add count (de
 frame; sparse: 2 nnz(L~) C per product, K - 1 products, C = F_in, or F_out on the Clenshaw path; backward
 counted as 2 x the dense and 1 x the sparse forward) / wall time, divided by the rate of a dense float32
 2048 x 2048 matmul measured in the same run. A per-layer table (B = --layer_batch, fwd + bwd) shows where the
-time goes, up/down-sampling included.
+time goes, up/down-sampling included. Last, the whole CPU-sized RGB network's forward + backward
+(--whole_net_batch), old vs new.
 
 Legend: B batch, M_l nodes of level l (M_0 = 1680, M_2 = 420, M_4 = 105), F features, K Chebyshev order.
 """
@@ -41,6 +42,8 @@ flags.DEFINE_list("policies", ["float32", "mixed_bfloat16"], "Keras dtype polici
 flags.DEFINE_integer("repeats", 7, "timed runs per measurement (the minimum is reported)")
 flags.DEFINE_integer("layer_batch", 32, "B of the per-layer table (0: no table)")
 flags.DEFINE_integer("seed", 0, "random seed")
+flags.DEFINE_integer("whole_net_batch", 32, "B of the whole CPU-sized RGB network's forward + backward, old vs new "
+                     "ChebConv (0: skip)")
 
 
 def legacy_chebconv(layer, x):
@@ -172,7 +175,48 @@ def main(argv):
                       f"{times['old fwd+bwd'][1] / times['new fwd+bwd'][1]:.2f} x")
             if FLAGS.layer_batch and bsz == int(FLAGS.batches[-1]):
                 per_layer_table(stacks, FLAGS.layer_batch, FLAGS.repeats)
+    if FLAGS.whole_net_batch:
+        keras.mixed_precision.set_dtype_policy("float32")
+        whole_net(FLAGS.whole_net_batch, FLAGS.repeats, FLAGS.seed)
     print(f"\nload average at the end {os.getloadavg()[0]:.2f} (1 min)")
+
+
+def whole_net(bsz, repeats, seed):
+    """The CPU-sized RGBMeshNet (benchmarks._inference_rgb.CPU_NETWORK, mesh variant, float32): forward + backward
+    of every trainable variable (loss: sum of squared vertices and joints, no optimizer), old vs new ChebConv."""
+    from benchmarks._inference_rgb import CPU_NETWORK
+    from hsr_tf.models.rgb_mesh_net import RGBMeshNet
+
+    keras.utils.set_random_seed(seed)
+    net = RGBMeshNet("mesh", **CPU_NETWORK)
+    inputs = net.example_input(bsz)
+    inputs["image"] = tf.random.stateless_uniform(inputs["image"].shape, seed=[seed, 3])
+    net(inputs)
+    new_call = ChebConv.call
+
+    def traced(legacy):
+        # The old path is swapped in only while this function is traced.
+        ChebConv.call = (lambda self, x: legacy_chebconv(self, x)) if legacy else new_call
+
+        @tf.function
+        def step():
+            with tf.GradientTape() as tape:
+                out = net(inputs, training=True)
+                loss = 1e-6 * (tf.reduce_sum(out["vertices"] ** 2) + tf.reduce_sum(out["joints"] ** 2))
+            return [g for g in tape.gradient(loss, net.trainable_variables) if g is not None]
+
+        try:
+            step.get_concrete_function()
+        finally:
+            ChebConv.call = new_call
+        return lambda: [g.numpy() for g in step()]
+
+    times = best({"old": traced(True), "new": traced(False)}, repeats)
+    print(f"\nwhole CPU-sized RGB network (mesh variant, 64 px), B={bsz}, forward + backward, float32")
+    for tag in ("old", "new"):
+        wall, cpu = times[tag]
+        print(f"  {tag}: {1e3 * wall:8.1f} ms (CPU {1e3 * cpu:8.1f}), {bsz / wall:6.1f} samples/s")
+    print(f"  old / new wall: {times['old'][0] / times['new'][0]:.2f} x")
 
 
 def per_layer_table(stacks, bsz, repeats):
