@@ -31,16 +31,22 @@ import numpy as np
 from absl import app, flags, logging
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("saved_model", None, "RGB SavedModel directory written by experiments.export.")
-flags.DEFINE_string("image", None, "Photo (JPG/PNG, any size; converted to RGB).")
-flags.DEFINE_string("bbox", None, "x,y,w,h: box around the hand, px (default: the whole photo).")
-flags.DEFINE_float("margin", 0.25, "Added on each side of --bbox, fraction of its longer side (the training "
-                   "crops' margin).")
-flags.DEFINE_string("camera", None, "fx,fy,cx,cy of the photo, px (default: see the module docstring).")
-flags.DEFINE_enum("hand", "right", ["right", "left"], "Which hand the photo shows.")
-flags.DEFINE_float("root_depth", None, "Wrist depth, mm (default 500).")
-flags.DEFINE_float("bone_scale", None, "Middle finger MCP -> PIP length, mm (default: the hand model's mean).")
-flags.DEFINE_string("out_dir", None, "Output directory (default: <image>_prediction next to the photo).")
+
+
+def define_flags():
+    """The program's flags, defined when it runs: importing this module (tests, other programs whose flags share
+    names such as --out_dir) defines none."""
+    flags.DEFINE_string("saved_model", None, "RGB SavedModel directory written by experiments.export.")
+    flags.DEFINE_string("image", None, "Photo (JPG/PNG, any size; converted to RGB).")
+    flags.DEFINE_string("bbox", None, "x,y,w,h: box around the hand, px (default: the whole photo).")
+    flags.DEFINE_float("margin", 0.25, "Added on each side of --bbox, fraction of its longer side (the training "
+                       "crops' margin).")
+    flags.DEFINE_string("camera", None, "fx,fy,cx,cy of the photo, px (default: see the module docstring).")
+    flags.DEFINE_enum("hand", "right", ["right", "left"], "Which hand the photo shows.")
+    flags.DEFINE_float("root_depth", None, "Wrist depth, mm (default 500).")
+    flags.DEFINE_float("bone_scale", None, "Middle finger MCP -> PIP length, mm (default: the hand model's mean).")
+    flags.DEFINE_string("out_dir", None, "Output directory (default: <image>_prediction next to the photo).")
+
 
 DEFAULT_ROOT_DEPTH_MM = 500.0
 FINGER_COLOURS = ((255, 60, 60), (255, 220, 0), (60, 220, 60), (0, 220, 220), (230, 60, 230))
@@ -213,6 +219,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     flags.mark_flag_as_required("saved_model")
     flags.mark_flag_as_required("image")
     app.run(main)
