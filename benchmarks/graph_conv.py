@@ -47,7 +47,10 @@ flags.DEFINE_integer("whole_net_batch", 32, "B of the whole CPU-sized RGB networ
 
 
 def legacy_chebconv(layer, x):
-    """The ChebConv.call of before this change (same maths, same weights): [B, M, F_in] -> [B, M, F_out]."""
+    """The ChebConv.call of before this change (same maths, same weights): [B, M, F_in] -> [B, M, F_out].
+
+    Also usable as ``ChebConv.call`` itself (``layer`` is then ``self``).
+    """
     lap = tf.sparse.SparseTensor(layer._lap_indices, tf.constant(layer._lap_values, x.dtype),
                                  (layer.num_nodes, layer.num_nodes))
     b, m, f_in, k_terms = tf.shape(x)[0], layer.num_nodes, layer.f_in, layer.K
@@ -152,9 +155,11 @@ def main(argv):
         stacks = build_stacks(graph)
         for bsz in (int(b) for b in FLAGS.batches):
             for name, ((m, f), layers) in stacks.items():
-                x = tf.cast(tf.random.stateless_normal([bsz, m, f], seed=[FLAGS.seed, bsz]), keras.config.dtype_policy().compute_dtype)
+                x = tf.cast(tf.random.stateless_normal([bsz, m, f], seed=[FLAGS.seed, bsz]),
+                            keras.config.dtype_policy().compute_dtype)
                 run_stack(layers, x, False)  # builds the layers
-                variables = [v.value for layer in layers if not isinstance(layer, str) for v in layer.trainable_weights]
+                variables = [v.value for layer in layers if not isinstance(layer, str)
+                             for v in layer.trainable_weights]
                 fns = make_fns(layers, x, variables)
                 new, old = fns.pop("_new")().numpy(), fns.pop("_old")().numpy()
                 diff = float(np.max(np.abs(new.astype(np.float32) - old.astype(np.float32))))
@@ -167,7 +172,8 @@ def main(argv):
                     gf, gb = fl_f * bsz / wf / 1e9, fl_b * bsz / wb / 1e9
                     print(f"  {tag}: fwd {1e3 * wf:8.2f} ms (CPU {1e3 * cf:8.2f}, {1e3 * wf / bsz:7.3f} ms/frame, "
                           f"{gf:5.2f} GFLOP/s = {gf / mm:.3f} x matmul)   fwd+bwd {1e3 * wb:8.2f} ms (CPU "
-                          f"{1e3 * cb:8.2f}, {1e3 * wb / bsz:7.3f} ms/frame, {gb:5.2f} GFLOP/s = {gb / mm:.3f} x matmul)")
+                          f"{1e3 * cb:8.2f}, {1e3 * wb / bsz:7.3f} ms/frame, {gb:5.2f} GFLOP/s = "
+                          f"{gb / mm:.3f} x matmul)")
                 ratio_f = times["old fwd"][0] / times["new fwd"][0]
                 ratio_b = times["old fwd+bwd"][0] / times["new fwd+bwd"][0]
                 print(f"  old / new wall: fwd {ratio_f:.2f} x, fwd+bwd {ratio_b:.2f} x; CPU: fwd "
@@ -196,7 +202,7 @@ def whole_net(bsz, repeats, seed):
 
     def traced(legacy):
         # The old path is swapped in only while this function is traced.
-        ChebConv.call = (lambda self, x: legacy_chebconv(self, x)) if legacy else new_call
+        ChebConv.call = legacy_chebconv if legacy else new_call
 
         @tf.function
         def step():
