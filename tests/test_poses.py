@@ -80,8 +80,11 @@ def test_deterministic(library):
     assert np.abs(other.angles - library.angles).max() > 0.1
     small = poses.pose_library(num_poses=100, seed=0)
     assert len(small) == 100 and np.all(poses.within_limits(small.angles))
-    with pytest.raises(ValueError, match="num_poses"):
-        poses.pose_library(num_poses=3)
+    # any positive count is served (a small one is a prefix of the named gestures); zero and negatives are refused
+    assert len(poses.pose_library(num_poses=3, seed=0)) == 3
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match="num_poses"):
+            poses.pose_library(num_poses=bad)
 
 
 def test_theta_for_conventions(subject, library):
