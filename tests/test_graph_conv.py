@@ -107,6 +107,8 @@ def test_chebconv_bad_laplacian_names_the_argument():
         ChebConv(2, laplacian={"indices": [[0, 0], [1, 3]], "values": [1.0, 1.0], "num_nodes": 3})
     with pytest.raises(ValueError, match="laplacian: expected one value per index pair"):
         ChebConv(2, laplacian={"indices": [[0, 0], [1, 1]], "values": [1.0], "num_nodes": 3})
+    with pytest.raises(ValueError, match="laplacian: expected each \\(row, col\\) once, found \\(1, 2\\)"):
+        ChebConv(2, laplacian={"indices": [[1, 2], [0, 0], [1, 2]], "values": [1.0, 1.0, 2.0], "num_nodes": 3})
 
 
 @pytest.mark.parametrize("f_in,f_out", [(3, 8), (8, 3)])
