@@ -107,8 +107,6 @@ def test_chebconv_bad_laplacian_names_the_argument():
         ChebConv(2, laplacian={"indices": [[0, 0], [1, 3]], "values": [1.0, 1.0], "num_nodes": 3})
     with pytest.raises(ValueError, match="laplacian: expected one value per index pair"):
         ChebConv(2, laplacian={"indices": [[0, 0], [1, 1]], "values": [1.0], "num_nodes": 3})
-    with pytest.raises(ValueError, match="laplacian: expected each \\(row, col\\) once, found \\(1, 2\\)"):
-        ChebConv(2, laplacian={"indices": [[1, 2], [0, 0], [1, 2]], "values": [1.0, 1.0, 2.0], "num_nodes": 3})
 
 
 @pytest.mark.parametrize("f_in,f_out", [(3, 8), (8, 3)])
@@ -190,3 +188,18 @@ def test_masked_pool_gradient_goes_to_the_real_argmax_only(dtype):
     np.testing.assert_array_equal(tf.cast(y, tf.float32).numpy().ravel(), [2.0, 0.0])
     np.testing.assert_array_equal(tf.cast(tape.gradient(loss, x), tf.float32).numpy().ravel(),
                                   [0, 3, 0, 0, 0, 0, 0, 0])
+
+
+def test_chebconv_repeated_entries_are_summed():
+    # as before the CSR change (tf.sparse.sparse_dense_matmul summed them): L = [[0.5, 0], [0, 0.3 + 0.4]]
+    spec = {"indices": [[1, 1], [0, 0], [1, 1]], "values": [0.3, 0.5, 0.4], "num_nodes": 2}
+    layer = ChebConv(1, K=2, laplacian=spec, use_bias=False, dtype="float64")
+    x = np.array([[[2.0], [3.0]]])
+    layer(x)
+    layer.kernel.assign([[0.0], [1.0]])  # theta_0 = 0, theta_1 = 1: y = L x
+    np.testing.assert_allclose(layer(x).numpy().ravel(), [1.0, 2.1], atol=1e-7)
+    with tf.GradientTape() as tape:
+        xt = tf.constant(x)
+        tape.watch(xt)
+        y = layer(xt)
+    np.testing.assert_allclose(tape.gradient(y, xt).numpy().ravel(), [0.5, 0.7], atol=1e-7)

@@ -87,10 +87,7 @@ class ChebConv(keras.layers.Layer):
                              f"{len(idx)} pairs")
         order = np.lexsort((idx[:, 1], idx[:, 0]))  # CSR conversion wants row-major order (a spec may not be)
         idx, vals = idx[order], vals[order]
-        repeated = np.nonzero(np.all(idx[1:] == idx[:-1], axis=1))[0]
-        if repeated.size:
-            pair = tuple(int(i) for i in idx[repeated[0]])
-            raise ValueError(f"laplacian: expected each (row, col) once, found {pair} repeated")
+        # A (row, col) given twice is summed, as tf.sparse.sparse_dense_matmul did (the CSR conversion sums too).
         self._lap_indices, self._lap_values = idx, vals
         # L~^T for the gradient of L~ z (equal to L~ for an undirected graph; an explicit operator may not be).
         lap_t = scipy.sparse.coo_matrix((vals, (idx[:, 0], idx[:, 1])), shape=(self.num_nodes,) * 2).T.tocoo()
