@@ -28,19 +28,11 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from benchmarks._timing import best_time
+
 PAPER_MS = {"total": 19.9, "hourglass": 12.6, "encoder_gcn": 4.7, "pose_regressor": 2.6}
 CPU_NETWORK = dict(image_size=64, filters=32, num_residual=1, gcn_fc=256, gcn_features=(32, 16),
                    regressor_features=(16, 32), regressor_hidden=128, mlp_hidden=256)
-
-
-def _best(fn, repeats):
-    fn()  # warm-up (tracing)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.min(times))
 
 
 def _sparse_flops_per_frame(net) -> int:
@@ -110,8 +102,8 @@ def run(config_name: str, overrides: dict, batch: int, repeats: int, train_batch
     res["export_s"] = time.perf_counter() - t0
     served = tf.saved_model.load(d).signatures["serving_default"]
     x1, xb = inputs(1), inputs(batch)
-    lat = _best(lambda: served(**x1)["vertices"].numpy(), repeats)
-    thr = _best(lambda: served(**xb)["vertices"].numpy(), max(2, repeats // 2))
+    lat = best_time(lambda: served(**x1)["vertices"].numpy(), repeats)
+    thr = best_time(lambda: served(**xb)["vertices"].numpy(), max(2, repeats // 2))
     res.update(latency_b1_ms=1e3 * lat, throughput_fps=batch / thr, achieved_gflops=flops * batch / thr / 1e9)
     res["efficiency_vs_matmul"] = res["achieved_gflops"] / matmul_gflops
     resize = "no resize" if s == 256 else f"resized to {s} inside"
@@ -137,7 +129,7 @@ def run(config_name: str, overrides: dict, batch: int, repeats: int, train_batch
         for name, fn in (("hourglass", lambda: f_hg(img).numpy()),
                          ("encoder_gcn", lambda: f_gcn(hg["features"], hg["heatmaps"]).numpy()),
                          ("pose_regressor", lambda: f_pose(uvd).numpy())):
-            parts[f"{name}_b{b}_ms_per_frame"] = 1e3 * _best(fn, repeats if b == 1 else max(2, repeats // 2)) / b
+            parts[f"{name}_b{b}_ms_per_frame"] = 1e3 * best_time(fn, repeats if b == 1 else max(2, repeats // 2)) / b
     res["parts"] = parts
     print("  parts, ms per frame at B=1 | at B=%d (paper, GTX 1080):" % batch)
     for name in ("hourglass", "encoder_gcn", "pose_regressor"):
@@ -170,7 +162,7 @@ def run(config_name: str, overrides: dict, batch: int, repeats: int, train_batch
         t0 = time.perf_counter()
         step().numpy()
         res["train_trace_s"] = time.perf_counter() - t0
-        t = _best(lambda: step().numpy(), train_steps)
+        t = best_time(lambda: step().numpy(), train_steps)
         res["train_samples_per_s"], res["train_batch"] = b / t, b
         print(f"  training (phase 3, L_fully, RMSprop): {b / t:.2f} samples/s ({t:.2f} s per batch of {b}; first "
               f"call incl. tracing {res['train_trace_s']:.1f} s)")

@@ -73,6 +73,28 @@ def _decode_stb_chunk(pairs):
     return len(pairs)
 
 
+def _decode_vs_convert(items, decode_chunk, convert, out_dir, workers):
+    """Best-of-``--repeats`` seconds of decoding ``items`` (spread over ``workers`` processes with
+    ``decode_chunk``) and of ``convert(out_dir)`` into a fresh directory; returns (decode_s, convert_s, result)."""
+    n = len(items)
+    chunks = [items[i::workers] for i in range(workers)]
+    ctx = multiprocessing.get_context("fork")
+    decode_s, convert_s, res = [], [], None
+    for _ in range(FLAGS.repeats):
+        t0 = time.perf_counter()
+        if workers > 1:
+            with ctx.Pool(workers) as pool:
+                assert sum(pool.map(decode_chunk, chunks)) == n
+        else:
+            decode_chunk(items)
+        decode_s.append(time.perf_counter() - t0)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        t0 = time.perf_counter()
+        res = convert(out_dir)
+        convert_s.append(time.perf_counter() - t0)
+    return min(decode_s), min(convert_s), res
+
+
 def _stb_rate(tmp, workers):
     """STB conversion vs decoding the same PNGs alone (frames/s); see the module docstring."""
     from data_prep import stb
@@ -87,24 +109,10 @@ def _stb_rate(tmp, workers):
     tasks = stb.list_frames(raw, ["B1Counting"])["test"]
     pairs = [t.source[1:3] for t in tasks]
     n = len(pairs)
-    chunks = [pairs[i::workers] for i in range(workers)]
-    ctx = multiprocessing.get_context("fork")
-    decode_s, convert_s = [], []
-    for _ in range(FLAGS.repeats):
-        t0 = time.perf_counter()
-        if workers > 1:
-            with ctx.Pool(workers) as pool:
-                assert sum(pool.map(_decode_stb_chunk, chunks)) == n
-        else:
-            _decode_stb_chunk(pairs)
-        decode_s.append(time.perf_counter() - t0)
-        out = os.path.join(tmp, "stb_out")
-        shutil.rmtree(out, ignore_errors=True)
-        t0 = time.perf_counter()
-        res = stb.convert(raw, out, sequences=["B1Counting"], shard_size=max(1, n // workers), num_workers=workers,
-                          progress=False)
-        convert_s.append(time.perf_counter() - t0)
-    d, c = min(decode_s), min(convert_s)
+    d, c, res = _decode_vs_convert(
+        pairs, _decode_stb_chunk,
+        lambda out: stb.convert(raw, out, sequences=["B1Counting"], shard_size=max(1, n // workers),
+                                num_workers=workers, progress=False), os.path.join(tmp, "stb_out"), workers)
     report = {"stb_frames": n, "workers": workers, "written": res["test"]["frames"], "decode_fps": n / d,
               "convert_fps": n / c, "convert_over_decode_time": c / d}
     print(json.dumps(report, indent=2))
@@ -232,24 +240,10 @@ def main(argv):
         tasks = nyu.list_frames(raw, "test")
         paths = [t.name for t in tasks]
         n = len(paths)
-        chunks = [paths[i::workers] for i in range(workers)]
-        decode_s, convert_s = [], []
-        ctx = multiprocessing.get_context("fork")
-        for _ in range(FLAGS.repeats):
-            t0 = time.perf_counter()
-            if workers > 1:
-                with ctx.Pool(workers) as pool:
-                    assert sum(pool.map(_decode_chunk, chunks)) == n
-            else:
-                _decode_chunk(paths)
-            decode_s.append(time.perf_counter() - t0)
-            out = os.path.join(tmp, "out")
-            shutil.rmtree(out, ignore_errors=True)
-            t0 = time.perf_counter()
-            res = nyu.convert(raw, out, splits=("test",), shard_size=FLAGS.shard_size, num_workers=workers,
-                              progress=False)
-            convert_s.append(time.perf_counter() - t0)
-        d, c = min(decode_s), min(convert_s)
+        d, c, res = _decode_vs_convert(
+            paths, _decode_chunk,
+            lambda out: nyu.convert(raw, out, splits=("test",), shard_size=FLAGS.shard_size, num_workers=workers,
+                                    progress=False), os.path.join(tmp, "out"), workers)
         report = {"frames": n, "workers": workers, "written": res["test"]["frames"],
                   "skipped": len(res["test"]["skipped"]), "decode_fps": n / d, "convert_fps": n / c,
                   "convert_over_decode_time": c / d}

@@ -37,6 +37,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
+from benchmarks._timing import best_time  # noqa: E402
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("hand_model", None, "Hand model .npz (default: the packaged asset).")
 flags.DEFINE_string("shape_network", None, "JSON ShapeNetwork overrides (default: the paper-size network).")
@@ -54,16 +56,6 @@ flags.DEFINE_string("rgb_configs", "cpu,paper", "--model=rgb: comma-separated ne
                     "network of experiments/flags/rgb_cpu_small.flags, 64 px) and/or 'paper' (256 px, 256 features).")
 flags.DEFINE_string("rgb_network", None, "--model=rgb: JSON overrides applied to every network of --rgb_configs.")
 flags.DEFINE_integer("rgb_train_batch", 8, "--model=rgb: batch of the timed training steps.")
-
-
-def best_time(fn, repeats):
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.min(times))
 
 
 def matmul_gflops(n=2048, repeats=5):
