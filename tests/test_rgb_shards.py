@@ -4,6 +4,8 @@ import os
 import h5py
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from hsr_tf.data import rgb_shards as rs
 from hsr_tf.hand_model.skeleton import JOINT_NAMES
@@ -121,5 +123,87 @@ def test_malformed_files_raise(tmp_path):
     rs.write_rgb_shard(third, _arrays(), ATTRS)
     with h5py.File(third, "a") as f:
         f["joints"][1, 3, 0] = f["joints"][1, 3, 0] + 30.0  # joints no longer project to joints_uv
+    with pytest.raises(rs.RGBShardError, match="train-00003.h5: field 'joints': frame 1: content digest mismatch"):
+        rs.read_rgb_shard(third)
+    with h5py.File(third, "a") as f:  # a consistent digest: now the schema's redundancy check has to catch it
+        f["joints"].attrs["crc32"] = rs.shards.row_digests(f["joints"][()])
     with pytest.raises(rs.RGBShardError, match="field 'joints_uv'"):
         rs.read_rgb_shard(third)
+
+
+def test_changed_pixel_fails_its_frame_digest(tmp_path):
+    """A pixel rewritten in place (valid HDF5, chunk re-compressed) fails the digest of its frame only, in the
+    loader and in the training reader's per-frame path."""
+    from hsr_tf.data import rgb_reader
+
+    path = str(tmp_path / "train-00000.h5")
+    a = _arrays()
+    rs.write_rgb_shard(path, a, ATTRS)
+    with h5py.File(path, "a") as f:
+        f["image"][2, 5, 5, 1] = (int(f["image"][2, 5, 5, 1]) + 1) % 256
+    part, _ = rs.read_rgb_shard(path, fields=["image"], start=0, stop=2)
+    np.testing.assert_array_equal(part["image"], a["image"][:2].astype(np.uint8))
+    with pytest.raises(rs.RGBShardError, match="train-00000.h5: field 'image': frame 2: content digest mismatch"):
+        rs.read_rgb_shard(path, fields=["image"], start=-1)
+    source = rgb_reader._FrameSource([path])
+    np.testing.assert_array_equal(source.read(1)[0], a["image"][1].astype(np.uint8))
+    with pytest.raises(rs.RGBShardError, match="train-00000.h5: field 'image': frame 2: content digest mismatch"):
+        source.read(2)
+
+
+def test_version_1_shard_without_digests_is_read(tmp_path):
+    path = str(tmp_path / "train-00000.h5")
+    a = _arrays(sequence=np.array(["x", "y", "z"]))
+    rs.write_rgb_shard(path, a, ATTRS)
+    with h5py.File(path, "a") as f:
+        for name in f:
+            del f[name].attrs["crc32"]
+        del f.attrs["attrs_crc32"]
+        f.attrs["schema_version"] = 1
+    assert rs.validate_rgb_shard(path)["digests"] == {}
+    out, attrs = rs.read_rgb_shard(path)
+    assert attrs["schema_version"] == 1 and list(out["sequence"]) == ["x", "y", "z"]
+    np.testing.assert_array_equal(out["depth"], a["depth"].astype(np.uint16))
+    with h5py.File(path, "a") as f:
+        f.attrs["schema_version"] = 2  # version 2 without digests: refused
+    with pytest.raises(rs.RGBShardError, match="train-00000.h5: attribute 'attrs_crc32'|expected the attribute "
+                                               "'crc32'"):
+        rs.read_rgb_shard(path)
+
+
+def _check_flipped(path, positions):
+    ref = _arrays(seed=5, sequence=np.array(["B1Counting", "B2Random", "B1Counting"]))
+    rs.write_rgb_shard(path, ref, ATTRS)
+    with open(path, "r+b") as f:
+        size = os.fstat(f.fileno()).st_size
+        for p in positions:
+            f.seek(p % size)
+            b = f.read(1)
+            f.seek(p % size)
+            f.write(bytes([b[0] ^ 0xFF]))
+    try:
+        got, attrs = rs.read_rgb_shard(path)
+    except rs.RGBShardError as e:
+        assert path in str(e)
+        return
+    # no error: the flips hit unused bytes, and every value must be what was written
+    for k, v in ref.items():
+        v = np.asarray(v)
+        if v.dtype.kind in "OSU":
+            assert list(got[k]) == list(v), k
+        else:
+            assert np.array_equal(got[k], v.astype(rs.FIELDS[k][0])), k
+    assert {k: attrs[k] for k in ATTRS} == ATTRS
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(st.integers(0, 1 << 20), min_size=1, max_size=4))
+def test_flipped_bytes_raise_or_leave_data_intact(tmp_path_factory, positions):
+    _check_flipped(str(tmp_path_factory.mktemp("flip") / "train-00000.h5"), positions)
+
+
+@pytest.mark.slow
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(st.integers(0, 1 << 20), min_size=1, max_size=8))
+def test_flipped_bytes_many(tmp_path_factory, positions):
+    _check_flipped(str(tmp_path_factory.mktemp("flip") / "train-00000.h5"), positions)

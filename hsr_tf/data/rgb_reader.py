@@ -130,6 +130,9 @@ class _FrameSource:
             f = h5py.File(path, "r")
             large = {k: f[k] for k in self.LARGE + (("vertices",) if "vertices" in f else ())}
             small = {k: f[k][()] for k in self.SMALL}
+            digests = self.infos[i]["digests"]  # empty for a version-1 shard (no digests stored)
+            for k, v in small.items():
+                rgb_shards.check_digests(path, k, v, digests.get(k))
             for name in ("joints", "joints_uv", "camera"):
                 bad = np.flatnonzero(~np.isfinite(small[name].reshape(len(small[name]), -1)).all(-1))
                 if len(bad):
@@ -146,6 +149,10 @@ class _FrameSource:
             img, mask, depth = (large[k][j] for k in self.LARGE)
             has_v = "vertices" in large
             verts = large["vertices"][j] if has_v else np.zeros((NUM_VERTICES, 3), np.float32)
+            digests = self.infos[i]["digests"]
+            for k, v in zip(self.LARGE + ("vertices",), (img, mask, depth, verts if has_v else None)):
+                if v is not None:
+                    rgb_shards.check_digests(path, k, v[None], digests.get(k), j)
         except (OSError, RuntimeError, ValueError, KeyError) as e:
             if isinstance(e, RGBShardError):
                 raise

@@ -25,8 +25,14 @@ Pixel convention: integer pixel (row r, col c) is the ray through (u, v) = (c, r
 indexed ``image[v, u]``. A crop resized by factor k maps u -> (u + 0.5) k - 0.5 (and cx, cy alike; fx, fy -> k f).
 
 File attributes (required): ``dataset`` (str), ``split`` (str), ``image_size`` (int S), ``joint_names``
-(list of J str), ``schema_version`` (== RGB_SCHEMA_VERSION, added by the writer), ``kind`` (== "rgb", added
-by the writer). Writers may add more (e.g. ``root_convention`` for real sets, ``skin_tones``, ``lighting``).
+(list of J str), ``schema_version`` (1 or 2; the writer writes RGB_SCHEMA_VERSION = 2), ``kind`` (== "rgb",
+added by the writer). Writers may add more (e.g. ``root_convention`` for real sets, ``skin_tones``, ``lighting``).
+
+Content digests (schema version 2, required there; version-1 shards have none and stay readable unchecked),
+as in the depth shards (hsr_tf.data.shards): every dataset carries ``crc32`` (uint32 [F], CRC-32 of each
+frame's row), checked on every row read (the reader checks a frame's image, mask, depth and vertices when it
+reads them, the small fields when a shard is first used); the file carries ``attrs_crc32`` (the other file
+attributes), checked by the validator. A damaged HDF5 header can otherwise load changed values silently.
 
 The writer checks the contract's redundancies too: ``root_depth`` == joints[:, 0, 2] and ``bone_scale`` ==
 |joints[:, 9] - joints[:, 10]| (0.01 mm), and ``joints_uv`` == projection of ``joints`` by ``camera``
@@ -42,7 +48,8 @@ import numpy as np
 
 from hsr_tf.data import shards
 
-RGB_SCHEMA_VERSION = 1
+RGB_SCHEMA_VERSION = 2
+SUPPORTED_SCHEMA_VERSIONS = (1, 2)  # 1: no content digests (older shards), 2: digests required
 KIND = "rgb"
 REQUIRED_ATTRS = ("dataset", "split", "image_size", "joint_names", "schema_version", "kind")
 
@@ -115,9 +122,13 @@ def _check_layout(path, shapes: dict, dtypes: dict, attrs: dict) -> int:
     for key in REQUIRED_ATTRS:
         if key not in attrs:
             raise RGBShardError(f"{path}: attribute '{key}': expected, missing (found {sorted(attrs)})")
-    if int(attrs["schema_version"]) != RGB_SCHEMA_VERSION:
-        raise RGBShardError(f"{path}: attribute 'schema_version': expected {RGB_SCHEMA_VERSION}, "
-                            f"found {attrs['schema_version']}")
+    try:
+        version = int(attrs["schema_version"])
+    except (TypeError, ValueError):
+        version = None
+    if version not in SUPPORTED_SCHEMA_VERSIONS:
+        raise RGBShardError(f"{path}: attribute 'schema_version': expected one of {SUPPORTED_SCHEMA_VERSIONS} "
+                            f"(this library writes {RGB_SCHEMA_VERSION}), found {attrs['schema_version']!r}")
     if attrs["kind"] != KIND:
         raise RGBShardError(f"{path}: attribute 'kind': expected {KIND!r}, found {attrs['kind']!r}")
     if not isinstance(attrs["joint_names"], (list, tuple)):
@@ -221,27 +232,38 @@ def write_rgb_shard(path: str, arrays: dict, attrs: dict, compression: str = "gz
     def fill(f):
         for name, arr in arrays.items():
             if _is_string_dtype(arr.dtype):
-                f.create_dataset(name, data=arr.astype(object), dtype=h5py.string_dtype())
-                continue
-            kw = {}
-            if num_frames > 0 and arr.ndim > 1:
-                kw = {"chunks": (1,) + arr.shape[1:], "compression": compression}
-                if compression == "gzip":
-                    kw["compression_opts"] = 4
-            f.create_dataset(name, data=arr, **kw)
+                ds = f.create_dataset(name, data=arr.astype(object), dtype=h5py.string_dtype())
+            else:
+                kw = {}
+                if num_frames > 0 and arr.ndim > 1:
+                    kw = {"chunks": (1,) + arr.shape[1:], "compression": compression}
+                    if compression == "gzip":
+                        kw["compression_opts"] = 4
+                ds = f.create_dataset(name, data=arr, **kw)
+            ds.attrs[shards.DIGEST_ATTR] = shards.row_digests(arr)
         for key, value in attrs.items():
             if isinstance(value, (list, tuple)):
                 f.attrs[key] = np.array([str(v) for v in value], dtype=h5py.string_dtype())
             else:
                 f.attrs[key] = value
+        # Digest of the attributes as the reader will decode them (so types round-trip identically).
+        f.attrs[shards.ATTRS_DIGEST] = np.uint32(shards.attrs_digest(_attrs_of(f)))
 
     # In memory, then one checked write + rename: a full disk raises ShardWriteError, never a torn shard.
     shards.write_hdf5_atomically(path, fill)
 
 
+def check_digests(path, name, data, stored, start: int = 0) -> None:
+    """Rows ``data`` (frames ``start ..``) against their stored digests (None: version-1 shard, not checked).
+
+    Raises RGBShardError naming the file, field and frame on a mismatch (see hsr_tf.data.shards.check_digests)."""
+    shards.check_digests(path, name, data, stored, start, error=RGBShardError)
+
+
 def _attrs_of(f) -> dict:
     out = {}
     for key, value in f.attrs.items():
+        key = key.decode("utf-8") if isinstance(key, bytes) else str(key)  # a damaged name can come back as bytes
         if isinstance(value, np.ndarray) and value.dtype.kind in "OSU":
             out[key] = [v.decode() if isinstance(v, bytes) else str(v) for v in value.tolist()]
         elif isinstance(value, np.generic):
@@ -257,7 +279,8 @@ def validate_rgb_shard(path: str) -> dict:
     """Check an RGB shard's structure without reading its data.
 
     Returns:
-      dict ``num_frames``, ``shapes`` (field -> shape), ``dtypes``, ``attrs``.
+      dict ``num_frames``, ``shapes`` (field -> shape), ``dtypes``, ``attrs`` (without ``attrs_crc32``, which is
+      checked here), ``digests`` (field -> stored row digests uint32 [F]; empty for a version-1 shard).
     Raises:
       RGBShardError naming the file and the offending field or attribute.
     """
@@ -268,20 +291,29 @@ def validate_rgb_shard(path: str) -> dict:
     try:
         with h5py.File(path, "r") as f:
             attrs = _attrs_of(f)
+            stored = attrs.pop(shards.ATTRS_DIGEST, None)
             shapes, dtypes = {}, {}
             for name, obj in f.items():
+                name = name.decode("utf-8") if isinstance(name, bytes) else str(name)
                 if not isinstance(obj, h5py.Dataset):
                     raise RGBShardError(f"{path}: field '{name}': expected a dataset, found a group")
                 shapes[name] = tuple(obj.shape)
                 dtypes[name] = np.dtype(obj.dtype)
-    except OSError as e:
+            num_frames = _check_layout(path, shapes, dtypes, attrs)
+            version = int(attrs["schema_version"])
+            digests = shards.digests_of(f, path, version, num_frames, error=RGBShardError)
+    except RGBShardError:
+        raise
+    except shards.H5_ERRORS + (TypeError,) as e:
         raise RGBShardError(f"{path}: cannot open as HDF5 (missing, truncated or corrupt): {e}") from e
-    num_frames = _check_layout(path, shapes, dtypes, attrs)
-    return {"num_frames": num_frames, "shapes": shapes, "dtypes": dtypes, "attrs": attrs}
+    if version >= shards.DIGESTS_SINCE and (type(stored) is not int or stored != shards.attrs_digest(attrs)):
+        raise RGBShardError(f"{path}: attribute '{shards.ATTRS_DIGEST}': expected the CRC-32 of the file attributes "
+                            f"({shards.attrs_digest(attrs):08x}), found {stored!r}: an attribute is damaged")
+    return {"num_frames": num_frames, "shapes": shapes, "dtypes": dtypes, "attrs": attrs, "digests": digests}
 
 
 def read_rgb_shard(path: str, fields=None, start: int = 0, stop: int | None = None, check: bool = True):
-    """Read fields of an RGB shard (frames [start, stop)) into memory.
+    """Read fields of an RGB shard (frames [start, stop)) into memory, checking the rows against their digests.
 
     Args:
       fields: iterable of field names (default: all present). check: run :func:`check_values` when every
@@ -295,6 +327,7 @@ def read_rgb_shard(path: str, fields=None, start: int = 0, stop: int | None = No
 
     info = validate_rgb_shard(path)
     names = list(info["shapes"]) if fields is None else list(fields)
+    first = range(info["num_frames"])[start:stop].start  # the frame index of the first row read (digests)
     out = {}
     try:
         with h5py.File(path, "r") as f:
@@ -305,10 +338,13 @@ def read_rgb_shard(path: str, fields=None, start: int = 0, stop: int | None = No
                     data = f[name][start:stop]
                 except (OSError, RuntimeError, ValueError) as e:
                     raise RGBShardError(f"{path}: field '{name}': cannot read data (truncated or corrupt): {e}") from e
+                check_digests(path, name, data, info["digests"].get(name), first)
                 if _is_string_dtype(data.dtype):
                     data = np.array([v.decode() if isinstance(v, bytes) else str(v) for v in data], dtype=object)
                 out[name] = data
-    except OSError as e:
+    except RGBShardError:
+        raise
+    except shards.H5_ERRORS as e:
         raise RGBShardError(f"{path}: cannot open as HDF5 (missing, truncated or corrupt): {e}") from e
     if check:
         needed = ("joints", "camera", "joints_uv", "root_depth", "bone_scale", "mirrored")

@@ -23,7 +23,14 @@ camera_mm  = scale * normalised @ rotation^T + center.
 
 File attributes (all required): ``dataset`` (str), ``split`` (str), ``camera``
 (JSON of fx, fy, cx, cy, width, height), ``joint_names`` (list of J str),
-``schema_version`` (int, == SCHEMA_VERSION). Writers may add more attributes.
+``schema_version`` (int, 1 or 2; the writer writes SCHEMA_VERSION = 2). Writers may add more attributes.
+
+Content digests (schema version 2, required there; version-1 shards have none and stay readable unchecked):
+every dataset carries the attribute ``crc32`` (uint32 [F]): the CRC-32 of each frame's row (little-endian,
+C order, seeded with the dtype and per-frame shape; UTF-8 for strings), checked whenever rows are read; the
+file carries ``attrs_crc32`` (uint32): the CRC-32 of the other file attributes (canonical JSON), checked by
+the validator. Why: HDF5's Fletcher-32 filter covers chunk data only, so a damaged object header (datatype,
+dataspace, layout, filter pipeline) could load changed values without any error.
 
 Legend: F frames, P points, J joints, V vertices, S crop size.
 """
@@ -31,10 +38,15 @@ from __future__ import annotations
 
 import json
 import os
+import zlib
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+SUPPORTED_SCHEMA_VERSIONS = (1, 2)  # 1: no content digests (older shards), 2: digests required
+DIGESTS_SINCE = 2
+DIGEST_ATTR = "crc32"  # per dataset: uint32 [F], CRC-32 of each frame's row
+ATTRS_DIGEST = "attrs_crc32"  # per file: uint32, CRC-32 of the other file attributes
 REQUIRED_ATTRS = ("dataset", "split", "camera", "joint_names", "schema_version")
 
 # name -> (dtype, trailing shape; None = any size, must agree across a dataset's shards; 'J' = len(joint_names))
@@ -60,7 +72,7 @@ REQUIRED_FIELDS = ("points", "joints", "center", "scale")
 
 # What h5py raises on a damaged file: OSError (truncated, bad superblock, checksum), RuntimeError (bad B-tree or
 # attribute metadata), KeyError/ValueError (inconsistent object headers).
-_H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError)
+H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError)
 
 
 class ShardError(ValueError):
@@ -71,6 +83,77 @@ def _decode(value):
     if isinstance(value, bytes):
         return value.decode("utf-8")
     return value
+
+
+def row_digests(arr) -> np.ndarray:
+    """CRC-32 of each frame's row of ``arr`` ([F, ...], any numeric dtype, or [F] str/bytes).
+
+    Numbers are hashed as little-endian C-order bytes, the CRC seeded with the dtype and per-frame shape (so the
+    same bytes read as another type or shape do not match); strings as UTF-8. Returns uint32 [F].
+    """
+    arr = np.asarray(arr)
+    if arr.ndim == 0:
+        raise ValueError(f"arr: expected frames first (rank >= 1), found a scalar of dtype {arr.dtype}")
+    if arr.dtype.kind in "OSU":
+        if arr.ndim != 1:
+            raise ValueError(f"arr: expected strings of shape [F], found shape {arr.shape}")
+        return np.array([zlib.crc32(v if isinstance(v, bytes) else str(v).encode("utf-8")) for v in arr],
+                        dtype=np.uint32)
+    canon = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
+    seed = zlib.crc32(f"{canon.dtype.str}{canon.shape[1:]}".encode())
+    flat = canon.reshape(len(canon), -1).view(np.uint8) if canon.size else None
+    if flat is None:
+        return np.full(len(canon), seed, dtype=np.uint32)
+    return np.array([zlib.crc32(row, seed) for row in flat], dtype=np.uint32)
+
+
+def attrs_digest(attrs: dict) -> int:
+    """CRC-32 of decoded file attributes (without ``attrs_crc32``), as canonical JSON (sorted keys)."""
+    body = {k: v for k, v in attrs.items() if k != ATTRS_DIGEST}
+    return zlib.crc32(json.dumps(body, sort_keys=True, default=repr).encode("utf-8"))
+
+
+def digests_of(f, path, schema_version, num_frames: int, error=None) -> dict:
+    """Stored row digests of every dataset of an open h5py file: field -> uint32 [F] (empty for version 1).
+
+    Raises ``error`` (default ShardError) naming the file and field when a version-2 dataset lacks its digest
+    or the digest has the wrong type or length (a damaged header)."""
+    error = error or ShardError
+    if int(schema_version) < DIGESTS_SINCE:
+        return {}
+    out = {}
+    for name, obj in f.items():
+        name = str(_decode(name))
+        stored = obj.attrs.get(DIGEST_ATTR)
+        if stored is None:
+            raise error(f"{path}: field '{name}': expected the attribute '{DIGEST_ATTR}' (content digest, schema "
+                        f"version {schema_version}), missing: the file is damaged")
+        stored = np.asarray(stored)
+        if stored.dtype != np.uint32 or stored.shape != (num_frames,):
+            raise error(f"{path}: field '{name}': attribute '{DIGEST_ATTR}': expected uint32 [{num_frames}], found "
+                        f"{stored.dtype} {stored.shape}: the file is damaged")
+        out[name] = stored
+    return out
+
+
+def check_digests(path, name, data, stored, start: int = 0, error=None) -> None:
+    """Compare the rows ``data`` (frames ``start ..``) with their stored digests (skipped when ``stored`` is None).
+
+    Raises ``error`` (default ShardError) naming the file, field and first mismatching frame."""
+    if stored is None:
+        return
+    error = error or ShardError
+    want = stored[start:start + len(data)]
+    got = row_digests(data)
+    if got.shape != want.shape:
+        raise error(f"{path}: field '{name}': expected {len(want)} rows from frame {start}, found {len(got)}: the "
+                    "file is damaged")
+    bad = np.flatnonzero(got != want)
+    if len(bad):
+        i = int(bad[0])
+        raise error(f"{path}: field '{name}': frame {start + i}: content digest mismatch (stored CRC-32 "
+                    f"{int(want[i]):08x}, computed {int(got[i]):08x}; {len(bad)} of {len(got)} rows differ): the "
+                    "file is damaged, regenerate it")
 
 
 def write_shard(path: str, arrays: dict, attrs: dict) -> None:
@@ -103,12 +186,15 @@ def write_shard(path: str, arrays: dict, attrs: dict) -> None:
         for name, arr in arrays.items():
             # Fletcher-32 checksums (chunked storage): a flipped byte in the data fails the read instead of
             # loading silently wrong values. Empty fields cannot be chunked and carry no data to protect.
-            f.create_dataset(name, data=arr.astype(FIELDS[name][0], copy=False), fletcher32=arr.size > 0)
+            ds = f.create_dataset(name, data=arr.astype(FIELDS[name][0], copy=False), fletcher32=arr.size > 0)
+            ds.attrs[DIGEST_ATTR] = row_digests(arr)  # also covers what Fletcher-32 cannot: headers
         for key, value in attrs.items():
             if isinstance(value, (list, tuple)):
                 f.attrs[key] = np.array([str(v) for v in value], dtype=h5py.string_dtype())
             else:
                 f.attrs[key] = value
+        # Digest of the attributes as the reader will decode them (so types round-trip identically).
+        f.attrs[ATTRS_DIGEST] = np.uint32(attrs_digest(_attrs_of(f)))
 
     write_hdf5_atomically(path, fill)
 
@@ -159,8 +245,7 @@ def _check_arrays(path, arrays, attrs):
     for key in REQUIRED_ATTRS:
         if key not in attrs:
             raise ShardError(f"{path}: attribute '{key}': expected, missing (found {sorted(map(str, attrs))})")
-    if int(attrs["schema_version"]) != SCHEMA_VERSION:
-        raise ShardError(f"{path}: attribute 'schema_version': expected {SCHEMA_VERSION}, found {attrs['schema_version']}")
+    _check_version(path, attrs["schema_version"])
     num_joints = len(list(attrs["joint_names"]))
     shapes = {k: tuple(v.shape) for k, v in arrays.items()}
     dtypes = {k: np.dtype(v.dtype) for k, v in arrays.items()}
@@ -195,6 +280,17 @@ def _check_layout(path, shapes: dict, dtypes: dict, num_joints: int) -> int:
     return num_frames
 
 
+def _check_version(path, version) -> int:
+    try:
+        v = int(version)
+    except (TypeError, ValueError):
+        v = None
+    if v not in SUPPORTED_SCHEMA_VERSIONS:
+        raise ShardError(f"{path}: attribute 'schema_version': expected one of {SUPPORTED_SCHEMA_VERSIONS} (this "
+                         f"library writes {SCHEMA_VERSION}), found {version!r}")
+    return v
+
+
 def read_attrs(path: str) -> dict:
     """File attributes decoded (camera stays a JSON string; joint_names -> list)."""
     import h5py
@@ -202,7 +298,7 @@ def read_attrs(path: str) -> dict:
     try:
         with h5py.File(path, "r") as f:
             return _attrs_of(f)
-    except _H5_ERRORS as e:
+    except H5_ERRORS as e:
         raise ShardError(f"{path}: cannot open as HDF5 (missing, truncated or corrupt): {e}") from e
 
 
@@ -220,10 +316,11 @@ def _attrs_of(f) -> dict:
 
 
 def validate_shard(path: str) -> dict:
-    """Check a shard's structure without reading its data.
+    """Check a shard's structure and its attributes' digest without reading its data.
 
     Returns:
-      dict ``num_frames``, ``shapes`` (field -> shape), ``dtypes``, ``attrs``.
+      dict ``num_frames``, ``shapes`` (field -> shape), ``dtypes``, ``attrs`` (without ``attrs_crc32``, which is
+      checked here), ``digests`` (field -> stored row digests uint32 [F]; empty for a version-1 shard).
     Raises:
       ShardError naming the file and the offending field or attribute.
     """
@@ -241,16 +338,23 @@ def validate_shard(path: str) -> dict:
                     raise ShardError(f"{path}: field '{name}': expected a dataset, found a group")
                 shapes[name] = tuple(obj.shape)
                 dtypes[name] = np.dtype(obj.dtype)
+            num_frames, version = _check_structure(path, attrs, shapes, dtypes)
+            digests = digests_of(f, path, version, num_frames)
     except ShardError:
         raise
-    except _H5_ERRORS as e:
+    except H5_ERRORS + (TypeError,) as e:
         raise ShardError(f"{path}: cannot open as HDF5 (missing, truncated or corrupt): {e}") from e
+    return {"num_frames": num_frames, "shapes": shapes, "dtypes": dtypes, "attrs": attrs, "digests": digests}
+
+
+def _check_structure(path, attrs: dict, shapes: dict, dtypes: dict):
+    """Attributes (required, version, digest, camera, joint_names) and layout; pops ``attrs_crc32`` from
+    ``attrs``. Returns (num_frames, schema_version)."""
     for key in REQUIRED_ATTRS:
         if key not in attrs:
             raise ShardError(f"{path}: attribute '{key}': expected, missing (found {sorted(map(str, attrs))})")
-    if int(attrs["schema_version"]) != SCHEMA_VERSION:
-        raise ShardError(f"{path}: attribute 'schema_version': expected {SCHEMA_VERSION}, "
-                         f"found {attrs['schema_version']}")
+    version = _check_version(path, attrs["schema_version"])
+    stored = attrs.pop(ATTRS_DIGEST, None)
     try:
         json.loads(attrs["camera"])
     except (TypeError, ValueError) as e:
@@ -259,11 +363,15 @@ def validate_shard(path: str) -> dict:
     if not isinstance(attrs["joint_names"], list):
         raise ShardError(f"{path}: attribute 'joint_names': expected a list of names, found {attrs['joint_names']!r}")
     num_frames = _check_layout(path, shapes, dtypes, len(attrs["joint_names"]))
-    return {"num_frames": num_frames, "shapes": shapes, "dtypes": dtypes, "attrs": attrs}
+    # After the structure checks, so that a file that breaks the schema gets the more specific message.
+    if version >= DIGESTS_SINCE and (type(stored) is not int or stored != attrs_digest(attrs)):
+        raise ShardError(f"{path}: attribute '{ATTRS_DIGEST}': expected the CRC-32 of the file attributes "
+                         f"({attrs_digest(attrs):08x}), found {stored!r}: an attribute is damaged")
+    return num_frames, version
 
 
 def load_shard(path: str, fields=None) -> dict:
-    """Read fields of a shard into memory, checking that the data is readable and finite.
+    """Read fields of a shard into memory, checking that the data is readable, matches its digests and is finite.
 
     Args:
       fields: iterable of field names (default: all present).
@@ -286,11 +394,12 @@ def load_shard(path: str, fields=None) -> dict:
                     out[name] = f[name][()]
                 except (OSError, RuntimeError, ValueError, KeyError) as e:
                     raise ShardError(f"{path}: field '{name}': cannot read data (truncated or corrupt): {e}") from e
+                check_digests(path, name, out[name], info["digests"].get(name))
                 if out[name].dtype.kind == "f" and not np.all(np.isfinite(out[name])):
                     raise ShardError(f"{path}: field '{name}': expected finite values, found NaN/Inf")
     except ShardError:
         raise
-    except _H5_ERRORS as e:
+    except H5_ERRORS as e:
         raise ShardError(f"{path}: cannot open as HDF5 (missing, truncated or corrupt): {e}") from e
     return out
 
