@@ -50,6 +50,7 @@ def test_round_trip_types_chunks_and_attrs(tmp_path):
     assert list(out["sequence"]) == ["B1Counting", "B2Random", "B1Counting"]
     with h5py.File(path) as f:
         assert f["image"].chunks == (1, S, S, 3) and f["image"].compression == "gzip"
+    assert b"GCOL" not in open(path, "rb").read()  # text fixed-length: no global heap (see shards.fixed_text)
     part, _ = rs.read_rgb_shard(path, fields=["mask"], start=1, stop=3)
     np.testing.assert_array_equal(part["mask"], a["mask"][1:3].astype(np.uint8))
     assert rs.validate_rgb_shard(path)["num_frames"] == 3

@@ -231,8 +231,9 @@ def write_rgb_shard(path: str, arrays: dict, attrs: dict, compression: str = "gz
     check_values(path, arrays)
     def fill(f):
         for name, arr in arrays.items():
-            if _is_string_dtype(arr.dtype):
-                ds = f.create_dataset(name, data=arr.astype(object), dtype=h5py.string_dtype())
+            if _is_string_dtype(arr.dtype):  # fixed-length UTF-8: no global heap (see shards.fixed_text)
+                data, dtype = shards.fixed_text(arr)
+                ds = f.create_dataset(name, data=data, dtype=dtype)
             else:
                 kw = {}
                 if num_frames > 0 and arr.ndim > 1:
@@ -242,10 +243,7 @@ def write_rgb_shard(path: str, arrays: dict, attrs: dict, compression: str = "gz
                 ds = f.create_dataset(name, data=arr, **kw)
             ds.attrs[shards.DIGEST_ATTR] = shards.row_digests(arr)
         for key, value in attrs.items():
-            if isinstance(value, (list, tuple)):
-                f.attrs[key] = np.array([str(v) for v in value], dtype=h5py.string_dtype())
-            else:
-                f.attrs[key] = value
+            shards.write_attr(f.attrs, key, value)
         # Digest of the attributes as the reader will decode them (so types round-trip identically).
         f.attrs[shards.ATTRS_DIGEST] = np.uint32(shards.attrs_digest(_attrs_of(f)))
 

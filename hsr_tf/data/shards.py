@@ -156,6 +156,34 @@ def check_digests(path, name, data, stored, start: int = 0, error=None) -> None:
                     "file is damaged, regenerate it")
 
 
+def fixed_text(values) -> tuple:
+    """Text as a fixed-length UTF-8 array (numpy ``S<n>``, n >= 1) and its h5py dtype.
+
+    Why fixed length: HDF5 keeps variable-length strings in a global heap, and one flipped byte in a heap
+    object's size makes the HDF5 library loop forever when the string is read (found by the fuzz test:
+    a hang in ``attrs['dataset']``). Fixed-length strings live in the object's own data, so a schema-version-2
+    file has no global heap at all."""
+    import h5py
+
+    arr = np.asarray(values, dtype=object)
+    enc = [(v if isinstance(v, bytes) else str(v).encode("utf-8")) for v in arr.reshape(-1)]
+    n = max([1] + [len(e) for e in enc])
+    dtype = h5py.string_dtype("utf-8", n)
+    return np.array(enc, dtype=f"S{n}").reshape(arr.shape).astype(dtype), dtype
+
+
+def write_attr(target, key: str, value) -> None:
+    """Store one file attribute: str and lists of str as fixed-length UTF-8 (see :func:`fixed_text`)."""
+    if isinstance(value, (list, tuple)):
+        data, dtype = fixed_text([str(v) for v in value])
+        target.create(key, data, dtype=dtype)
+    elif isinstance(value, str):
+        data, dtype = fixed_text(value)
+        target.create(key, data, dtype=dtype)
+    else:
+        target[key] = value
+
+
 def write_shard(path: str, arrays: dict, attrs: dict) -> None:
     """Write a shard atomically: built in memory, written to ``path + '.tmp'``, then ``os.replace``.
 
@@ -189,10 +217,7 @@ def write_shard(path: str, arrays: dict, attrs: dict) -> None:
             ds = f.create_dataset(name, data=arr.astype(FIELDS[name][0], copy=False), fletcher32=arr.size > 0)
             ds.attrs[DIGEST_ATTR] = row_digests(arr)  # also covers what Fletcher-32 cannot: headers
         for key, value in attrs.items():
-            if isinstance(value, (list, tuple)):
-                f.attrs[key] = np.array([str(v) for v in value], dtype=h5py.string_dtype())
-            else:
-                f.attrs[key] = value
+            write_attr(f.attrs, key, value)
         # Digest of the attributes as the reader will decode them (so types round-trip identically).
         f.attrs[ATTRS_DIGEST] = np.uint32(attrs_digest(_attrs_of(f)))
 
