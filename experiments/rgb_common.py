@@ -16,6 +16,8 @@ A run (``experiments.rgb_run.run``, the program ``experiments.rgb_synth``):
   (4) export a SavedModel (``experiments.export``) and (5) predict one rendered image
       (``experiments.predict_rgb``), in subprocesses; each is skipped with a log line while the program does
       not handle RGB runs yet.
+--distribution / --sync_batchnorm (``experiments.rgb_distribute``): networks built under the strategy's scope,
+every phase's Trainer distributed, the run's files, evaluation, export and predict on the chief only.
 
 Pieces for other programs (stable signatures): :func:`build_model`, :func:`build_loss`,
 :func:`train_dataset_fn`, :func:`mesh_dataset_fn`, :func:`heldout_dataset`, :func:`train_phase`,
@@ -23,25 +25,20 @@ Pieces for other programs (stable signatures): :func:`build_model`, :func:`build
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-import time
 
 import keras
 import tensorflow as tf
 from absl import flags, logging
 
 from experiments import common  # the shared flags: workdir, data_dir, seed, batch_size, learning_rate, ...
+from experiments import rgb_distribute
+from experiments.rgb_render import ensure_rgb_data, rgb_dataset_config  # noqa: F401 (with the --synth_* RGB flags)
 
 FLAGS = flags.FLAGS
 
 # ---------------------------------------------------------------------------------------------- data
-flags.DEFINE_integer("synth_image_size", 256, "Rendering: side of the stored RGB crop (px).")
-flags.DEFINE_string("synth_skin_tones", "all", "Rendering: skin tones, e.g. '0,1,2' (data_prep.synth_rgb).")
-flags.DEFINE_string("synth_lighting", "all", "Rendering: lighting set-ups, e.g. '0-19' (data_prep.synth_rgb).")
-flags.DEFINE_float("synth_test_fraction", 0.1, "Rendering: fraction of subjects held out (test split).")
-flags.DEFINE_integer("synth_frames_per_shard", 256, "Rendering: frames per shard.")
 flags.DEFINE_integer("image_size", 256, "Network input size S (px; paper 256). Crops are resized to it.")
 flags.DEFINE_float("heatmap_sigma", 0.0, "Heat-map Gaussian sigma, px at the S/4 heat-map (0 = the paper's 4 px at "
                    "64 x 64, scaled with S: 1 px for a 64 px input).")
@@ -87,51 +84,6 @@ def apply_rgb_defaults() -> None:
 
 
 # ---------------------------------------------------------------------------------------------- data
-def rgb_dataset_config():
-    """The RGBDatasetConfig of data_prep.synth_rgb for the --synth_* flags."""
-    from data_prep.synth_rgb import appearance, dataset, raster
-
-    view = common.synth_dataset_config().frame.view  # the depth set's viewpoints for the --synth_* view flags
-    frame = dataclasses.replace(
-        raster.RGBFrameConfig(), view=view, image_size=FLAGS.synth_image_size, depth_noise=FLAGS.synth_noise,
-        skin_tones=tuple(appearance.parse_index_list(FLAGS.synth_skin_tones, appearance.NUM_SKIN_TONES,
-                                                     "--synth_skin_tones")),
-        lighting=tuple(appearance.parse_index_list(FLAGS.synth_lighting, appearance.NUM_LIGHTING,
-                                                   "--synth_lighting")))
-    return dataset.RGBDatasetConfig(num_subjects=FLAGS.synth_num_subjects,
-                                    poses_per_subject=FLAGS.synth_poses_per_subject,
-                                    views_per_pose=FLAGS.synth_views_per_pose, seed=FLAGS.synth_seed,
-                                    test_fraction=FLAGS.synth_test_fraction,
-                                    frames_per_shard=FLAGS.synth_frames_per_shard, frame=frame)
-
-
-def ensure_rgb_data(data_dir: str) -> None:
-    """Make sure ``data_dir`` holds a whole RGB set before training.
-
-    Shards without a manifest (converted elsewhere: STB, RHD) are used as they are. A directory rendered by
-    ``data_prep.synth_rgb`` with the --synth_* configuration is completed when a render was interrupted (the
-    renderer skips finished shards); one rendered with another configuration raises (the renderer's manifest
-    check names the differing settings). An empty directory is rendered (--render_if_empty).
-    """
-    from data_prep.synth_rgb import dataset
-    from hsr_tf.data import rgb_shards
-
-    manifest = os.path.join(data_dir, dataset.MANIFEST)
-    has = os.path.isdir(data_dir) and bool(rgb_shards.list_rgb_shards(data_dir, "train")) and \
-        bool(rgb_shards.list_rgb_shards(data_dir, "test"))
-    if has and not os.path.exists(manifest):
-        return
-    if not has and not os.path.exists(manifest) and not FLAGS.render_if_empty:
-        raise FileNotFoundError(f"{data_dir}: expected train-*.h5 and test-*.h5 RGB shards, found none (render "
-                                "them with python -m data_prep.synth_rgb or pass --render_if_empty)")
-    config = rgb_dataset_config()
-    t0 = time.time()
-    summary = dataset.generate(data_dir, config, num_workers=FLAGS.synth_workers, progress=FLAGS.progress,
-                               log=logging.info)
-    if summary["frames"]:
-        logging.info("Rendering %s took %.1f s", data_dir, time.time() - t0)
-
-
 def heatmap_kwargs(image_size=None) -> dict:
     """Heat-maps at S/4 with --heatmap_sigma, by default the paper's (4 px at 64 x 64 for a 256 input) scaled
     with S."""
@@ -221,11 +173,15 @@ def network_kwargs() -> dict:
 
 
 def build_model():
-    """RGBMeshNet for --variant, --task_transfer, --image_size and --rgb_network, under --precision."""
+    """RGBMeshNet for --variant, --task_transfer, --image_size and --rgb_network, under --precision, built (its
+    variables created) under the --distribution strategy's scope."""
     from hsr_tf.models.rgb_mesh_net import RGBMeshNet
 
     common.apply_precision()
-    return RGBMeshNet(FLAGS.variant, task_transfer=FLAGS.task_transfer, **network_kwargs())
+    with rgb_distribute.scope():
+        net = RGBMeshNet(FLAGS.variant, task_transfer=FLAGS.task_transfer, **network_kwargs())
+        net(net.example_input(1), training=False)
+    return net
 
 
 def loss_config():
@@ -322,11 +278,13 @@ def train_phase(model, loss_fn, dataset_fn, workdir: str, num_steps: int, steps_
                            lr_decay=FLAGS.lr_decay, lr_decay_samples=FLAGS.lr_decay_samples or None,
                            batch_size=FLAGS.batch_size, checkpoint_every=FLAGS.checkpoint_every,
                            summary_every=FLAGS.summary_every, eval_every=FLAGS.eval_every,
-                           visual_every=FLAGS.visual_every, progress=FLAGS.progress, optimizer=FLAGS.rgb_optimizer)
+                           visual_every=FLAGS.visual_every, progress=FLAGS.progress, optimizer=FLAGS.rgb_optimizer,
+                           sync_batchnorm=FLAGS.sync_batchnorm)
     run_info = {"flags": FLAGS.flags_into_string(), "command": common.command_line(), "hparams": hparams or {},
                 "hparam_metrics": HPARAM_METRICS if hparams else ()}
     trainer = loop.Trainer(model, loss_fn, dataset_fn, cfg, eval_fn=eval_fn, visual_fn=visual_fn,
-                           run_info=run_info, input_key=input_key, seed=FLAGS.seed, variables_fn=variables_fn)
+                           run_info=run_info, input_key=input_key, seed=FLAGS.seed, variables_fn=variables_fn,
+                           strategy=rgb_distribute.strategy())
     logging.info("Training %s: %d steps (%d per epoch)", workdir, cfg.total_steps, steps_per_epoch)
     result = trainer.train(stop_after=stop_after)
     return {**result, "steps_here": len(trainer.history), "history": trainer.history}
@@ -354,15 +312,7 @@ def init_from_phases(net, workdir: str, phases) -> None:
         logging.info("Phase %d weights from %s", p, path)
 
 
-def publish(net, workdir: str, step: int) -> str:
-    """Write the final network to W/checkpoints (+ model_config.json, run_kind.txt) for evaluate / export."""
-    from hsr_tf.train import loop, run_kind
-
-    loop.save_model_config(net, workdir)
-    run_kind.write_run_kind(workdir, "rgb")
-    manager = tf.train.CheckpointManager(tf.train.Checkpoint(**loop.model_checkpoint_objects(net)),
-                                         os.path.join(workdir, loop.CHECKPOINT_SUBDIR), max_to_keep=1)
-    return manager.save(checkpoint_number=step)
+publish = rgb_distribute.publish  # the final network -> W/checkpoints (chief; the other workers take part)
 
 
 def schedule_steps() -> dict:
@@ -441,7 +391,10 @@ def evaluate(net, data_dir: str, out_dir: str, split: str = "test", max_batches=
 
 
 def write_run_info(workdir: str) -> None:
-    """W/flags.txt (the flags of this run; evaluate reads --data_dir from it) and W/command.txt (appended)."""
+    """W/flags.txt (the flags of this run; evaluate reads --data_dir from it) and W/command.txt (appended); the
+    chief's (nothing on another worker)."""
+    if not rgb_distribute.is_chief():
+        return
     with open(os.path.join(workdir, "flags.txt"), "w") as f:
         f.write(FLAGS.flags_into_string())
     with open(os.path.join(workdir, "command.txt"), "a") as f:

@@ -13,7 +13,7 @@ import time
 import keras
 from absl import flags, logging
 
-from experiments import common, rgb_common
+from experiments import common, rgb_common, rgb_distribute
 
 FLAGS = flags.FLAGS
 
@@ -52,6 +52,7 @@ def run(stop_after=None) -> dict:
     if FLAGS.workdir is None:
         raise ValueError("--workdir: expected a run directory, found none")
     t_start = time.time()
+    rgb_distribute.strategy()  # --distribution, before any other TensorFlow work (multi_worker); logs the batches
     workdir = FLAGS.workdir
     os.makedirs(workdir, exist_ok=True)
     rgb_common.write_run_info(workdir)
@@ -73,6 +74,9 @@ def run(stop_after=None) -> dict:
         logging.info("Stopped after %s steps of this process (test hook); rerun to resume", stop_after)
         return {"interrupted": True, "schedule": sched, "timings": timings}
     rgb_common.publish(net, workdir, FLAGS.phase3_steps)
+    if not rgb_distribute.is_chief():
+        rgb_distribute.log_not_chief("evaluation, export, predict and timings.json")
+        return {"interrupted": False, "schedule": sched, "metrics": None, "timings": timings}
     metrics = None
     if FLAGS.evaluate:
         t0 = time.time()

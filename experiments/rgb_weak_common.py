@@ -20,6 +20,15 @@ run, no depth loss), Baseline 2 (ours, --lambda_depth=0), full model, full model
 run with --task_transfer, evaluated with --eval_joints=joints_transfer); with and without --pose_supervision.
 Without it no 3D label of the target training frames is used: the loss sees images, 2-D joints (heat-maps),
 the depth map and its hand mask, the camera, and the hand scale and root depth (given, section 5.1).
+
+--distribution / --sync_batchnorm (``experiments.rgb_distribute``): the pretrained network is loaded under the
+strategy's scope and both weak phases are distributed (the depth renderer of L_D runs inside each replica on
+its slice); the evaluations and the published files are the chief's. The pseudo-GT meshes are made by every
+worker (one process: once), each file written to a temporary name and renamed, and skipped when complete, so
+workers sharing --data_dir write the same files. Two terms are ratios over the batch, not means over frames:
+L_D (sum over valid pixels / their count) and any frame-weighted mean (``has_vertices``, ``has_pseudo`` < 1);
+with R replicas each replica divides by its own count, so the update equals one device's only when the counts
+are equal on every replica (always for L_pM and L_M when every frame has a mesh).
 """
 from __future__ import annotations
 
@@ -28,7 +37,7 @@ import os
 
 from absl import flags, logging
 
-from experiments import rgb_common
+from experiments import rgb_common, rgb_distribute
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("pretrained_workdir", None, "Fully-supervised RGB run to fine-tune (experiments.rgb_synth).")
@@ -150,6 +159,8 @@ def run(stop_after=None) -> dict:
                          f"{FLAGS.pretrained_workdir!r}")
     if FLAGS.weak_phase2_steps < 1:
         raise ValueError(f"--weak_phase2_steps: expected >= 1, found {FLAGS.weak_phase2_steps}")
+    rgb_distribute.strategy()  # --distribution, before any other TensorFlow work (multi_worker); logs the batches
+    chief = rgb_distribute.is_chief()
     workdir = FLAGS.workdir
     os.makedirs(workdir, exist_ok=True)
     rgb_common.write_run_info(workdir)
@@ -157,14 +168,15 @@ def run(stop_after=None) -> dict:
 
     for split in ("train", "test"):  # converted or rendered elsewhere: never re-rendered here
         rgb_reader.resolve_files(FLAGS.data_dir, split)
-    net, ckpt = loop.load_model_from_workdir(FLAGS.pretrained_workdir)
+    with rgb_distribute.scope():  # the network trained here: variables mirrored over the replicas
+        net, ckpt = loop.load_model_from_workdir(FLAGS.pretrained_workdir)
     logging.info("Pretrained network (%s, %s) from %s", net.variant, net.image_size, ckpt)
     FLAGS.image_size = net.image_size  # the readers of rgb_common follow the network
     if FLAGS.eval_joints == "joints_transfer" and net.transfer_mlp is None:
         raise ValueError(f"--eval_joints=joints_transfer: {FLAGS.pretrained_workdir} has no task-transfer head")
     cfg = weak_loss_config(net.variant)
     label = os.path.basename(os.path.abspath(workdir))
-    if FLAGS.evaluate and FLAGS.evaluate_pretrained and \
+    if FLAGS.evaluate and FLAGS.evaluate_pretrained and chief and \
             not os.path.exists(os.path.join(workdir, "eval_pretrained", "metrics.json")):
         m = evaluate(net, FLAGS.data_dir, os.path.join(workdir, "eval_pretrained"), "pretrained", FLAGS.eval_joints)
         logging.info("Pretrained on the target test split: pose error %.2f mm", m["pose_error_mm"])
@@ -204,7 +216,9 @@ def run(stop_after=None) -> dict:
         return {"interrupted": True}
     rgb_common.publish(net, workdir, FLAGS.weak_phase2_steps)
     metrics = None
-    if FLAGS.evaluate:
+    if not chief:
+        rgb_distribute.log_not_chief("the evaluation on the target test split")
+    elif FLAGS.evaluate:
         metrics = evaluate(net, FLAGS.data_dir, os.path.join(workdir, "eval"), label, FLAGS.eval_joints)
         logging.info("Target test split: pose error %.2f mm, AUC 0-50 %.3f, AUC 20-50 %.3f%s",
                      metrics["pose_error_mm"], metrics["auc_0_50"], metrics["auc_20_50"],
