@@ -258,6 +258,21 @@ def load_model_spec(spec: str, num_points: int = 1024):
     return loop.load_model_from_workdir(spec, example_points_shape=(1, num_points, 3))
 
 
+def spec_kind(spec: str) -> str:
+    """'depth' or 'rgb': the kind of model ``spec`` names (``pretrained:NAME``: the package's run_kind.txt, checked
+    against the name; a WORKDIR: its run_kind.txt, ``hsr_tf.train.run_kind``)."""
+    if spec.startswith(PRETRAINED_PREFIX):
+        from hsr_tf import pretrained
+
+        return pretrained.check_kind(spec[len(PRETRAINED_PREFIX):])
+    if not os.path.isdir(spec):
+        raise FileNotFoundError(f"{spec}: expected a run WORKDIR (model_config.json, checkpoints/) or "
+                                f"'{PRETRAINED_PREFIX}NAME', found no directory")
+    from hsr_tf.train import run_kind
+
+    return run_kind.read_run_kind(spec)
+
+
 def training_manifest_path(spec: str) -> str:
     """The data_prep.synth manifest of the set the model named by ``spec`` was trained on (the shipped model's
     ``training_data.json``, or ``manifest.json`` in the run's recorded --data_dir)."""
@@ -282,6 +297,9 @@ def init_from(model, spec: str, num_points: int) -> int:
     import numpy as np
     import tensorflow as tf
 
+    if spec_kind(spec) != "depth":
+        raise ValueError(f"--init_from={spec}: expected a depth model for this depth program, found an RGB model "
+                         "(fine-tune it with experiments.rgb_synth --init_from)")
     src, ckpt = load_model_spec(spec, num_points)
     with distribution_strategy().scope():  # the model's variables are created here
         model(tf.zeros((1, num_points, 3)), training=False)

@@ -1,20 +1,31 @@
 """Pretrained models shipped in the package (hsr_tf/assets/pretrained/<name>/).
 
     model = hsr_tf.pretrained.load("depth")   # HandShapeNet with trained weights, normalised input frame
+    model = hsr_tf.pretrained.load("rgb")     # RGBMeshNet (Ge et al.): image + camera -> mesh and joints, mm
 
 Each directory, written by ``python -m experiments.package_pretrained``, holds:
 
   model_config.json   the Keras serialisation written by training (class + config, no weights)
   ckpt-<step>.*       ONE checkpoint of the model's variables only (no optimizer slots), restored by ``load``;
                       a full training checkpoint (with slots and step) loads as well
-  data_info.json      what the exported SavedModel needs from the training shards: normalisation rule, points per
-                      cloud, joint names, camera, dataset name
-  training_data.json  the data_prep.synth manifest of the training set (its test split = the held-out subjects)
-  reference.npz       a fixed input (normalised points [B, N, 3], with their centre [B, 3] and scale [B] in mm) and
-                      the outputs the shipped weights give on it, checked by tests/test_pretrained.py
+  run_kind.txt        RGB models only: 'rgb' (``hsr_tf.train.run_kind``; a directory without it holds a depth model)
+  data_info.json      what an export needs from the training shards. Depth: normalisation rule, points per cloud,
+                      joint names, camera, dataset name. RGB: joint names, shard and network crop sizes (px),
+                      heat-map size and sigma, the background seed
+  training_data.json  the data_prep.synth (depth) or data_prep.synth_rgb (RGB) manifest of the training set (its
+                      test split = the held-out subjects)
+  reference.npz       a fixed input and the outputs the shipped weights give on it, checked by tests/test_pretrained.py.
+                      Depth: normalised points [B, N, 3] with their centre [B, 3] and scale [B] in mm; outputs
+                      REFERENCE_KEYS, normalised. RGB: image uint8 [B, S, S, 3] (S = the network's input size),
+                      camera [B, 4] (fx, fy, cx, cy, px of that crop), root_depth [B] and bone_scale [B] in mm;
+                      outputs RGB_REFERENCE_KEYS (vertices, joints camera mm; joints_uv px of the S crop)
   card.json           training facts and held-out errors quoted by docs/model_card_<name>.md
 
-Legend: B batch, N points (1024), V vertices (1305), J joints (21).
+The asset root is the package's (ASSET_ROOT) unless ``root`` is given or the environment variable
+``HSR_TF_PRETRAINED_ROOT`` names another (e.g. a package written with --out_root, for programs that take
+``pretrained:NAME``).
+
+Legend: B batch, N points (1024), V vertices (1305), J joints (21), S crop side (px).
 """
 from __future__ import annotations
 
@@ -24,12 +35,19 @@ import os
 from typing import Optional
 
 ASSET_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "pretrained")
-NAMES = ("depth",)
+ROOT_ENV = "HSR_TF_PRETRAINED_ROOT"
+NAMES = ("depth", "rgb")
+NAME_KINDS = {"depth": "depth", "rgb": "rgb"}  # the kind of model each shipped name must hold
+ARTICLED = {"depth": "a depth", "rgb": "an RGB"}  # for messages
 REFERENCE_KEYS = ("vertices", "joints", "dataset_joints")
+RGB_REFERENCE_INPUTS = ("image", "camera", "root_depth", "bone_scale")
+RGB_REFERENCE_KEYS = ("vertices", "joints", "joints_uv")
 
 
 def asset_dir(name: str, root: Optional[str] = None) -> str:
-    """Directory of the shipped model ``name`` (under ``root``, default the package's); raises naming what is missing."""
+    """Directory of the shipped model ``name`` (under ``root``, default $HSR_TF_PRETRAINED_ROOT or the package's);
+    raises naming what is missing."""
+    root = root or os.environ.get(ROOT_ENV) or None
     if root is None and name not in NAMES:
         raise ValueError(f"name: expected one of {NAMES}, found {name!r}")
     path = os.path.join(root or ASSET_ROOT, name)
@@ -61,14 +79,35 @@ def data_info(name: str, root: Optional[str] = None) -> dict:
     return read_json(name, "data_info.json", root)
 
 
+def kind(name: str, root: Optional[str] = None) -> str:
+    """'depth' or 'rgb': the kind of model the package ``name`` holds (its run_kind.txt, absent = depth)."""
+    from hsr_tf.train import run_kind
+
+    return run_kind.read_run_kind(asset_dir(name, root))
+
+
+def check_kind(name: str, root: Optional[str] = None) -> str:
+    """The package's kind; raises ValueError when a shipped name ('depth', 'rgb') holds the other kind."""
+    found = kind(name, root)
+    expected = NAME_KINDS.get(name)
+    if expected is not None and found != expected:
+        raise ValueError(f"{asset_dir(name, root)}: expected the '{name}' package to hold {ARTICLED[expected]} model, "
+                         f"found {ARTICLED[found]} model (run_kind.txt)")
+    return found
+
+
 def load(name: str = "depth", root: Optional[str] = None):
-    """The shipped model with its trained weights (Keras model; call it on normalised points [B, N, 3]).
+    """The shipped model with its trained weights (Keras model).
 
     Returns:
-      The model (``HandShapeNet`` for 'depth'); its input and outputs follow ``hsr_tf.models.hand_shape_net``.
+      'depth': ``HandShapeNet``, called on normalised points [B, N, 3] (``hsr_tf.models.hand_shape_net``);
+      'rgb': ``RGBMeshNet``, called on {"image": [B, S, S, 3] float in [0, 1], "camera": [B, 4] (fx, fy, cx, cy,
+      px of the S crop), "root_depth": [B] mm, "bone_scale": [B] mm} -> vertices [B, V, 3] and joints [B, J, 3]
+      (camera mm), joints_uv [B, J, 2] (px), ... (``hsr_tf.models.rgb_mesh_net``); S = ``model.image_size``.
     """
     from hsr_tf.train import loop
 
+    check_kind(name, root)
     model, _ = loop.load_model_from_workdir(asset_dir(name, root), checkpoint_prefix(name, root))
     return model
 
@@ -96,6 +135,31 @@ def reference_batch(name: str, root: Optional[str] = None) -> dict:
     return batch
 
 
+def rgb_reference_batch(name: str = "rgb", root: Optional[str] = None) -> dict:
+    """The RGB package's reference frames as the network's input: image [B, S, S, 3] float32 in [0, 1] (the stored
+    uint8 / 255), camera [B, 4] px, root_depth [B] mm, bone_scale [B] mm; ``image_uint8`` [B, S, S, 3] as stored;
+    plus the shipped outputs under ``reference/<key>`` (RGB_REFERENCE_KEYS, camera mm / px)."""
+    import numpy as np
+    import tensorflow as tf
+
+    if kind(name, root) != "rgb":
+        raise ValueError(f"{asset_dir(name, root)}: expected an RGB package (run_kind.txt 'rgb'), found a depth one")
+    path = os.path.join(asset_dir(name, root), "reference.npz")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: expected the reference outputs of the shipped '{name}' model, found no file")
+    ref = np.load(path)
+    missing = [k for k in RGB_REFERENCE_INPUTS + RGB_REFERENCE_KEYS if k not in ref]
+    if missing:
+        raise ValueError(f"{path}: expected arrays {', '.join(RGB_REFERENCE_INPUTS + RGB_REFERENCE_KEYS)}; "
+                         f"missing {missing}")
+    if ref["image"].dtype != np.uint8 or ref["image"].ndim != 4:
+        raise ValueError(f"{path}: expected image uint8 [B, S, S, 3], found {ref['image'].dtype} {ref['image'].shape}")
+    batch = {"image": tf.constant(ref["image"].astype(np.float32) / 255.0), "image_uint8": ref["image"]}
+    batch.update({k: tf.constant(ref[k], tf.float32) for k in RGB_REFERENCE_INPUTS[1:]})
+    batch.update({f"reference/{k}": tf.constant(ref[k], tf.float32) for k in RGB_REFERENCE_KEYS})
+    return batch
+
+
 def write_weights(model, directory: str, step: int) -> str:
     """Write ``model``'s variables only (no optimizer, no step) as ``directory/ckpt-<step>``; returns the prefix.
 
@@ -117,5 +181,6 @@ def write_weights(model, directory: str, step: int) -> str:
     return prefix
 
 
-__all__ = ["ASSET_ROOT", "NAMES", "REFERENCE_KEYS", "asset_dir", "checkpoint_prefix", "data_info", "load",
-           "read_json", "reference_batch", "write_weights"]
+__all__ = ["ARTICLED", "ASSET_ROOT", "NAMES", "NAME_KINDS", "REFERENCE_KEYS", "RGB_REFERENCE_INPUTS", "RGB_REFERENCE_KEYS",
+           "ROOT_ENV", "asset_dir", "check_kind", "checkpoint_prefix", "data_info", "kind", "load", "read_json",
+           "reference_batch", "rgb_reference_batch", "write_weights"]
