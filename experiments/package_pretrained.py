@@ -1,7 +1,16 @@
-"""Package a trained depth run as the shipped pretrained model, evaluate it, and write its model card.
+"""Package a trained depth or RGB run as the shipped pretrained model, evaluate it, and write its model card.
 
   python -m experiments.package_pretrained --workdir=runs/pretrained_depth [--checkpoint=W/checkpoints/ckpt-N] \
       --name=depth [--frontal_frames_per_subject=0] [--card=docs/model_card_depth.md]
+  python -m experiments.package_pretrained --workdir=runs/rgb_t1_full_small --name=rgb \
+      --card=docs/model_card_rgb.md [--data_dir=D]
+
+The run's kind comes from W/run_kind.txt (``hsr_tf.train.run_kind``); --name=depth / --name=rgb must name a run of
+that kind. An RGB run (``experiments.rgb_synth``: phases in W/phase1..3, the final network published to
+W/checkpoints) is packaged by experiments/_package_rgb.py: the same files (plus run_kind.txt), reference.npz with
+uint8 images and their camera / root depth / bone scale, and card.json with the held-out RGB evaluation (mesh,
+aligned mesh and pose errors, PCK / AUC, 2D px, the mean-pose baseline) over the run's whole test split; no
+frontal set. The rest of this docstring describes a depth run.
 
 Writes hsr_tf/assets/pretrained/<name>/ (see hsr_tf/pretrained.py for its files): the run's model_config.json,
 the checkpoint's model variables only (no optimizer slots: a third of a training checkpoint), data_info.json and
@@ -94,10 +103,11 @@ def training_wall_time(train_scalars: dict, gap_s: float) -> dict:
             "pauses": int((gaps >= gap_s).sum())}
 
 
-def held_out_curve(eval_scalars: dict) -> dict:
-    """{metric: [[step, value], ...]} of the run's held-out evaluations during training."""
+def held_out_curve(eval_scalars: dict, keys=("mean_joint_error_mm", "model_joint_error_mm",
+                                             "aligned_shape_error_mm", "shape_error_mm")) -> dict:
+    """{metric: [[step, value], ...]} of the run's held-out evaluations during training (the ``keys`` metrics)."""
     out = {}
-    for key in ("mean_joint_error_mm", "model_joint_error_mm", "aligned_shape_error_mm", "shape_error_mm"):
+    for key in keys:
         rows = eval_scalars.get(f"metrics/{key}")
         if rows:
             out[key] = [[s, v] for s, _, v in rows]
@@ -121,14 +131,116 @@ def dir_size_mb(path: str) -> float:
     return sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path)) / 1e6
 
 
+def check_name_kind(name: str, kind: str, workdir: str) -> None:
+    """Refuse packaging a run under a shipped name of the other kind (a depth run as 'rgb', an RGB run as 'depth')."""
+    from hsr_tf import pretrained
+
+    expected = pretrained.NAME_KINDS.get(name)
+    if expected is not None and expected != kind:
+        raise ValueError(f"--name={name}: expected {pretrained.ARTICLED[expected]} run to package under that name, "
+                         f"found {pretrained.ARTICLED[kind]} run in {workdir} (its run_kind.txt)")
+
+
+def stage(workdir: str, model, step: int, docs: dict, kind: str) -> tuple:
+    """A fresh ``<root>/<name>.tmp`` with the run's model_config.json, the weights (variables only), the JSON
+    ``docs`` ({file: dict}) and, for RGB, run_kind.txt. Returns (tmp, final)."""
+    from hsr_tf import pretrained
+    from hsr_tf.train import loop, run_kind
+
+    root = FLAGS.out_root or pretrained.ASSET_ROOT
+    final = os.path.join(root, FLAGS.name)
+    tmp = final + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    shutil.copy(os.path.join(workdir, loop.MODEL_CONFIG_FILE), os.path.join(tmp, loop.MODEL_CONFIG_FILE))
+    pretrained.write_weights(model, tmp, step)
+    if kind != "depth":
+        run_kind.write_run_kind(tmp, kind)
+    for name, doc in docs.items():
+        with open(os.path.join(tmp, name), "w") as f:
+            json.dump(doc, f, indent=1, sort_keys=True)
+    return tmp, final
+
+
+def run_text(workdir: str) -> dict:
+    """The run's recorded flags (flags.txt lines) and last command (command.txt)."""
+    flags_txt = os.path.join(workdir, "flags.txt")
+    command_txt = os.path.join(workdir, "command.txt")
+    return {"flags": open(flags_txt).read().splitlines() if os.path.exists(flags_txt) else None,
+            "command": open(command_txt).read().strip().splitlines()[-1] if os.path.exists(command_txt) else None}
+
+
+def finish(tmp: str, final: str, card: dict, summary: dict) -> None:
+    """Size check, card.json, swap ``tmp`` in for ``final``, the Markdown card (--card), the printed summary."""
+    card["package_mb"] = round(dir_size_mb(tmp), 2)
+    if card["package_mb"] > FLAGS.max_package_mb:
+        raise RuntimeError(f"{tmp}: expected a package under {FLAGS.max_package_mb} MB, found {card['package_mb']} MB")
+    with open(os.path.join(tmp, "card.json"), "w") as f:
+        json.dump(card, f, indent=1)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    logging.info("Packaged %s (step %d) -> %s (%.1f MB)", card["source_checkpoint"], card["step"], final,
+                 card["package_mb"])
+    if model_card.card_file():
+        model_card.write(card, model_card.card_file())
+        logging.info("Model card: %s", model_card.card_file())
+    print(json.dumps({"package": final, "step": card["step"], "package_mb": card["package_mb"]} | summary, indent=1))
+
+
+def package_rgb(workdir: str, data_dir: str, t_start: float) -> None:
+    """Package an RGB run (experiments/_package_rgb.py): the published final network, evaluated on the test split."""
+    from experiments import _package_rgb
+    from hsr_tf.train import loop
+
+    settings = _package_rgb.run_settings(workdir)
+    model, ckpt, step = _package_rgb.load_final(workdir, FLAGS.checkpoint)
+    manifest = _package_rgb.training_manifest(data_dir)
+    docs = {"data_info.json": _package_rgb.data_info(data_dir, model, settings)}
+    if manifest is not None:
+        docs["training_data.json"] = manifest
+    tmp, final = stage(workdir, model, step, docs, "rgb")
+    _package_rgb.write_reference(model, data_dir, settings, FLAGS.reference_frames, os.path.join(tmp, "reference.npz"))
+    packaged, _ = loop.load_model_from_workdir(tmp, os.path.join(tmp, f"ckpt-{step}"))
+    t0 = time.time()
+    results = {"default": _package_rgb.evaluate(packaged, data_dir, settings)}
+    eval_s = time.time() - t0
+    logging.info("Held-out: %s", {k: round(v, 2) for k, v in results["default"].items() if isinstance(v, float)})
+    train_scalars = {}
+    for d in _package_rgb.summary_dirs(workdir, loop.TRAIN_SUMMARY_SUBDIR):
+        train_scalars.update({f"{d}:{k}": v for k, v in read_scalars(d).items()})
+    eval_dirs = _package_rgb.summary_dirs(workdir, loop.EVAL_SUMMARY_SUBDIR)
+    curve = held_out_curve(read_scalars(eval_dirs[-1]), _package_rgb.CURVE_KEYS) if eval_dirs else {}
+    card = {"name": FLAGS.name, "source_workdir": os.path.abspath(workdir), "source_checkpoint": os.path.abspath(ckpt),
+            "step": step, **run_text(workdir), "data_dir": data_dir,
+            **_package_rgb.card_fields(workdir, data_dir, model, manifest, settings),
+            "test_frames": int(results["default"]["num_frames"]),
+            "num_parameters": int(sum(np.prod(v.shape) for v in model.trainable_variables)),
+            "wall_time": training_wall_time(train_scalars, 60 * FLAGS.session_gap_min), "curve": curve,
+            "curve_prior": None, "heldout": results, "package_mb": None,
+            "packaged_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "package_command": common.command_line(), "note": FLAGS.card_note}
+    if card["batch_size"]:
+        card["samples_seen"] = {p: n * card["batch_size"] for p, n in card["phase_steps"].items() if n}
+    finish(tmp, final, card, {"evaluate_s": round(eval_s, 1), "total_s": round(time.time() - t_start, 1),
+                              "default": {k: round(v, 2) for k, v in results["default"].items()
+                                          if isinstance(v, float)}})
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if FLAGS.workdir is None:
         raise app.UsageError("--workdir: expected the run directory to package, found none")
+    from hsr_tf.train import run_kind  # no TensorFlow yet: the depth frames are rendered in forked workers first
+
     t_start = time.time()
     workdir = FLAGS.workdir
+    kind = run_kind.read_run_kind(workdir)
+    check_name_kind(FLAGS.name, kind, workdir)
     data_dir = common.resolve_data_dir(workdir)
+    if kind == "rgb":
+        package_rgb(workdir, data_dir, t_start)
+        return
     manifest_path = os.path.join(data_dir, "manifest.json")
     config = heldout.read_manifest_file(manifest_path)
     scratch = FLAGS.scratch_dir or os.path.join(workdir, "package_eval")
@@ -139,7 +251,6 @@ def main(argv):
                                       num_workers=FLAGS.render_workers)
     logging.info("Frontal held-out frames: %s", rendered)
 
-    from hsr_tf import pretrained
     from hsr_tf.data import reader as reader_lib
     from hsr_tf.train import loop, pipeline
 
@@ -150,16 +261,8 @@ def main(argv):
     if m is None:
         raise ValueError(f"--checkpoint: expected a prefix ending in ckpt-<step>, found {ckpt}")
     step = int(m.group(1))
-    root = FLAGS.out_root or pretrained.ASSET_ROOT
-    final = os.path.join(root, FLAGS.name)
-    tmp = final + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    shutil.copy(os.path.join(workdir, loop.MODEL_CONFIG_FILE), os.path.join(tmp, loop.MODEL_CONFIG_FILE))
-    pretrained.write_weights(model, tmp, step)
-    for name, doc in (("data_info.json", info), ("training_data.json", config.to_json_dict())):
-        with open(os.path.join(tmp, name), "w") as f:
-            json.dump(doc, f, indent=1, sort_keys=True)
+    tmp, final = stage(workdir, model, step, {"data_info.json": info, "training_data.json": config.to_json_dict()},
+                       "depth")
     write_reference(model, data_dir, FLAGS.reference_frames, os.path.join(tmp, "reference.npz"))
     # The packaged files, loaded as a user loads them, give the evaluated numbers (not the run's model object).
     packaged, _ = loop.load_model_from_workdir(tmp, os.path.join(tmp, f"ckpt-{step}"))
@@ -173,13 +276,10 @@ def main(argv):
         logging.info("%s views: %s", view, {k: round(v, 2) for k, v in results[view].items() if k in METRIC_KEYS})
     eval_s = time.time() - t0
     train_scalars = read_scalars(summary_dir(workdir, loop.TRAIN_SUMMARY_SUBDIR))
-    flags_txt = os.path.join(workdir, "flags.txt")
-    command_txt = os.path.join(workdir, "command.txt")
     card = {
-        "name": FLAGS.name, "source_workdir": os.path.abspath(workdir), "source_checkpoint": os.path.abspath(ckpt),
-        "step": step, "batch_size": int(common.workdir_flag(workdir, "batch_size") or 0) or None,
-        "flags": open(flags_txt).read().splitlines() if os.path.exists(flags_txt) else None,
-        "command": open(command_txt).read().strip().splitlines()[-1] if os.path.exists(command_txt) else None,
+        "name": FLAGS.name, "kind": "depth", "source_workdir": os.path.abspath(workdir),
+        "source_checkpoint": os.path.abspath(ckpt), "step": step,
+        "batch_size": int(common.workdir_flag(workdir, "batch_size") or 0) or None, **run_text(workdir),
         "data_dir": data_dir, "training_data": {k: v for k, v in config.to_json_dict().items() if k != "frame"},
         "view": config.to_json_dict()["frame"]["view"], "noise": config.frame.noise,
         "heldout_subjects": heldout.test_subjects(config),
@@ -197,21 +297,8 @@ def main(argv):
         card["curve_prior"] = {"file": FLAGS.prior_curve, "source": source}
     if card["batch_size"]:
         card["samples_seen"] = step * card["batch_size"]
-    card["package_mb"] = round(dir_size_mb(tmp), 2)
-    if card["package_mb"] > FLAGS.max_package_mb:
-        raise RuntimeError(f"{tmp}: expected a package under {FLAGS.max_package_mb} MB, found {card['package_mb']} MB")
-    with open(os.path.join(tmp, "card.json"), "w") as f:
-        json.dump(card, f, indent=1)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    logging.info("Packaged %s (step %d) -> %s (%.1f MB)", ckpt, step, final, card["package_mb"])
-    if FLAGS.card:
-        model_card.write(card, FLAGS.card)
-        logging.info("Model card: %s", FLAGS.card)
-    print(json.dumps({"package": final, "step": step, "package_mb": card["package_mb"], "evaluate_s": round(eval_s, 1),
-                      "total_s": round(time.time() - t_start, 1)} |
-                     {v: {k: round(x, 2) for k, x in r.items() if k in METRIC_KEYS} for v, r in results.items()},
-                     indent=1))
+    finish(tmp, final, card, {"evaluate_s": round(eval_s, 1), "total_s": round(time.time() - t_start, 1)} |
+           {v: {k: round(x, 2) for k, x in r.items() if k in METRIC_KEYS} for v, r in results.items()})
 
 
 if __name__ == "__main__":
