@@ -1,7 +1,9 @@
 """The RGB half of ``python -m experiments.export``: a run of the RGB network -> the RGB SavedModel.
 
 ``experiments.export --workdir=W`` comes here when :func:`is_rgb_run` says W holds an RGB run (its
-``run_kind.txt`` says ``rgb``, written by the RGB programs, or its ``model_config.json`` is an ``RGBMeshNet``).
+``run_kind.txt`` says ``rgb``, written by the RGB programs, or its ``model_config.json`` is an ``RGBMeshNet``), and
+``experiments.export --pretrained=NAME`` when the package NAME holds an RGB model (``hsr_tf.pretrained.kind``): then
+the check runs on the package's reference frames and also compares the export with its stored outputs.
 The export (``hsr_tf.export.export_rgb_saved_model``) is then reloaded and checked on held-out frames of the
 run's data (``--data_dir`` or the run's own), or on synthetic patterns when no RGB shards are at hand:
 
@@ -103,30 +105,78 @@ def verify(model, export_dir: str, x: dict, tolerance: float = MAX_DIFF_MM) -> d
     return diffs
 
 
-def export_rgb_run(workdir: str, export_dir: str, checkpoint, data_dir, check_frames: int, precision: str) -> dict:
-    """Load the run's network (newest or given checkpoint), export it, check it; returns the report dict
-    (also written to ``export_dir/export_report.json``)."""
+def reference_check_inputs(ref: dict, num_frames: int):
+    """The first ``num_frames`` reference frames of an RGB package (``hsr_tf.pretrained.rgb_reference_batch``) as
+    export inputs: each S x S uint8 crop repeated k x k (k = 256 / S), so the export's area resize gives the crop
+    back exactly, with the camera of the 256 crop. Returns (inputs, the package's outputs in the export's
+    units: vertices, joints camera mm; joints_uv px of the 256 crop), or (None, None) when 256 is no multiple of S."""
+    from hsr_tf import export as export_lib
+
+    s, big = int(ref["image_uint8"].shape[1]), export_lib.RGB_INPUT_SIZE
+    if big % s:
+        return None, None
+    k, n = big // s, int(num_frames)
+    x = {"image": np.repeat(np.repeat(ref["image_uint8"][:n], k, axis=1), k, axis=2),
+         "camera": export_lib.resize_camera(ref["camera"][:n], s, big).numpy(),
+         "root_depth": ref["root_depth"][:n].numpy(), "bone_scale": ref["bone_scale"][:n].numpy()}
+    want = {key: ref[f"reference/{key}"][:n].numpy() for key in ("vertices", "joints")}
+    want["joints_uv"] = (ref["reference/joints_uv"][:n].numpy() + 0.5) * k - 0.5
+    return x, want
+
+
+def export_rgb_model(model, ckpt: str, export_dir: str, data_dir, check_frames: int, precision: str,
+                     reference=None) -> dict:
+    """Export the built RGB ``model`` (restored from ``ckpt``), check it against the Keras model on held-out frames
+    of ``data_dir`` (or on ``reference``: a package's reference batch, then also against its stored outputs);
+    returns the report dict (also written to ``export_dir/export_report.json``)."""
     from hsr_tf import export as export_lib
     from hsr_tf.hand_model.skeleton import JOINT_NAMES
-    from hsr_tf.train import loop
 
-    model, ckpt = loop.load_model_from_workdir(workdir, checkpoint)
     if getattr(model, "variant", "mesh") == "baseline1":
-        raise ValueError(f"{workdir}: expected an RGB network with a mesh to export, found variant 'baseline1' "
+        raise ValueError(f"{ckpt}: expected an RGB network with a mesh to export, found variant 'baseline1' "
                          "(joints only)")
     meta = {"joint_names": list(JOINT_NAMES), "model_joint_names": list(JOINT_NAMES),
             "checkpoint": os.path.abspath(ckpt), "precision": precision, "variant": getattr(model, "variant", None),
             "data_dir": os.path.abspath(data_dir) if data_dir else None}
     export_lib.export_rgb_saved_model(model, export_dir, metadata=meta)
-    logging.info("Exported RGB run %s -> %s", ckpt, export_dir)
+    logging.info("Exported RGB model %s -> %s", ckpt, export_dir)
     report = {"kind": "rgb", "export_dir": os.path.abspath(export_dir), "checkpoint": ckpt,
               "model_image_size": int(model.image_size), "precision": precision}
+    tolerance = MAX_DIFF_MM if precision == "float32" else MAX_DIFF_MIXED_MM
     if check_frames:
-        x, source = check_inputs(data_dir, check_frames)
+        x, want = reference_check_inputs(reference, check_frames) if reference is not None else (None, None)
+        if x is None:
+            x, source = check_inputs(data_dir, check_frames)
+        else:
+            source = f"{len(x['image'])} reference frames of the package (crops repeated to 256 px)"
         report["check_frames"] = source
-        report["max_abs_diff"] = verify(model, export_dir, x, MAX_DIFF_MM if precision == "float32" else
-                                        MAX_DIFF_MIXED_MM)
+        report["max_abs_diff"] = verify(model, export_dir, x, tolerance)
         logging.info("SavedModel vs Keras model / mirrored, max |difference| (mm, px): %s", report["max_abs_diff"])
+        if want is not None:
+            served = export_lib.LoadedRGBModel(export_dir)(**x, is_left=np.zeros(len(x["image"]), bool))
+            diffs = {k: float(np.max(np.abs(served[k] - want[k]))) for k in want}
+            report["max_abs_diff_vs_reference"] = diffs
+            if max(diffs.values()) > tolerance:
+                raise RuntimeError(f"{export_dir}: expected the export to give the package's reference outputs within "
+                                   f"{tolerance} mm / px, found {diffs}")
     with open(os.path.join(export_dir, "export_report.json"), "w") as f:
         json.dump(report, f, indent=2)
     return report
+
+
+def export_rgb_run(workdir: str, export_dir: str, checkpoint, data_dir, check_frames: int, precision: str) -> dict:
+    """Load the run's network (newest or given checkpoint), export it, check it (:func:`export_rgb_model`)."""
+    from hsr_tf.train import loop
+
+    model, ckpt = loop.load_model_from_workdir(workdir, checkpoint)
+    return export_rgb_model(model, ckpt, export_dir, data_dir, check_frames, precision)
+
+
+def export_rgb_pretrained(name: str, export_dir: str, check_frames: int, precision: str) -> dict:
+    """``experiments.export --pretrained=NAME`` for an RGB package: the shipped network, checked on the package's
+    reference frames against the Keras model, its own mirror and the stored reference outputs."""
+    from hsr_tf import pretrained
+
+    model = pretrained.load(name)
+    return export_rgb_model(model, pretrained.checkpoint_prefix(name), export_dir, None, check_frames, precision,
+                            reference=pretrained.rgb_reference_batch(name))

@@ -12,7 +12,8 @@ and checked against the Keras model on test frames (max abs difference reported,
 An RGB run (W/run_kind.txt says rgb, or W/model_config.json is an RGBMeshNet) gets the RGB signature instead
 (experiments/_export_rgb.py, hsr_tf/export.py): image uint8 [B, 256, 256, 3], camera [B, 4], root_depth [B],
 bone_scale [B], is_left [B] -> vertices, joints (camera mm), joints_uv (px), heatmaps [B, 64, 64, 21]; checked
-against the Keras model (right hands) and against its own mirrored outputs (left hands).
+against the Keras model (right hands) and against its own mirrored outputs (left hands). --pretrained=rgb exports
+the shipped RGB model the same way (checked on its reference frames, also against the stored outputs).
 """
 import json
 import os
@@ -26,8 +27,9 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("export_dir", None, "SavedModel output directory (default WORKDIR/export).")
 flags.DEFINE_enum("export_ops", "fallback", ["fallback", "compiled"], "Ops traced into the SavedModel.")
 flags.DEFINE_string("checkpoint", None, "Checkpoint prefix (default: the newest in WORKDIR/checkpoints).")
-flags.DEFINE_string("pretrained", None, "Export the model shipped under this name (hsr_tf.pretrained, e.g. depth) "
-                    "instead of a run; --workdir is then not used and the check runs on its reference frames.")
+flags.DEFINE_string("pretrained", None, "Export the model shipped under this name (hsr_tf.pretrained: depth, rgb) "
+                    "instead of a run; --workdir is then not used and the check runs on its reference frames "
+                    "(packages under another root: set HSR_TF_PRETRAINED_ROOT).")
 flags.DEFINE_integer("check_frames", 4, "Test frames used to check the export against the Keras model (0 = skip).")
 
 
@@ -56,7 +58,15 @@ def main(argv):
         raise app.UsageError("--export_dir is required with --pretrained")
     from experiments import _export_rgb  # RGB runs: recognised by W/run_kind.txt (hsr_tf.train.run_kind)
 
-    if FLAGS.workdir is not None and not FLAGS.pretrained and _export_rgb.is_rgb_run(FLAGS.workdir):
+    if FLAGS.pretrained:
+        from hsr_tf import pretrained
+
+        if pretrained.check_kind(FLAGS.pretrained) == "rgb":
+            report = _export_rgb.export_rgb_pretrained(FLAGS.pretrained, FLAGS.export_dir, FLAGS.check_frames,
+                                                       common.apply_precision())
+            print(json.dumps(report, indent=2))
+            return
+    elif _export_rgb.is_rgb_run(FLAGS.workdir):
         report = _export_rgb.export_rgb_run(FLAGS.workdir, FLAGS.export_dir or os.path.join(FLAGS.workdir, "export"),
                                             FLAGS.checkpoint, common.resolve_data_dir(FLAGS.workdir),
                                             FLAGS.check_frames, common.apply_precision())

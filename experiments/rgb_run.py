@@ -1,6 +1,8 @@
 """The run of ``experiments.rgb_synth``: render, the three-phase schedule, publish, evaluate, export, predict.
 
-See ``experiments.rgb_common`` (flags and pieces) for what each step does. Export and predict are the programs
+See ``experiments.rgb_common`` (flags and pieces) for what each step does. --init_from=pretrained:rgb or
+--init_from=WORKDIR (an RGB run) starts the network from those weights (:func:`init_from`); set --phase1_steps=0
+--phase2_steps=0 to fine-tune end to end only. Export and predict are the programs
 ``experiments.export`` and ``experiments.predict_rgb``, run in subprocesses; each step is skipped with a log line
 when its program does not handle RGB runs.
 """
@@ -11,6 +13,7 @@ import os
 import time
 
 import keras
+import tensorflow as tf
 from absl import flags, logging
 
 from experiments import common, rgb_common, rgb_distribute
@@ -47,6 +50,42 @@ def write_predict_input(data_dir: str, out_dir: str) -> dict:
     return info
 
 
+CONFIG_KEYS_IGNORED = ("name", "trainable", "dtype")
+
+
+def init_from(net, spec: str) -> str:
+    """Copy the weights of the RGB model named by ``spec`` into the built ``net`` (--init_from).
+
+    ``spec``: ``pretrained:NAME`` (``hsr_tf.pretrained``, e.g. pretrained:rgb) or an RGB run's WORKDIR (its
+    published final network, W/checkpoints). The source must be an RGB model with ``net``'s configuration (the
+    --variant, --image_size, --rgb_network and --task_transfer it was trained with); variables are copied in
+    ``net.variables`` order, the order of every checkpoint of the network. Returns the source checkpoint.
+    Raises:
+      ValueError naming the kind or the configuration entries that differ; FileNotFoundError from the source.
+    """
+    found = common.spec_kind(spec)
+    if found != "rgb":
+        raise ValueError(f"--init_from={spec}: expected an RGB model (run_kind.txt 'rgb'), found a {found} model")
+    src, ckpt = common.load_model_spec(spec)
+    # Through JSON: a config deserialised from model_config.json holds lists where a built one may hold tuples.
+    mine, theirs = (json.loads(json.dumps(m.get_config(), default=str)) for m in (net, src))
+    differ = {k: (theirs.get(k), mine.get(k)) for k in sorted(set(mine) | set(theirs))
+              if k not in CONFIG_KEYS_IGNORED and mine.get(k) != theirs.get(k)}
+    if not differ and len(src.variables) != len(net.variables):
+        differ = {"variables": (len(src.variables), len(net.variables))}
+    if differ:
+        raise ValueError(f"--init_from={spec}: expected the source's network configuration, found differences "
+                         f"(entry: (source, this run)) {differ}; pass the source's --variant, --image_size, "
+                         "--rgb_network, --task_transfer")
+    for mine_v, src_v in zip(net.variables, src.variables):
+        if tuple(mine_v.shape) != tuple(src_v.shape):
+            raise ValueError(f"--init_from={spec}: expected {mine_v.path} of shape {tuple(mine_v.shape)}, found "
+                             f"{src_v.path} of shape {tuple(src_v.shape)}")
+        mine_v.assign(src_v)
+    logging.info("Initialised all %d variables from %s", len(net.variables), ckpt)
+    return ckpt
+
+
 def run(stop_after=None) -> dict:
     """Render (if needed), train the schedule, evaluate, export, predict (module docstring)."""
     if FLAGS.workdir is None:
@@ -65,6 +104,10 @@ def run(stop_after=None) -> dict:
 
     loop.save_model_config(net, workdir)
     run_kind.write_run_kind(workdir, "rgb")
+    if FLAGS.init_from and tf.train.latest_checkpoint(os.path.join(workdir, loop.CHECKPOINT_SUBDIR)) is None:
+        # Before every phase, also on a resume: each phase's Trainer then restores its own checkpoint and
+        # init_from_phases the earlier phases' final weights over it, so a resumed run equals an uninterrupted one.
+        init_from(net, FLAGS.init_from)
     heldout = rgb_common.heldout_dataset(FLAGS.data_dir)
     cpu0 = time.process_time()
     sched = rgb_common.train_schedule(net, FLAGS.data_dir, workdir, heldout=heldout, stop_after=stop_after)
