@@ -77,3 +77,35 @@ def test_export_pretrained_serves_the_reference_outputs(tmp_path):
     for key in pretrained.REFERENCE_KEYS:
         want = ref[key] * ref["scale"][:, None, None] + ref["center"][:, None]
         np.testing.assert_allclose(served[key].numpy(), want, atol=0.05, err_msg=key)
+
+
+RGB_ASSET = os.path.join(pretrained.ASSET_ROOT, "rgb")
+
+
+@pytest.mark.skipif(not os.path.isfile(os.path.join(RGB_ASSET, "model_config.json")),
+                    reason="no shipped RGB model yet (hsr_tf/assets/pretrained/rgb is written by "
+                           "experiments.package_pretrained --name=rgb from the CPU-sized Table 1 run)")
+def test_shipped_rgb_model_matches_its_reference_and_card():
+    """load('rgb'): an RGBMeshNet that reproduces its reference outputs; small, variables only; the card's test
+    split is the whole test split of the training set it names."""
+    model = pretrained.load("rgb")
+    assert type(model).__name__ == "RGBMeshNet" and pretrained.kind("rgb") == "rgb"
+    ref = pretrained.rgb_reference_batch("rgb")
+    inputs = {k: ref[k] for k in pretrained.RGB_REFERENCE_INPUTS}
+    out = model(inputs, training=False)
+    for key in pretrained.RGB_REFERENCE_KEYS:
+        np.testing.assert_allclose(out[key].numpy(), ref[f"reference/{key}"].numpy(), atol=1e-3, err_msg=key)
+    import keras
+    with open(os.path.join(RGB_ASSET, "model_config.json")) as f:
+        fresh = keras.saving.deserialize_keras_object(json.load(f))
+    assert np.abs(fresh(inputs, training=False)["joints"].numpy() - ref["reference/joints"].numpy()).max() > 1e-2
+    size_mb = sum(os.path.getsize(os.path.join(RGB_ASSET, f)) for f in os.listdir(RGB_ASSET)) / 1e6
+    assert size_mb < 25, size_mb
+    names = [n for n, _ in tf.train.list_variables(pretrained.checkpoint_prefix("rgb"))]
+    assert not [n for n in names if n.startswith("optimizer")] and any(n.startswith("model_variables/") for n in names)
+    card, manifest = pretrained.read_json("rgb", "card.json"), pretrained.read_json("rgb", "training_data.json")
+    from data_prep.synth import render
+    test = render.split_subjects(manifest["num_subjects"], manifest["test_fraction"], manifest["seed"])["test"]
+    assert card["kind"] == "rgb" and card["heldout_subjects"] == test
+    planned = len(test) * manifest["poses_per_subject"] * manifest["views_per_pose"]
+    assert 0.95 * planned <= card["heldout"]["default"]["num_frames"] <= planned  # the renderer skips a few frames
