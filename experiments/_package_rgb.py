@@ -175,6 +175,40 @@ def card_fields(workdir: str, data_dir: str, model, manifest, settings: dict) ->
             "batch_size": settings["batch_size"]}
 
 
+def portable_path(path):
+    """``path`` relative to the root of the git worktree holding it (the directory with ``.git`` above it), as a
+    reader of the card finds it in their own checkout; unchanged when no worktree holds it (e.g. /tmp)."""
+    if not path:
+        return path
+    full = os.path.abspath(path)
+    d = os.path.dirname(full)
+    while d != os.path.dirname(d):
+        if os.path.exists(os.path.join(d, ".git")):
+            return os.path.relpath(full, d)
+        d = os.path.dirname(d)
+    return path
+
+
+def portable_command(command):
+    """A recorded command with ``python`` for the interpreter's path and :func:`portable_path` for every
+    ``--flag=<existing path>`` (the card is committed: no machine's absolute paths in it)."""
+    import shlex
+
+    if not command:
+        return command
+    args = shlex.split(command)
+    if os.path.basename(args[0]).startswith("python"):
+        args[0] = "python"
+    out = []
+    for a in args:
+        name, eq, value = a.partition("=")
+        is_path = os.path.exists(value) or os.path.exists(value + ".index")  # a checkpoint is a prefix
+        if eq and name.startswith("--") and os.path.isabs(value) and is_path:
+            a = f"{name}={portable_path(value)}"
+        out.append(a)
+    return " ".join(shlex.quote(a) for a in out)
+
+
 def summary_dirs(workdir: str, which: str) -> list:
     """W/phase<N>/<which> of the phases the run has (the Trainers' TensorBoard directories)."""
     return [os.path.join(workdir, p, which) for p in PHASES if os.path.isdir(os.path.join(workdir, p, which))]

@@ -218,7 +218,9 @@ def render_rgb(card: dict, curve_name) -> str:
              f"({card['packaged_utc']}). Rewrite only the text with "
              f"`python -m experiments.model_card --name={name} --card=docs/model_card_{name}.md`.", "",
              "## What ships", "",
-             f"- Final network of `{card['source_workdir']}` (phase-3 step {card['step']:,}); model variables only, "
+             ("- Final network of " if card.get("published", True) else "- Phase-3 checkpoint (the run had not "
+              "finished: not its final network) of ") + f"`{card['source_workdir']}` (phase-3 step {card['step']:,}); "
+             "model variables only, "
              f"{card['package_mb']:.1f} MB in all ({card['num_parameters']:,} trainable parameters).",
              f"- Network: RGBMeshNet (Ge et al. CVPR 2019), variant `{net['variant']}`, "
              f"{net['image_size']} x {net['image_size']} px input, task transfer {'on' if net['task_transfer'] else 'off'}; "

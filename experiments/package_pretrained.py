@@ -210,15 +210,20 @@ def package_rgb(workdir: str, data_dir: str, t_start: float) -> None:
         train_scalars.update({f"{d}:{k}": v for k, v in read_scalars(d).items()})
     eval_dirs = _package_rgb.summary_dirs(workdir, loop.EVAL_SUMMARY_SUBDIR)
     curve = held_out_curve(read_scalars(eval_dirs[-1]), _package_rgb.CURVE_KEYS) if eval_dirs else {}
-    card = {"name": FLAGS.name, "source_workdir": os.path.abspath(workdir), "source_checkpoint": os.path.abspath(ckpt),
-            "step": step, **run_text(workdir), "data_dir": data_dir,
+    text = run_text(workdir)
+    text["command"] = _package_rgb.portable_command(text["command"])
+    published = os.path.dirname(os.path.abspath(ckpt)) == os.path.abspath(os.path.join(workdir, loop.CHECKPOINT_SUBDIR))
+    # Paths relative to their git worktree: the card is committed.
+    card = {"name": FLAGS.name, "source_workdir": _package_rgb.portable_path(workdir),
+            "source_checkpoint": _package_rgb.portable_path(ckpt), "published": published,
+            "step": step, **text, "data_dir": _package_rgb.portable_path(data_dir),
             **_package_rgb.card_fields(workdir, data_dir, model, manifest, settings),
             "test_frames": int(results["default"]["num_frames"]),
             "num_parameters": int(sum(np.prod(v.shape) for v in model.trainable_variables)),
             "wall_time": training_wall_time(train_scalars, 60 * FLAGS.session_gap_min), "curve": curve,
             "curve_prior": None, "heldout": results, "package_mb": None,
             "packaged_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "package_command": common.command_line(), "note": FLAGS.card_note}
+            "package_command": _package_rgb.portable_command(common.command_line()), "note": FLAGS.card_note}
     if card["batch_size"]:
         card["samples_seen"] = {p: n * card["batch_size"] for p, n in card["phase_steps"].items() if n}
     finish(tmp, final, card, {"evaluate_s": round(eval_s, 1), "total_s": round(time.time() - t_start, 1),

@@ -222,3 +222,15 @@ def test_load_refuses_a_package_of_the_other_kind(tmp_path):
         pretrained.load("rgb", root=str(tmp_path))
     with pytest.raises(ValueError, match="expected an RGB package"):
         pretrained.rgb_reference_batch("rgb", root=str(tmp_path))
+
+
+def test_card_paths_are_relative_to_their_worktree(tmp_path):
+    """The committed card names the run as a reader's checkout does: no machine's absolute paths, no venv python."""
+    (tmp_path / "tree" / ".git").mkdir(parents=True)
+    run = tmp_path / "tree" / "runs" / "r1"
+    run.mkdir(parents=True)
+    assert _package_rgb.portable_path(str(run)) == os.path.join("runs", "r1")
+    assert _package_rgb.portable_path(str(tmp_path / "elsewhere")) == str(tmp_path / "elsewhere")
+    cmd = f"/opt/venv/bin/python3 -m experiments.package_pretrained --workdir={run} --name=rgb '--card_note=a b'"
+    assert _package_rgb.portable_command(cmd) == \
+        "python -m experiments.package_pretrained --workdir=runs/r1 --name=rgb '--card_note=a b'"
