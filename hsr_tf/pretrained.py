@@ -52,7 +52,8 @@ def asset_dir(name: str, root: Optional[str] = None) -> str:
         raise ValueError(f"name: expected one of {NAMES}, found {name!r}")
     path = os.path.join(root or ASSET_ROOT, name)
     if not os.path.isfile(os.path.join(path, "model_config.json")):
-        raise FileNotFoundError(f"{path}: expected model_config.json of the shipped '{name}' model, found none")
+        raise FileNotFoundError(f"{path}: expected model_config.json of the shipped '{name}' model, found none "
+                                f"(a package is written by python -m experiments.package_pretrained --name={name})")
     return path
 
 
