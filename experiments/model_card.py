@@ -79,7 +79,10 @@ def plot_curve(card: dict, path: str) -> bool:
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    ax.set_title(f"'{card['name']}': held-out test split during training ({card['test_frames']} frames)", fontsize=9)
+    frames = card["test_frames"]
+    if rgb and _flag(card, "eval_batches") not in (None, "0"):  # RGB runs evaluate their first test batches
+        frames = min(frames, int(_flag(card, "eval_batches")) * int(card["batch_size"]))
+    ax.set_title(f"'{card['name']}': held-out test frames during training ({frames} frames)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -106,7 +109,8 @@ def _on_off(card, name, default="on"):
 def _trend(card, key: str = "mean_joint_error_mm") -> str:
     rows = (card.get("curve") or {}).get(key)
     if not rows or len(rows) < 6:
-        return "The run recorded too few held-out evaluations to say whether the error was still falling."
+        return (f"The run recorded {len(rows or [])} held-out evaluation(s) during training: too few (6 needed) for "
+                "this card to judge from them alone whether the error was still falling.")
     v = np.asarray(rows, np.float64)[:, 1]
     recent, before = v[-3:].mean(), v[-6:-3].mean()
     state = "still falling" if recent < before - 0.5 else "flat"
