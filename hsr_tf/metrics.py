@@ -13,6 +13,10 @@ Streaming accumulators (call ``update`` per batch, ``result`` at the end), all i
 * ``PointCloudErrorMetric``: mean distance from each input point to its nearest predicted
   vertex (``scipy.spatial.cKDTree``), no cut-off.
 
+Mesh quality, per frame (what the RGB paper's edge and normal losses act on, and a vertex error hides):
+``edge_length_error`` (mean relative error of the mesh's edge lengths) and ``normal_angle_error`` (mean angle
+between predicted and true face normals, degrees).
+
 Writers: ``write_threshold_csv``, ``plot_threshold_curve`` (matplotlib Agg, PNG) and
 ``write_per_joint_csv``.
 
@@ -164,6 +168,50 @@ def paired_difference(a, b, confidence=0.95, n_resamples=10000, seed=0):
         low, high = float(ci.low), float(ci.high)
     return {"mean_a": float(a.mean()), "mean_b": float(b.mean()), "mean_difference": float(diff.mean()),
             "ci_low": low, "ci_high": high, "confidence": float(confidence), "num_frames": int(a.size)}
+
+
+def edge_length_error(pred, gt, edges):
+    """Per-frame mean over edges of |len_pred - len_gt| / len_gt (unitless; 0.1 = 10 %).
+
+    Args:
+      pred, gt: [B, V, 3] meshes (same units, any frame: lengths do not depend on it). edges: int [E, 2]
+        (``hsr_tf.graph.laplacian.mesh_edges``). Edges of zero true length are left out.
+    Returns:
+      float64 [B].
+    """
+    pred, gt = _check_pair(pred, gt)
+    edges = np.asarray(edges)
+    if edges.ndim != 2 or edges.shape[1] != 2 or edges.dtype.kind not in "iu":
+        raise ValueError(f"edges: expected an integer array [E, 2], found {edges.dtype} {edges.shape}")
+    lp = np.linalg.norm(pred[:, edges[:, 0]] - pred[:, edges[:, 1]], axis=-1)
+    lg = np.linalg.norm(gt[:, edges[:, 0]] - gt[:, edges[:, 1]], axis=-1)
+    ok = lg > 0
+    return np.sum(np.where(ok, np.abs(lp - lg) / np.where(ok, lg, 1.0), 0.0), axis=1) / np.maximum(ok.sum(1), 1)
+
+
+def normal_angle_error(pred, gt, faces):
+    """Per-frame mean over faces of the angle between predicted and true unit face normals, degrees [0, 180].
+
+    Args:
+      pred, gt: [B, V, 3] meshes in the same frame (an unaligned rotation counts). faces: int [F, 3],
+        counter-clockwise seen from outside. Faces of zero area in either mesh are left out.
+    Returns:
+      float64 [B].
+    """
+    pred, gt = _check_pair(pred, gt)
+    faces = np.asarray(faces)
+    if faces.ndim != 2 or faces.shape[1] != 3 or faces.dtype.kind not in "iu":
+        raise ValueError(f"faces: expected an integer array [F, 3], found {faces.dtype} {faces.shape}")
+
+    def normals(v):  # B x F x 3, and B x F norms
+        n = np.cross(v[:, faces[:, 1]] - v[:, faces[:, 0]], v[:, faces[:, 2]] - v[:, faces[:, 0]])
+        return n, np.linalg.norm(n, axis=-1)
+
+    (np_, lp), (ng, lgn) = normals(pred), normals(gt)
+    ok = (lp > 0) & (lgn > 0)
+    cos = np.sum(np_ * ng, axis=-1) / np.where(ok, lp * lgn, 1.0)
+    angle = np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+    return np.sum(np.where(ok, angle, 0.0), axis=1) / np.maximum(ok.sum(1), 1)
 
 
 def similarity_align(source, target):

@@ -45,7 +45,8 @@ def test_metrics_against_hand_computed_values(tmp_path):
     ds = tf.data.Dataset.from_tensors(batch)
     mean_rel = {"joints": np.zeros((J, 3)), "vertices": np.zeros((V, 3))}
     mean_rel["joints"][1] = [1.0, 0.0, 0.0]  # one joint at (1, 0, 0) x the hand scale from the root
-    res = rgb_evaluation.evaluate(None, ds, predict_fn=_prediction, mean_pose=mean_rel, num_overlay_frames=2)
+    res = rgb_evaluation.evaluate(None, ds, predict_fn=_prediction, mean_pose=mean_rel, num_overlay_frames=2,
+                                  faces=FACES)
     # pose error: one joint of 42 off by 3 mm
     assert res["pose_error_mm"] == pytest.approx(3.0 / (B * J))
     assert res["per_joint_error_mm"][8] == pytest.approx(1.5)
@@ -67,17 +68,45 @@ def test_metrics_against_hand_computed_values(tmp_path):
     assert res["mean_baseline_mesh_error_mm"] == pytest.approx(np.linalg.norm(dv, axis=-1).mean(), rel=1e-5)
     np.testing.assert_array_equal(res["per_frame"]["frame_id"], [7, 9])
     np.testing.assert_allclose(res["per_frame"]["shape_error_mm"], [5.0, 22.5], rtol=1e-5)
+    # mesh quality: a shift keeps every edge (0 %), a x2 scaling doubles every edge (100 %); neither turns a face
+    np.testing.assert_allclose(res["per_frame"]["edge_length_error_pct"], [0.0, 100.0], atol=1e-4)
+    np.testing.assert_allclose(res["per_frame"]["normal_angle_error_deg"], [0.0, 0.0], atol=1e-3)
+    assert res["edge_length_error_pct"] == pytest.approx(50.0, rel=1e-6)
 
     paths = rgb_evaluation.write_report(res, str(tmp_path / "eval"), faces=FACES, label="toy")
     doc = json.load(open(paths["metrics"]))
     assert doc["num_frames"] == 2 and doc["pose_error_mm"] == pytest.approx(res["pose_error_mm"])
     table = read_per_frame_csv(paths["per_frame"])  # what experiments.compare reads
     assert set(table) >= {"frame_id", "joint_error_mm", "shape_error_mm", "aligned_shape_error_mm",
-                          "joint_2d_error_px"}
+                          "joint_2d_error_px", "edge_length_error_pct", "normal_angle_error_deg"}
+    assert doc["edge_length_error_pct"] == pytest.approx(50.0, rel=1e-6)
     np.testing.assert_allclose(table["joint_error_mm"], [3.0 / J, 0.0], atol=1e-4)
     rows = open(paths["pck_csv"]).read().splitlines()
     assert rows[0] == "threshold_mm,pck" and len(rows) == 52
     assert sorted(os.listdir(paths["overlays"])) == ["frame_0000007.png", "frame_0000009.png"]
+
+
+def test_mesh_quality_of_a_rotated_and_a_crumpled_tetrahedron():
+    from hsr_tf import metrics
+
+    gt = np.array([[0, 0, 0], [40, 0, 0], [0, 30, 0], [0, 0, 20]], np.float64)[None]
+    rot = gt @ np.array([[0.0, 1.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])  # 90 deg about z
+    # faces in z = 0 keep their normal; those in x = 0 and y = 0 turn by 90 deg; the slanted face's normal
+    # n ~ (1/40, 1/30, 1/20) keeps only its z part: cos = n_z^2 / |n|^2
+    n = np.array([1 / 40, 1 / 30, 1 / 20])
+    want = (0.0 + 90.0 + 90.0 + np.degrees(np.arccos(n[2] ** 2 / (n @ n)))) / 4
+    assert metrics.normal_angle_error(rot, gt, FACES)[0] == pytest.approx(want)
+    assert metrics.edge_length_error(rot, gt, [[0, 1], [0, 2], [0, 3], [1, 2], [1, 3], [2, 3]])[0] == \
+        pytest.approx(0.0, abs=1e-12)
+    # vertex 3 pulled to z = 5: edges 0-3, 1-3, 2-3 shrink (20 -> 5, sqrt(1600+400) -> sqrt(1600+25), ...)
+    flat = gt.copy()
+    flat[0, 3, 2] = 5.0
+    e = np.array([[0, 1], [0, 2], [0, 3], [1, 2], [1, 3], [2, 3]])
+    lp = np.linalg.norm(flat[0, e[:, 0]] - flat[0, e[:, 1]], axis=-1)
+    lg = np.linalg.norm(gt[0, e[:, 0]] - gt[0, e[:, 1]], axis=-1)
+    assert metrics.edge_length_error(flat, gt, e)[0] == pytest.approx(np.mean(np.abs(lp - lg) / lg))
+    with pytest.raises(ValueError, match=r"edges: expected an integer array \[E, 2\]"):
+        metrics.edge_length_error(flat, gt, np.zeros((3, 3), np.int64))
 
 
 def test_overlay_draws_the_mesh_where_it_projects():

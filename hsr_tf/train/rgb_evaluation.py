@@ -8,6 +8,9 @@ Metrics (all mm unless said; the camera, root depth and hand scale of every fram
 * pose error, 3D PCK (0-50 mm) and AUC (0-50 mm as on RHD, 20-50 mm as on STB): root-relative joint errors
   (``hsr_tf.pose_metrics``, root = wrist, 21 joints counted);
 * 2D joint error: mean pixel distance between predicted and ground-truth ``joints_uv`` in the input crop;
+* mesh quality (when the faces are known): ``edge_length_error_pct``, the mean relative error of the edge lengths
+  (%), and ``normal_angle_error_deg``, the mean angle between predicted and true face normals (camera frame);
+  what the edge and normal losses of Eq. 6 act on, and what a vertex error can hide (a thin or crumpled mesh);
 * a reference in the same run: the **mean baseline**, the training set's mean root-relative pose and mesh divided
   by the hand scale (camera frame), scaled by each test frame's hand scale and placed at its true root joint; it
   is what a network that ignores the image can reach at best with one answer (placing it at the true root favours
@@ -15,7 +18,8 @@ Metrics (all mm unless said; the camera, root depth and hand scale of every fram
 
 Files of :func:`write_report`: ``metrics.json``, ``per_frame.csv`` (columns named as the depth evaluation's, so
 ``experiments.compare`` pairs RGB runs too: ``joint_error_mm`` = the frame's pose error, ``shape_error_mm`` = its mesh
-error, ``aligned_shape_error_mm``, ``joint_2d_error_px``), ``per_joint.csv``, ``pck_curve.csv``, ``pck_curve.png``
+error, ``aligned_shape_error_mm``, ``joint_2d_error_px``, ``edge_length_error_pct``, ``normal_angle_error_deg``),
+``per_joint.csv``, ``pck_curve.csv``, ``pck_curve.png``
 (model and mean baseline) and ``overlays/frame_<id>.png`` (predicted mesh and joints drawn on the input image).
 
 Legend: B batch, S crop size (px), J joints (21), V vertices (1305), T thresholds.
@@ -85,7 +89,7 @@ def _place_mean(mean_rel, batch):
 
 def evaluate(model, dataset: tf.data.Dataset, max_batches: Optional[int] = None, predict_fn=None,
              mean_pose: Optional[dict] = None, num_overlay_frames: int = 0,
-             thresholds_mm=pose_metrics.DEFAULT_PCK_THRESHOLDS_MM) -> dict:
+             thresholds_mm=pose_metrics.DEFAULT_PCK_THRESHOLDS_MM, faces=None) -> dict:
     """Metrics of an RGB model over un-augmented reader batches (``hsr_tf.data.rgb_reader``).
 
     Args:
@@ -93,16 +97,25 @@ def evaluate(model, dataset: tf.data.Dataset, max_batches: Optional[int] = None,
         ``uvd``. dataset: batches with the model inputs, ``joints``, ``joints_uv``, ``vertices``,
         ``has_vertices``, ``frame_id``. max_batches: evaluate only the first batches. mean_pose: the output of
         :func:`mean_pose_from_shards` (adds the ``mean_baseline_*`` metrics). num_overlay_frames: keep the
-        inputs and predictions of the first frames for the overlays of :func:`write_report`.
+        inputs and predictions of the first frames for the overlays of :func:`write_report`. faces: int [F, 3]
+        of the mesh (default ``model.faces``); without them the mesh-quality metrics are left out.
     Returns:
       dict of scalars ``pose_error_mm``, ``auc_0_50``, ``auc_20_50``, ``joint_2d_error_px``, ``mesh_error_mm``,
-      ``aligned_mesh_error_mm`` (when frames have meshes and the model predicts one), the ``mean_baseline_``
+      ``aligned_mesh_error_mm``, ``edge_length_error_pct``, ``normal_angle_error_deg`` (when frames have meshes and
+      the model predicts one; the last two with faces), the ``mean_baseline_``
       versions, ``num_frames``, ``seconds``; arrays ``per_joint_error_mm`` [J], ``pck_thresholds_mm`` [T],
       ``pck`` [T] (and ``mean_baseline_pck``); ``per_frame`` {column: [F]}; ``overlays`` (a list of dicts).
     Raises:
       ValueError if the dataset yields no batch.
     """
     predict_fn = predict_fn or make_predict_fn(model)
+    faces = getattr(model, "faces", None) if faces is None else faces
+    edges = None
+    if faces is not None:
+        from hsr_tf.graph.laplacian import mesh_edges
+
+        faces = np.asarray(faces)
+        edges = mesh_edges(faces)
     pck = pose_metrics.PCKMetric(thresholds_mm, auc_range_mm=AUC_RANGES["auc_0_50"])
     base_pck = pose_metrics.PCKMetric(thresholds_mm, auc_range_mm=AUC_RANGES["auc_0_50"])
     per_frame, sums, overlays = {}, {}, []
@@ -136,6 +149,12 @@ def evaluate(model, dataset: tf.data.Dataset, max_batches: Optional[int] = None,
             record("aligned_shape_error_mm", np.where(has_v > 0, aligned, np.nan))
             add("mesh_error_mm", mesh, has_v)
             add("aligned_mesh_error_mm", aligned, has_v)
+            if edges is not None:
+                quality = {"edge_length_error_pct": 100.0 * metrics_lib.edge_length_error(pred_v, gt_v, edges),
+                           "normal_angle_error_deg": metrics_lib.normal_angle_error(pred_v, gt_v, faces)}
+                for name, values in quality.items():
+                    record(name, np.where(has_v > 0, values, np.nan))
+                    add(name, values, has_v)
             if mean_pose is not None and mean_pose.get("vertices") is not None:
                 base_v = _place_mean(mean_pose["vertices"], batch)
                 add("mean_baseline_mesh_error_mm", np.linalg.norm(base_v - gt_v, axis=-1).mean(axis=1), has_v)
