@@ -15,6 +15,7 @@ from absl import app, flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("workdirs", None, "Evaluated runs; the first is the reference.")
+UNITS = {"mm": "mm", "px": "px", "pct": "%", "deg": "deg"}  # by the column name's last part
 flags.DEFINE_list("metrics", ["joint_error_mm", "shape_error_mm", "aligned_shape_error_mm", "rest_shape_error_mm",
                               "point_cloud_error_mm"], "Per-frame columns to compare (those a run lacks are skipped).")
 flags.DEFINE_string("eval_subdir", "eval", "Report directory inside each workdir.")
@@ -59,14 +60,15 @@ def main(argv):
         if not all(metric in t for t in tables):
             continue
         ref = tables[0][metric][order[0]]
+        unit = UNITS.get(metric.rsplit("_", 1)[-1], "")
         rows = []
         print(f"{metric}:")
         for name, t, o in zip(names, tables, order):
             d = paired_difference(ref, t[metric][o], confidence=FLAGS.confidence)
             rows.append({"run": name, **d})
-            diff = "" if name == names[0] else (f"  {d['mean_difference']:+7.3f} mm "
+            diff = "" if name == names[0] else (f"  {d['mean_difference']:+7.3f} {unit} "
                                                  f"[{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]")
-            print(f"  {name:{width}s} {d['mean_b']:8.3f} mm{diff}")
+            print(f"  {name:{width}s} {d['mean_b']:8.3f} {unit}{diff}")
         report["metrics"][metric] = rows
     if FLAGS.json_out:
         with open(FLAGS.json_out, "w") as f:
