@@ -21,7 +21,7 @@ import os
 import numpy as np
 from absl import app, flags, logging
 
-from experiments import common
+from experiments import common, model_spec
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("export_dir", None, "SavedModel output directory (default WORKDIR/export).")
@@ -89,7 +89,7 @@ def main(argv):
     if norm["obb"]:
         raise ValueError(f"{data_dir}: expected shards normalised without OBB rotation to export, found obb=True")
     meta_precision = common.apply_precision()  # the MLPs' compute dtype of the exported graph
-    model, ckpt = common.load_model_spec(f"{common.PRETRAINED_PREFIX}{FLAGS.pretrained}") if FLAGS.pretrained else \
+    model, ckpt = model_spec.load_model_spec(f"{model_spec.PRETRAINED_PREFIX}{FLAGS.pretrained}") if FLAGS.pretrained else \
         loop.load_model_from_workdir(FLAGS.workdir, FLAGS.checkpoint, example_points_shape=(1, info["num_points"], 3))
     faces = model.faces
     export_dir = FLAGS.export_dir or os.path.join(FLAGS.workdir, "export")

@@ -28,7 +28,7 @@ import time
 
 from absl import flags, logging
 
-from experiments import common
+from experiments import common, model_spec
 
 FLAGS = flags.FLAGS
 
@@ -70,8 +70,8 @@ def build_loss(model, spec, reg_idx):
 
 
 def init_from_run(model, init_dir: str, num_points: int) -> int:
-    """--init_from (a run WORKDIR or pretrained:NAME): see :func:`experiments.common.init_from`."""
-    return common.init_from(model, init_dir, num_points)
+    """--init_from (a run WORKDIR or pretrained:NAME): see :func:`experiments.model_spec.init_from`."""
+    return model_spec.init_from(model, init_dir, num_points, scope=common.distribution_strategy().scope())
 
 
 def train_and_evaluate(spec, data_dir: str, workdir: str, test_split: str = "test", train_split: str = "train") -> dict:

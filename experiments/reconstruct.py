@@ -26,7 +26,7 @@ import time
 import numpy as np
 from absl import app, flags, logging
 
-from experiments import common, heldout
+from experiments import common, heldout, model_spec
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "pretrained:depth", "The model: 'pretrained:NAME' (shipped weights) or a run WORKDIR.")
@@ -196,7 +196,7 @@ def main(argv):
     t_start = time.time()
     workdir = FLAGS.workdir
     os.makedirs(workdir, exist_ok=True)
-    config = heldout.read_manifest_file(FLAGS.training_manifest or common.training_manifest_path(FLAGS.model))
+    config = heldout.read_manifest_file(FLAGS.training_manifest or model_spec.training_manifest_path(FLAGS.model))
     slots = heldout.heldout_slots(config, FLAGS.frames_per_subject)
     logging.info("Held-out subjects %s of the training set (%d subjects, seed %d): %d frames per viewpoint set",
                  heldout.test_subjects(config), config.num_subjects, config.seed, len(slots))
@@ -212,7 +212,7 @@ def main(argv):
     t0 = time.time()
     from hsr_tf.train import evaluation, pipeline
 
-    model, ckpt = common.load_model_spec(FLAGS.model)
+    model, ckpt = model_spec.load_model_spec(FLAGS.model)
     timings["load_model_s"] = time.time() - t0
     faces = np.asarray(model.faces)
     predict_fn = evaluation.make_predict_fn(model)  # one trace for every set

@@ -16,7 +16,7 @@ import keras
 import tensorflow as tf
 from absl import flags, logging
 
-from experiments import common, rgb_common, rgb_distribute
+from experiments import common, model_spec, rgb_common, rgb_distribute
 
 FLAGS = flags.FLAGS
 
@@ -63,10 +63,10 @@ def init_from(net, spec: str) -> str:
     Raises:
       ValueError naming the kind or the configuration entries that differ; FileNotFoundError from the source.
     """
-    found = common.spec_kind(spec)
+    found = model_spec.spec_kind(spec)
     if found != "rgb":
         raise ValueError(f"--init_from={spec}: expected an RGB model (run_kind.txt 'rgb'), found a {found} model")
-    src, ckpt = common.load_model_spec(spec)
+    src, ckpt = model_spec.load_model_spec(spec)
     # Through JSON: a config deserialised from model_config.json holds lists where a built one may hold tuples.
     mine, theirs = (json.loads(json.dumps(m.get_config(), default=str)) for m in (net, src))
     differ = {k: (theirs.get(k), mine.get(k)) for k in sorted(set(mine) | set(theirs))

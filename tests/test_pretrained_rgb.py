@@ -15,7 +15,7 @@ import tensorflow as tf
 from absl import flags
 from absl.testing import flagsaver
 
-from experiments import _package_rgb, common, rgb_run
+from experiments import _package_rgb, common, model_spec, rgb_run
 from hsr_tf import pretrained
 from hsr_tf.models.rgb_mesh_net import RGBMeshNet
 from hsr_tf.train import loop, run_kind
@@ -187,7 +187,7 @@ def test_init_from_copies_an_rgb_run_and_refuses_other_models(tmp_path):
     with pytest.raises(ValueError, match="expected an RGB model.*found a depth model"):
         rgb_run.init_from(net, str(tmp_path / "depth_run"))
     with pytest.raises(ValueError, match="expected a depth model for this depth program, found an RGB model"):
-        common.init_from(None, str(tmp_path / "src"), 1024)
+        model_spec.init_from(None, str(tmp_path / "src"), 1024)
 
 
 def test_package_refuses_wrong_kind_and_partial_checkpoints(tmp_path):
