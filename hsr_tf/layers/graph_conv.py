@@ -151,7 +151,7 @@ class ChebConv(keras.layers.Layer):
         xn = tf.reshape(tf.transpose(x, [1, 0, 2]), [-1, f_in])                  # [M B, F_in]
         thetas = [kernel[i * f_in:(i + 1) * f_in] for i in range(k_terms)]       # K x [F_in, F_out], k-major rows
         # Mostly one matmul per theta_k, summed, rather than one on the concatenated T_k x: the concat's copy
-        # cost as much as the matmul (notes_drafts/graph_conv.md).
+        # cost as much as the matmul (WORKSPACE_NOTES.md, session 2026-12-05, "Graph convolution speed").
         if f_out < f_in:
             # Transform first, then Clenshaw: sum_k T_k(L~) y_k with y_k = x theta_k costs K - 1 products of
             # width F_out: b_k = y_k + 2 L~ b_{k+1} - b_{k+2} (k = K-1..1), result = y_0 + L~ b_1 - b_2.
