@@ -119,6 +119,15 @@ def _trend(card, key: str = "mean_joint_error_mm") -> str:
             f"(steps {int(rows[-6][0]):,}-{int(rows[-1][0]):,}): {state}.")
 
 
+def _wall_time_line(wt: dict, what: str = "") -> str:
+    """The card's wall-time bullet from ``card['wall_time']`` (``what``: e.g. ' over the three phases')."""
+    if wt.get("active_hours") is None:
+        return "- Wall time: not recorded in the workdir (no training summaries)."
+    return (f"- Wall time: {wt['active_hours']:.2f} h of training{what} ({wt['first_to_last_hours']:.2f} h first to "
+            f"last summary, {wt['pauses']} pauses longer than the gap limit excluded), on the machine recorded in "
+            "the notes.")
+
+
 def _short_command(command: str) -> str:
     """The packaging command as a reader retypes it: ``python -m ...``, the note elided (it is in the card)."""
     import shlex
@@ -171,12 +180,7 @@ def render(card: dict, curve_name) -> str:
             "lambda_joint", "lambda_chamfer", "lambda_mean_shape", "lambda_shape", "seed", "max_steps")
     chosen = [ln for ln in card.get("flags") or [] if ln.split("=", 1)[0][2:] in keep]
     lines += [f"- Flags: {' '.join(f'`{c}`' for c in chosen) if chosen else 'not recorded in the workdir'}."]
-    if wt.get("active_hours") is not None:
-        lines += [f"- Wall time: {wt['active_hours']:.2f} h of training ({wt['first_to_last_hours']:.2f} h first to "
-                  f"last summary, {wt['pauses']} pauses longer than the gap limit excluded), on the machine recorded "
-                  "in the notes."]
-    else:
-        lines += ["- Wall time: not recorded in the workdir (no training summaries)."]
+    lines += [_wall_time_line(wt)]
     lines += ["", "## Held-out errors (mm, camera frame)", "",
               "| set | frames | " + " | ".join(label for _, label in ROWS) + " | frames with max joint error <= 20 / 40 mm |",
               "|---|---|" + "---|" * len(ROWS) + "---|"]
@@ -260,12 +264,7 @@ def render_rgb(card: dict, curve_name) -> str:
               f"regressor {steps.get('phase2') or 0:,} steps, phase 3 end to end {steps.get('phase3') or 0:,} steps"
               + (f", batch {card['batch_size']}." if card.get("batch_size") else "."),
               f"- Flags: {' '.join(f'`{c}`' for c in chosen) if chosen else 'not recorded in the workdir'}."]
-    if wt.get("active_hours") is not None:
-        lines += [f"- Wall time: {wt['active_hours']:.2f} h of training over the three phases "
-                  f"({wt['first_to_last_hours']:.2f} h first to last summary, {wt['pauses']} pauses longer than the "
-                  "gap limit excluded), on the machine recorded in the notes."]
-    else:
-        lines += ["- Wall time: not recorded in the workdir (no training summaries)."]
+    lines += [_wall_time_line(wt, " over the three phases")]
     pck = r.get("pck_at", {})
     lines += ["", "## Held-out errors (whole test split; camera, root depth and hand scale given, as in the paper)",
               "", "| | pose (mm) | mesh (mm) | aligned mesh (mm) | 2D joints (px) | AUC 0-50 mm | AUC 20-50 mm | "

@@ -170,6 +170,13 @@ def paired_difference(a, b, confidence=0.95, n_resamples=10000, seed=0):
             "ci_low": low, "ci_high": high, "confidence": float(confidence), "num_frames": int(a.size)}
 
 
+def _index_array(name, x, rows: str, width: int) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim != 2 or x.shape[1] != width or x.dtype.kind not in "iu":
+        raise ValueError(f"{name}: expected an integer array [{rows}, {width}], found {x.dtype} {x.shape}")
+    return x
+
+
 def edge_length_error(pred, gt, edges):
     """Per-frame mean over edges of |len_pred - len_gt| / len_gt (unitless; 0.1 = 10 %).
 
@@ -180,9 +187,7 @@ def edge_length_error(pred, gt, edges):
       float64 [B].
     """
     pred, gt = _check_pair(pred, gt)
-    edges = np.asarray(edges)
-    if edges.ndim != 2 or edges.shape[1] != 2 or edges.dtype.kind not in "iu":
-        raise ValueError(f"edges: expected an integer array [E, 2], found {edges.dtype} {edges.shape}")
+    edges = _index_array("edges", edges, "E", 2)
     lp = np.linalg.norm(pred[:, edges[:, 0]] - pred[:, edges[:, 1]], axis=-1)
     lg = np.linalg.norm(gt[:, edges[:, 0]] - gt[:, edges[:, 1]], axis=-1)
     ok = lg > 0
@@ -199,9 +204,7 @@ def normal_angle_error(pred, gt, faces):
       float64 [B].
     """
     pred, gt = _check_pair(pred, gt)
-    faces = np.asarray(faces)
-    if faces.ndim != 2 or faces.shape[1] != 3 or faces.dtype.kind not in "iu":
-        raise ValueError(f"faces: expected an integer array [F, 3], found {faces.dtype} {faces.shape}")
+    faces = _index_array("faces", faces, "F", 3)
 
     def normals(v):  # B x F x 3, and B x F norms
         n = np.cross(v[:, faces[:, 1]] - v[:, faces[:, 0]], v[:, faces[:, 2]] - v[:, faces[:, 0]])

@@ -1,7 +1,6 @@
 """The RGB model as a shipped package: experiments.package_pretrained on a tiny RGB run, hsr_tf.pretrained.load('rgb'),
 experiments.export --pretrained=rgb, --init_from for experiments.rgb_synth, and the errors for a model of the wrong
 kind. (The shipped package itself: tests/test_pretrained.py.)"""
-import contextlib
 import json
 import os
 import shutil
@@ -12,27 +11,17 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from absl import flags
-from absl.testing import flagsaver
 
 from experiments import _package_rgb, common, model_spec, rgb_run
 from hsr_tf import pretrained
 from hsr_tf.models.rgb_mesh_net import RGBMeshNet
 from hsr_tf.train import loop, run_kind
+from tests.test_rgb_pipeline import parsed  # the flag-parsing context of the RGB program tests
 
-FLAGS = flags.FLAGS
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(ROOT, "experiments", "flags", "rgb_demo.flags")
 SMALL = dict(filters=16, num_residual=1, gcn_fc=32, gcn_features=(8, 8), regressor_features=(4, 8), regressor_hidden=16,
              mlp_hidden=16)  # a narrow network for the runs made up in a test (tests/test_export_rgb.py's)
-
-
-@contextlib.contextmanager
-def parsed(args):
-    with flagsaver.flagsaver():
-        FLAGS.unparse_flags()
-        FLAGS(["prog"] + args)
-        yield
 
 
 def tiny_args(data_dir, workdir, steps=(1, 1, 2), *extra):
