@@ -142,7 +142,8 @@ def test_row_digests_hand_values():
     np.testing.assert_array_equal(shards.row_digests(np.array(["ab", b"ab"], dtype=object)), [zlib.crc32(b"ab")] * 2)
 
 
-def _flip(path, positions):
+def flip_bytes(path, positions):
+    """XOR 0xFF into the bytes of ``path`` at ``positions`` (each taken modulo the file size)."""
     with open(path, "r+b") as f:
         size = os.fstat(f.fileno()).st_size
         for p in positions:
@@ -156,7 +157,7 @@ def _check_flipped(tmp_path, positions):
     path = str(tmp_path / "train-00001.h5")
     ref = arrays(seed=3)
     shards.write_shard(path, ref, ATTRS)
-    _flip(path, positions)
+    flip_bytes(path, positions)
     try:
         got = shards.load_shard(path)
     except shards.ShardError as e:

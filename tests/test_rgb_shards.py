@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from hsr_tf.data import rgb_shards as rs
 from hsr_tf.hand_model.skeleton import JOINT_NAMES
+from tests.test_fuzz_shards import flip_bytes
 
 S = 16
 
@@ -175,13 +176,7 @@ def test_version_1_shard_without_digests_is_read(tmp_path):
 def _check_flipped(path, positions):
     ref = _arrays(seed=5, sequence=np.array(["B1Counting", "B2Random", "B1Counting"]))
     rs.write_rgb_shard(path, ref, ATTRS)
-    with open(path, "r+b") as f:
-        size = os.fstat(f.fileno()).st_size
-        for p in positions:
-            f.seek(p % size)
-            b = f.read(1)
-            f.seek(p % size)
-            f.write(bytes([b[0] ^ 0xFF]))
+    flip_bytes(path, positions)
     try:
         got, attrs = rs.read_rgb_shard(path)
     except rs.RGBShardError as e:
