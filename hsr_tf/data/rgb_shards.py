@@ -46,7 +46,7 @@ import os
 
 import numpy as np
 
-from hsr_tf.data import shards
+from hsr_tf.data import shard_integrity, shards
 
 RGB_SCHEMA_VERSION = 2
 SUPPORTED_SCHEMA_VERSIONS = (1, 2)  # 1: no content digests (older shards), 2: digests required
@@ -231,8 +231,8 @@ def write_rgb_shard(path: str, arrays: dict, attrs: dict, compression: str = "gz
     check_values(path, arrays)
     def fill(f):
         for name, arr in arrays.items():
-            if _is_string_dtype(arr.dtype):  # fixed-length UTF-8: no global heap (see shards.fixed_text)
-                data, dtype = shards.fixed_text(arr)
+            if _is_string_dtype(arr.dtype):  # fixed-length UTF-8: no global heap (see shard_integrity.fixed_text)
+                data, dtype = shard_integrity.fixed_text(arr)
                 ds = f.create_dataset(name, data=data, dtype=dtype)
             else:
                 kw = {}
@@ -241,11 +241,11 @@ def write_rgb_shard(path: str, arrays: dict, attrs: dict, compression: str = "gz
                     if compression == "gzip":
                         kw["compression_opts"] = 4
                 ds = f.create_dataset(name, data=arr, **kw)
-            ds.attrs[shards.DIGEST_ATTR] = shards.row_digests(arr)
+            ds.attrs[shard_integrity.DIGEST_ATTR] = shard_integrity.row_digests(arr)
         for key, value in attrs.items():
-            shards.write_attr(f.attrs, key, value)
+            shard_integrity.write_attr(f.attrs, key, value)
         # Digest of the attributes as the reader will decode them (so types round-trip identically).
-        f.attrs[shards.ATTRS_DIGEST] = np.uint32(shards.attrs_digest(_attrs_of(f)))
+        f.attrs[shard_integrity.ATTRS_DIGEST] = np.uint32(shard_integrity.attrs_digest(_attrs_of(f)))
 
     # In memory, then one checked write + rename: a full disk raises ShardWriteError, never a torn shard.
     shards.write_hdf5_atomically(path, fill)
@@ -254,8 +254,8 @@ def write_rgb_shard(path: str, arrays: dict, attrs: dict, compression: str = "gz
 def check_digests(path, name, data, stored, start: int = 0) -> None:
     """Rows ``data`` (frames ``start ..``) against their stored digests (None: version-1 shard, not checked).
 
-    Raises RGBShardError naming the file, field and frame on a mismatch (see hsr_tf.data.shards.check_digests)."""
-    shards.check_digests(path, name, data, stored, start, error=RGBShardError)
+    Raises RGBShardError naming the file, field and frame on a mismatch (see hsr_tf.data.shard_integrity.check_digests)."""
+    shard_integrity.check_digests(path, name, data, stored, start, error=RGBShardError)
 
 
 def _attrs_of(f) -> dict:
@@ -289,7 +289,7 @@ def validate_rgb_shard(path: str) -> dict:
     try:
         with h5py.File(path, "r") as f:
             attrs = _attrs_of(f)
-            stored = attrs.pop(shards.ATTRS_DIGEST, None)
+            stored = attrs.pop(shard_integrity.ATTRS_DIGEST, None)
             shapes, dtypes = {}, {}
             for name, obj in f.items():
                 name = name.decode("utf-8") if isinstance(name, bytes) else str(name)
@@ -299,14 +299,14 @@ def validate_rgb_shard(path: str) -> dict:
                 dtypes[name] = np.dtype(obj.dtype)
             num_frames = _check_layout(path, shapes, dtypes, attrs)
             version = int(attrs["schema_version"])
-            digests = shards.digests_of(f, path, version, num_frames, error=RGBShardError)
+            digests = shard_integrity.digests_of(f, path, version, num_frames, error=RGBShardError)
     except RGBShardError:
         raise
     except shards.H5_ERRORS + (TypeError,) as e:
         raise RGBShardError(f"{path}: cannot open as HDF5 (missing, truncated or corrupt): {e}") from e
-    if version >= shards.DIGESTS_SINCE and (type(stored) is not int or stored != shards.attrs_digest(attrs)):
-        raise RGBShardError(f"{path}: attribute '{shards.ATTRS_DIGEST}': expected the CRC-32 of the file attributes "
-                            f"({shards.attrs_digest(attrs):08x}), found {stored!r}: an attribute is damaged")
+    if version >= shard_integrity.DIGESTS_SINCE and (type(stored) is not int or stored != shard_integrity.attrs_digest(attrs)):
+        raise RGBShardError(f"{path}: attribute '{shard_integrity.ATTRS_DIGEST}': expected the CRC-32 of the file attributes "
+                            f"({shard_integrity.attrs_digest(attrs):08x}), found {stored!r}: an attribute is damaged")
     return {"num_frames": num_frames, "shapes": shapes, "dtypes": dtypes, "attrs": attrs, "digests": digests}
 
 
