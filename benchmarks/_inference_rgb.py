@@ -42,7 +42,7 @@ def _sparse_flops_per_frame(net) -> int:
     total = 0
     for layer in net._flatten_layers():
         if isinstance(layer, ChebConv):
-            nnz = int(layer._laplacian().values.shape[0])
+            nnz = layer.laplacian_nnz
             total += 2 * nnz * layer.f_in * (layer.K - 1)
     return total
 
