@@ -4,6 +4,8 @@ Outputs, gradients (weights and input features) and the BatchNorm moving statist
 compared between ``training_path.use(REFERENCE)`` and the default fast path, on the same layers; the clouds
 are sparse enough that the ball query pads groups with duplicate rows (ties in the max over S).
 """
+import dataclasses
+
 import keras
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ import tensorflow as tf
 
 from hsr_tf.layers import training_path
 from hsr_tf.layers.set_abstraction import GlobalSetAbstraction, SetAbstraction
+from hsr_tf.ops import mlp_train
 
 
 def _set_stats(layers, rng):
@@ -34,9 +37,13 @@ def _restore(layers, state):
         v.assign(value)
 
 
-@pytest.mark.parametrize("grouping,use_xyz,normalize", [("ball", True, True), ("ball", True, False),
-                                                         ("knn", False, False)])
-def test_fast_training_path_equals_reference(grouping, use_xyz, normalize, rng):
+FAST_WITHOUT_KERNELS = dataclasses.replace(training_path.FAST, fused_kernels=False)
+
+
+@pytest.mark.parametrize("grouping,use_xyz,normalize,fast", [
+    ("ball", True, True, training_path.FAST), ("ball", True, False, training_path.FAST),
+    ("knn", False, False, training_path.FAST), ("ball", True, True, FAST_WITHOUT_KERNELS)])
+def test_fast_training_path_equals_reference(grouping, use_xyz, normalize, fast, rng):
     b, n = 3, 96
     xyz = tf.constant(rng.normal(size=(b, n, 3)).astype(np.float32))
     sa1 = SetAbstraction(24, 0.6, 12, [8, 16], grouping=grouping, normalize_by_radius=normalize)
@@ -69,7 +76,7 @@ def test_fast_training_path_equals_reference(grouping, use_xyz, normalize, rng):
         return out.numpy(), [g.numpy() for g in grads], stats
 
     ref_out, ref_grads, ref_stats = run(training_path.REFERENCE)
-    out, grads, stats = run(training_path.FAST)
+    out, grads, stats = run(fast)
     np.testing.assert_allclose(out, ref_out, rtol=1e-4, atol=1e-4)
     for g, rg, w in zip(grads, ref_grads, weights + ["features"]):
         np.testing.assert_allclose(g, rg, rtol=2e-3, atol=2e-3 * np.abs(rg).max(), err_msg=str(w))
@@ -77,11 +84,15 @@ def test_fast_training_path_equals_reference(grouping, use_xyz, normalize, rng):
         np.testing.assert_allclose(s, rs, rtol=1e-5, atol=1e-6)
     # The statistics really moved (a path that skipped the update would keep the restored values).
     assert not np.allclose(stats[0], state[2])
-    # The fast path is not silently the reference: the training graph has FusedBatchNorm and MaxPool ops.
-    with training_path.use(training_path.FAST):
+    # The fast path is not silently the reference: the training graph has the compiled fused kernels (where
+    # they can run) or FusedBatchNorm and MaxPool ops.
+    with training_path.use(fast):
         graph = tf.function(lambda: glob(p2, f2, training=True)).get_concrete_function().graph
     types = {op.type for op in graph.get_operations()}
-    assert "FusedBatchNormV3" in types and "MaxPool" in types, types
+    if fast.fused_kernels and mlp_train.kernels_available():
+        assert {"HsrBatchNormRelu", "HsrBatchNormReluMax"} <= types and "FusedBatchNormV3" not in types, types
+    else:
+        assert "FusedBatchNormV3" in types and "MaxPool" in types, types
 
 
 def test_reference_switch_and_bad_argument():

@@ -185,9 +185,9 @@ class _SharedMLP(keras.layers.Layer):
             else:
                 h_in = tf.reshape(tf.cast(x, dt), [-1, x.shape[-1]]) if i == 0 else h
                 z = tf.matmul(h_in, tf.cast(conv.kernel[0, 0], dt))
-            h = training_path.batch_norm_relu_train(z, bn)
-        pooled = training_path.group_max(h, s)
-        out = tf.reshape(pooled, tf.concat([lead, [self.mlp[-1]]], axis=0))
+            last = i == len(self.convs) - 1
+            h = training_path.batch_norm_relu_train(z, bn, group_size=s if last else None)
+        out = tf.reshape(h, tf.concat([lead, [self.mlp[-1]]], axis=0))
         out.set_shape(src.shape[:2].concatenate([self.mlp[-1]]))
         return tf.cast(out, tf.float32)
 

@@ -37,6 +37,8 @@ import dataclasses
 
 import tensorflow as tf
 
+from hsr_tf.ops import mlp_train
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainingPath:
@@ -45,10 +47,11 @@ class TrainingPath:
     fused_batch_norm: bool = True
     max_pool: bool = True
     project_then_group: bool = True
+    fused_kernels: bool = True
 
 
 FAST = TrainingPath()
-REFERENCE = TrainingPath(fused_batch_norm=False, max_pool=False, project_then_group=False)
+REFERENCE = TrainingPath(fused_batch_norm=False, max_pool=False, project_then_group=False, fused_kernels=False)
 _state = {"path": FAST}
 
 
@@ -70,39 +73,30 @@ def use(path: TrainingPath):
         _state["path"] = old
 
 
-def batch_norm_relu_train(z, bn):
-    """relu(BatchNorm(z)) with the batch's statistics, and Keras' update of ``bn``'s moving statistics.
+def batch_norm_relu_train(z, bn, group_size=None):
+    """relu(BatchNorm(z)) with the batch's statistics (max-pooled over groups of ``group_size`` rows when
+    given), and Keras' update of ``bn``'s moving statistics.
 
     Args:
       z: [R, C] pre-activations in the compute dtype (float32 or bfloat16 / float16).
       bn: the ``keras.layers.BatchNormalization`` whose gamma, beta, epsilon, momentum and moving statistics
         are used (axis -1).
+      group_size: None, or S: return the max over each group of S consecutive rows.
     Returns:
-      [R, C] in the dtype of ``z``.
+      [R, C] (or [R / S, C]) in the dtype of ``z``.
     """
     c = z.shape[-1]
     gamma = tf.cast(bn.gamma, tf.float32) if bn.scale else tf.ones([c], tf.float32)
     beta = tf.cast(bn.beta, tf.float32) if bn.center else tf.zeros([c], tf.float32)
-    y, mean, var, _, _, _ = tf.raw_ops.FusedBatchNormV3(
-        x=tf.reshape(z, [1, 1, -1, c]), scale=gamma, offset=beta, mean=tf.zeros([0], tf.float32),
-        variance=tf.zeros([0], tf.float32), epsilon=float(bn.epsilon), is_training=True, data_format="NHWC")
-    # FusedBatchNormV3 returns the unbiased (n - 1) variance for the moving average; Keras uses the biased one.
-    n = tf.cast(tf.shape(z)[0], tf.float32)
-    var = tf.stop_gradient(var * (n - 1.0) / tf.maximum(n, 1.0))
-    mean = tf.stop_gradient(mean)
+    path = current()
+    # The compiled kernels take float32 / bfloat16; float16 (GPU mixed precision) keeps the reference.
+    compiled = path.fused_kernels and z.dtype in (tf.float32, tf.bfloat16) and mlp_train.kernels_available()
+    out, mean, var = mlp_train.batch_norm_relu(z, gamma, beta, float(bn.epsilon), group_size=group_size,
+                                               compiled=compiled, max_pool=path.max_pool)
     m = float(bn.momentum)
     bn.moving_mean.assign(bn.moving_mean * m + mean * (1.0 - m))
     bn.moving_variance.assign(bn.moving_variance * m + var * (1.0 - m))
-    return tf.reshape(tf.nn.relu(y), [-1, c])
+    return out
 
 
-def group_max(h, s):
-    """Max over consecutive groups of ``s`` rows: ``h [G*s, C]`` -> ``[G, C]`` (``MaxPool`` when on)."""
-    c = h.shape[-1]
-    if current().max_pool:
-        pooled = tf.nn.max_pool2d(tf.reshape(h, [-1, s, 1, c]), ksize=[s, 1], strides=[s, 1], padding="VALID")
-        return tf.reshape(pooled, [-1, c])
-    return tf.reduce_max(tf.reshape(h, [-1, s, c]), axis=1)
-
-
-__all__ = ["TrainingPath", "FAST", "REFERENCE", "current", "use", "batch_norm_relu_train", "group_max"]
+__all__ = ["TrainingPath", "FAST", "REFERENCE", "current", "use", "batch_norm_relu_train"]

@@ -1,0 +1,132 @@
+"""Fused training-mode BatchNorm + ReLU (+ max over groups) of the shared MLPs, with gradients.
+
+Legend: R rows, C channels, G groups of S consecutive rows (R = G*S).
+
+``batch_norm_relu(z, gamma, beta, epsilon, group_size=None)`` computes, with the batch's moments
+(mean mu and biased variance var over the R rows, per channel),
+
+    h = max((z - mu) / sqrt(var + epsilon) * gamma + beta, 0)                 [R, C], or
+    pooled[g] = max over s of h[g*S + s]                                      [G, C] with group_size = S,
+
+and returns ``(h or pooled, mu, var)``; the moments carry no gradient (they feed the moving averages).
+``z`` is float32 or bfloat16 (the result has its dtype), ``gamma``/``beta`` float32 ``[C]``.
+
+Two implementations compute the same function:
+
+* the compiled kernels (``HsrBatchNormRelu``, ``HsrBatchNormReluMax`` and their gradients, CPU only,
+  ``hsr_tf/ops/src/mlp_train_ops.cc``): two passes over ``z`` forward and two over ``(dh, z)`` backward;
+  with ``group_size`` the [R, C] activation is never written: the forward pass keeps each group's maximum
+  and the row it came from, and the backward pass starts from that sparse gradient (no ``MaxPoolGrad`` or
+  ``ReluGrad`` passes). Ties inside a group send the gradient to the first maximal row (``MaxPool`` picks
+  one row as well; ``reduce_max`` would split it). Used when :func:`kernels_available`.
+* the reference: ``FusedBatchNormV3`` in training mode, ``relu`` and a ``MaxPool`` with an [S, 1] window
+  (``max_pool=False``: ``reduce_max``). Used on GPUs, with the pure-TensorFlow ops backend, or on request.
+"""
+from __future__ import annotations
+
+import tensorflow as tf
+
+from hsr_tf.ops import _checks
+
+__all__ = ["batch_norm_relu", "kernels_available"]
+
+
+@tf.RegisterGradient("HsrBatchNormRelu")
+def _batch_norm_relu_grad(op, dh, dmean, dvariance):
+    del dmean, dvariance  # the moments are returned under stop_gradient
+    z, gamma, beta = op.inputs
+    _, mean, variance = op.outputs
+    from hsr_tf.ops import compiled  # noqa: PLC0415 (registered before the library loads)
+    dz, dgamma, dbeta = compiled.load().hsr_batch_norm_relu_grad(dh, z, gamma, beta, mean, variance,
+                                                                 epsilon=op.get_attr("epsilon"))
+    return dz, dgamma, dbeta
+
+
+@tf.RegisterGradient("HsrBatchNormReluMax")
+def _batch_norm_relu_max_grad(op, dpooled, dargmax, dmean, dvariance):
+    del dargmax, dmean, dvariance
+    z, gamma, beta = op.inputs
+    _, argmax, mean, variance = op.outputs
+    from hsr_tf.ops import compiled  # noqa: PLC0415
+    dz, dgamma, dbeta = compiled.load().hsr_batch_norm_relu_max_grad(
+        dpooled, argmax, z, gamma, beta, mean, variance, epsilon=op.get_attr("epsilon"),
+        group_size=op.get_attr("group_size"))
+    return dz, dgamma, dbeta
+
+
+tf.no_gradient("HsrBatchNormReluGrad")
+tf.no_gradient("HsrBatchNormReluMaxGrad")
+
+
+def kernels_available() -> bool:
+    """Whether the compiled kernels can run here: the ops backend is ``compiled`` and no GPU is visible
+    (the kernels are CPU-only; on a GPU machine TensorFlow would copy every activation to the host)."""
+    from hsr_tf import ops  # noqa: PLC0415 (hsr_tf.ops imports this module's package)
+    return ops.backend() == "compiled" and not tf.config.list_logical_devices("GPU")
+
+
+def _check(z, gamma, beta, group_size):
+    if z.dtype not in (tf.float32, tf.bfloat16):
+        raise _checks.OpArgumentError(f"batch_norm_relu: z must be float32 or bfloat16, found {z.dtype.name}")
+    if z.shape.rank != 2:
+        raise _checks.OpArgumentError(f"batch_norm_relu: z must have shape [R, C], found {z.shape}")
+    c = z.shape[-1]
+    for name, v in (("gamma", gamma), ("beta", beta)):
+        if v.shape.rank != 1 or (c is not None and v.shape[0] is not None and v.shape[0] != c):
+            raise _checks.OpArgumentError(f"batch_norm_relu: {name} must have shape [{c}] (the channels of z), "
+                                          f"found {v.shape}")
+    if group_size is not None:
+        if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+            raise _checks.OpArgumentError(f"batch_norm_relu: group_size must be an int >= 1 or None, "
+                                          f"found {group_size!r}")
+        r = z.shape[0]
+        if r is not None and r % group_size:
+            raise _checks.OpArgumentError(f"batch_norm_relu: the rows of z ({r}) must be a multiple of "
+                                          f"group_size ({group_size})")
+
+
+def batch_norm_relu(z, gamma, beta, epsilon: float, group_size=None, compiled=None, max_pool: bool = True):
+    """relu(BatchNorm(z)) with the batch's moments, optionally max-pooled over groups (module docstring).
+
+    Args:
+      z: [R, C] float32 or bfloat16 pre-activations.
+      gamma, beta: [C] float32 scale and offset.
+      epsilon: added to the variance.
+      group_size: None, or S: return the max over each group of S consecutive rows, [R / S, C].
+      compiled: True / False to force an implementation, None for the compiled kernels when
+        :func:`kernels_available`.
+      max_pool: the reference's max over groups as ``MaxPool`` (True) or ``reduce_max`` (False).
+    Returns:
+      (``h [R, C]`` or ``pooled [R/S, C]`` in z's dtype, ``mean [C]``, ``variance [C]`` biased, float32,
+      without gradient).
+    """
+    z = tf.convert_to_tensor(z)
+    gamma = tf.convert_to_tensor(gamma, tf.float32)
+    beta = tf.convert_to_tensor(beta, tf.float32)
+    _check(z, gamma, beta, group_size)
+    if compiled is None:
+        compiled = kernels_available()
+    if compiled:
+        from hsr_tf.ops import compiled as lib  # noqa: PLC0415
+        if group_size is None:
+            out, mean, variance = lib.load().hsr_batch_norm_relu(z, gamma, beta, epsilon=float(epsilon))
+        else:
+            out, _, mean, variance = lib.load().hsr_batch_norm_relu_max(z, gamma, beta, epsilon=float(epsilon),
+                                                                        group_size=int(group_size))
+        return out, tf.stop_gradient(mean), tf.stop_gradient(variance)
+    c = z.shape[-1]
+    y, mean, variance, _, _, _ = tf.raw_ops.FusedBatchNormV3(
+        x=tf.reshape(z, [1, 1, -1, c]), scale=gamma, offset=beta, mean=tf.zeros([0], tf.float32),
+        variance=tf.zeros([0], tf.float32), epsilon=float(epsilon), is_training=True, data_format="NHWC")
+    # FusedBatchNormV3 returns the unbiased (n - 1) variance; the biased one is the batch's moment.
+    n = tf.cast(tf.shape(z)[0], tf.float32)
+    variance = variance * (n - 1.0) / tf.maximum(n, 1.0)
+    h = tf.reshape(tf.nn.relu(y), [-1, c])
+    if group_size is not None:
+        s = int(group_size)
+        if max_pool:
+            h = tf.reshape(tf.nn.max_pool2d(tf.reshape(h, [-1, s, 1, c]), ksize=[s, 1], strides=[s, 1],
+                                            padding="VALID"), [-1, c])
+        else:
+            h = tf.reduce_max(tf.reshape(h, [-1, s, c]), axis=1)
+    return h, tf.stop_gradient(mean), tf.stop_gradient(variance)

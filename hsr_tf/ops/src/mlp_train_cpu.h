@@ -1,0 +1,196 @@
+// Arithmetic of the fused training-mode BatchNorm + ReLU (+ max over groups) kernels (no TensorFlow).
+//
+// Legend: R rows, C channels, G groups of S consecutive rows (R = G*S). Activations are float32 or
+// bfloat16 (stored as uint16: the upper half of a float32); statistics and all arithmetic are float32,
+// per-block partial sums are added in double. Every function works on a block of rows (or groups) and
+// writes only its own outputs or partial sums, so the ops can run blocks on any thread in any order and
+// still produce bit-identical results (partials are reduced in block order).
+//
+// Forward, per channel c (mu, var: the batch's mean and biased variance; inv = 1/sqrt(var + eps)):
+//   y = (z - mu) * inv * gamma + beta = z * scale + shift,   h = max(y, 0)
+// Backward (dy = dh where y > 0, else 0; xhat = (z - mu) * inv):
+//   dbeta = sum dy,  dgamma = sum dy * xhat,  dz = gamma * inv * (dy - dbeta / R - xhat * dgamma / R)
+// With the max over each group of S rows (pooled[g, c] = max_s h[g*S + s, c], argmax the first row reaching
+// the maximum y), dh is zero except at the argmax rows, so dbeta and dgamma are sums over G*C entries.
+#ifndef HSR_TF_OPS_MLP_TRAIN_CPU_H_
+#define HSR_TF_OPS_MLP_TRAIN_CPU_H_
+
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace hsr_ops {
+
+#define HSR_INLINE inline __attribute__((always_inline))
+
+HSR_INLINE float ToFloat(float v) { return v; }
+HSR_INLINE float ToFloat(uint16_t v) {
+  const uint32_t u = static_cast<uint32_t>(v) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+HSR_INLINE void Store(float f, float* out) { *out = f; }
+// float32 -> bfloat16, round to nearest even (as TensorFlow's cast); NaN stays a quiet NaN.
+HSR_INLINE void Store(float f, uint16_t* out) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  u = (f != f) ? 0x7FC00000u : u + 0x7FFFu + ((u >> 16) & 1u);
+  *out = static_cast<uint16_t>(u >> 16);
+}
+
+// Rows whose float32 sums are formed before they are added to the double accumulators.
+constexpr int64_t kRowsPerFloatSum = 32;
+
+// sum[c] += sum_r z[r, c], sumsq[c] += sum_r z[r, c]^2 over rows [0, rows). acc: 2*C floats of scratch.
+template <typename T>
+HSR_INLINE void MomentsBlock(const T* __restrict z, int64_t rows, int c, double* __restrict sum, double* __restrict sumsq, float* __restrict acc) {
+  float* __restrict s = acc;
+  float* __restrict q = acc + c;
+  for (int64_t r0 = 0; r0 < rows; r0 += kRowsPerFloatSum) {
+    const int64_t r1 = r0 + kRowsPerFloatSum < rows ? r0 + kRowsPerFloatSum : rows;
+    for (int k = 0; k < c; ++k) s[k] = q[k] = 0.0f;
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* row = z + r * c;
+      for (int k = 0; k < c; ++k) {
+        const float v = ToFloat(row[k]);
+        s[k] += v;
+        q[k] += v * v;
+      }
+    }
+    for (int k = 0; k < c; ++k) {
+      sum[k] += s[k];
+      sumsq[k] += q[k];
+    }
+  }
+}
+
+// h = max(z * scale + shift, 0) over rows [0, rows).
+template <typename T>
+HSR_INLINE void ApplyBlock(const T* __restrict z, int64_t rows, int c, const float* __restrict scale, const float* __restrict shift, T* __restrict h) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* zr = z + r * c;
+    T* hr = h + r * c;
+    for (int k = 0; k < c; ++k) {
+      const float y = ToFloat(zr[k]) * scale[k] + shift[k];
+      Store(y > 0.0f ? y : 0.0f, hr + k);
+    }
+  }
+}
+
+// Backward sums over rows [0, rows): dbeta[c] += sum dy, dgamma[c] += sum dy * xhat. acc: 2*C floats.
+template <typename T>
+HSR_INLINE void GradSumsBlock(const T* __restrict dh, const T* __restrict z, int64_t rows, int c, const float* __restrict scale, const float* __restrict shift,
+                              const float* __restrict mean, const float* __restrict inv, double* __restrict dbeta, double* __restrict dgamma, float* __restrict acc) {
+  float* __restrict sb = acc;
+  float* __restrict sg = acc + c;
+  for (int64_t r0 = 0; r0 < rows; r0 += kRowsPerFloatSum) {
+    const int64_t r1 = r0 + kRowsPerFloatSum < rows ? r0 + kRowsPerFloatSum : rows;
+    for (int k = 0; k < c; ++k) sb[k] = sg[k] = 0.0f;
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* zr = z + r * c;
+      const T* gr = dh + r * c;
+      for (int k = 0; k < c; ++k) {
+        const float zv = ToFloat(zr[k]);
+        const float gv = ToFloat(gr[k]);  // loaded unconditionally: a conditional load is not vectorised
+        const float dy = zv * scale[k] + shift[k] > 0.0f ? gv : 0.0f;
+        sb[k] += dy;
+        sg[k] += dy * ((zv - mean[k]) * inv[k]);
+      }
+    }
+    for (int k = 0; k < c; ++k) {
+      dbeta[k] += sb[k];
+      dgamma[k] += sg[k];
+    }
+  }
+}
+
+// dz = k1 * (dy - a - xhat * b) over rows [0, rows), with k1 = gamma * inv, a = dbeta / R, b = dgamma / R.
+template <typename T>
+HSR_INLINE void GradApplyBlock(const T* __restrict dh, const T* __restrict z, int64_t rows, int c, const float* __restrict scale, const float* __restrict shift,
+                               const float* __restrict mean, const float* __restrict inv, const float* __restrict k1, const float* __restrict a,
+                               const float* __restrict b, T* __restrict dz) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* zr = z + r * c;
+    const T* gr = dh + r * c;
+    T* out = dz + r * c;
+    for (int k = 0; k < c; ++k) {
+      const float zv = ToFloat(zr[k]);
+      const float gv = ToFloat(gr[k]);
+      const float dy = zv * scale[k] + shift[k] > 0.0f ? gv : 0.0f;
+      Store(k1[k] * (dy - a[k] - (zv - mean[k]) * inv[k] * b[k]), out + k);
+    }
+  }
+}
+
+// Max over each of `groups` groups of s rows: pooled[g, c] = max(max_s y, 0), argmax[g, c] the first row
+// (0..s-1) with the largest y. best: C floats of scratch.
+template <typename T>
+HSR_INLINE void MaxBlock(const T* __restrict z, int64_t groups, int64_t s, int c, const float* __restrict scale, const float* __restrict shift,
+                         T* __restrict pooled, int32_t* __restrict argmax, float* __restrict best) {
+  for (int64_t g = 0; g < groups; ++g) {
+    const T* zg = z + g * s * c;
+    int32_t* arg = argmax + g * c;
+    for (int k = 0; k < c; ++k) {
+      best[k] = ToFloat(zg[k]) * scale[k] + shift[k];
+      arg[k] = 0;
+    }
+    for (int64_t r = 1; r < s; ++r) {
+      const T* zr = zg + r * c;
+      const int32_t ri = static_cast<int32_t>(r);
+      for (int k = 0; k < c; ++k) {
+        const float y = ToFloat(zr[k]) * scale[k] + shift[k];
+        const bool better = y > best[k];
+        best[k] = better ? y : best[k];
+        arg[k] = better ? ri : arg[k];
+      }
+    }
+    T* out = pooled + g * c;
+    for (int k = 0; k < c; ++k) Store(best[k] > 0.0f ? best[k] : 0.0f, out + k);
+  }
+}
+
+// Backward sums of the max variant over `groups` groups: only each group's argmax rows carry dy.
+template <typename T>
+HSR_INLINE void MaxGradSumsBlock(const T* __restrict dpooled, const int32_t* __restrict argmax, const T* __restrict z, int64_t groups, int64_t s,
+                                 int c, const float* __restrict scale, const float* __restrict shift, const float* __restrict mean,
+                                 const float* __restrict inv, double* __restrict dbeta, double* __restrict dgamma) {
+  for (int64_t g = 0; g < groups; ++g) {
+    const T* zg = z + g * s * c;
+    for (int k = 0; k < c; ++k) {
+      const float zv = ToFloat(zg[static_cast<int64_t>(argmax[g * c + k]) * c + k]);
+      if (zv * scale[k] + shift[k] > 0.0f) {
+        const float dy = ToFloat(dpooled[g * c + k]);
+        dbeta[k] += dy;
+        dgamma[k] += dy * ((zv - mean[k]) * inv[k]);
+      }
+    }
+  }
+}
+
+// dz of the max variant over `groups` groups: the dense part -k1 * (a + xhat * b) on every row plus
+// k1 * dy on the argmax rows, summed in float before the one rounding to T. buf: s*C floats of scratch.
+template <typename T>
+HSR_INLINE void MaxGradApplyBlock(const T* __restrict dpooled, const int32_t* __restrict argmax, const T* __restrict z, int64_t groups, int64_t s,
+                                  int c, const float* __restrict scale, const float* __restrict shift, const float* __restrict mean,
+                                  const float* __restrict inv, const float* __restrict k1, const float* __restrict a, const float* __restrict b, T* __restrict dz,
+                                  float* __restrict buf) {
+  for (int64_t g = 0; g < groups; ++g) {
+    const T* zg = z + g * s * c;
+    for (int64_t r = 0; r < s; ++r) {
+      const T* zr = zg + r * c;
+      float* br = buf + r * c;
+      for (int k = 0; k < c; ++k) br[k] = -k1[k] * (a[k] + (ToFloat(zr[k]) - mean[k]) * inv[k] * b[k]);
+    }
+    for (int k = 0; k < c; ++k) {
+      const int64_t at = static_cast<int64_t>(argmax[g * c + k]) * c + k;
+      if (ToFloat(zg[at]) * scale[k] + shift[k] > 0.0f) buf[at] += k1[k] * ToFloat(dpooled[g * c + k]);
+    }
+    T* out = dz + g * s * c;
+    for (int64_t i = 0; i < s * c; ++i) Store(buf[i], out + i);
+  }
+}
+
+}  // namespace hsr_ops
+
+#endif  // HSR_TF_OPS_MLP_TRAIN_CPU_H_

@@ -1,0 +1,143 @@
+"""The compiled fused BatchNorm + ReLU (+ max) kernels against the FusedBatchNormV3 reference and by hand.
+
+Forward outputs, batch moments and gradients (z, gamma, beta) of ``hsr_tf.ops.mlp_train.batch_norm_relu``
+with ``compiled=True`` are compared with ``compiled=False`` (TensorFlow's FusedBatchNormV3 + relu + MaxPool),
+with a NumPy float64 computation of the formulas, and with finite differences; ties, all-negative groups
+and bad arguments are covered.
+"""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from hsr_tf import ops
+from hsr_tf.ops import mlp_train
+
+pytestmark = pytest.mark.skipif(not mlp_train.kernels_available(),
+                                reason="compiled ops unavailable or a GPU is visible")
+
+
+def _run(z, gamma, beta, group_size, compiled, upstream, eps=1e-3):
+    with tf.GradientTape() as tape:
+        tape.watch([z, gamma, beta])
+        out, mean, var = mlp_train.batch_norm_relu(z, gamma, beta, eps, group_size=group_size, compiled=compiled)
+        loss = tf.reduce_sum(tf.cast(out, tf.float32) * upstream)
+    grads = tape.gradient(loss, [z, gamma, beta])
+    return [tf.cast(t, tf.float32).numpy() for t in [out, mean, var] + grads]
+
+
+def _inputs(rng, rows, c, dtype=tf.float32):
+    z = tf.cast(tf.constant((rng.normal(size=(rows, c)) * 2 + 0.7).astype(np.float32)), dtype)
+    gamma = tf.constant(rng.uniform(0.5, 1.5, c).astype(np.float32))
+    beta = tf.constant((rng.normal(size=c) * 0.5).astype(np.float32))
+    return z, gamma, beta
+
+
+def _numpy_reference(z, gamma, beta, group_size, upstream, eps=1e-3):
+    """The formulas in float64: forward, moments and the gradients (max routed to the first maximal row)."""
+    z, gamma, beta, up = (np.asarray(t, np.float64) for t in (z, gamma, beta, upstream))
+    r, c = z.shape
+    mean, var = z.mean(0), z.var(0)
+    inv = 1.0 / np.sqrt(var + eps)
+    xhat = (z - mean) * inv
+    y = xhat * gamma + beta
+    h = np.maximum(y, 0)
+    if group_size is None:
+        out, dh = h, up
+    else:
+        yg = y.reshape(-1, group_size, c)
+        arg = yg.argmax(1)  # first maximal row
+        out = np.maximum(yg.max(1), 0)
+        dh = np.zeros_like(yg)
+        np.put_along_axis(dh, arg[:, None, :], up[:, None, :], axis=1)
+        dh = dh.reshape(r, c)
+    dy = dh * (y > 0)
+    dbeta, dgamma = dy.sum(0), (dy * xhat).sum(0)
+    dz = gamma * inv * (dy - dbeta / r - xhat * dgamma / r)
+    return [out, mean, var, dz, dgamma, dbeta]
+
+
+@pytest.mark.parametrize("group_size", [None, 8])
+def test_float32_matches_numpy_and_reference(group_size, rng):
+    z, gamma, beta = _inputs(rng, 64 * 8, 37)
+    upstream = tf.constant(rng.normal(size=(z.shape[0] // (group_size or 1), 37)).astype(np.float32))
+    got = _run(z, gamma, beta, group_size, True, upstream)
+    ref = _run(z, gamma, beta, group_size, False, upstream)
+    exact = _numpy_reference(z.numpy(), gamma.numpy(), beta.numpy(), group_size, upstream.numpy())
+    for name, g, r, e in zip(["out", "mean", "var", "dz", "dgamma", "dbeta"], got, ref, exact):
+        scale = np.abs(e).max()
+        np.testing.assert_allclose(g, e, rtol=0, atol=2e-6 * scale, err_msg=name)
+        np.testing.assert_allclose(g, r, rtol=0, atol=5e-6 * scale, err_msg=name)
+
+
+@pytest.mark.parametrize("group_size", [None, 16])
+def test_bfloat16_matches_reference_within_rounding(group_size, rng):
+    z, gamma, beta = _inputs(rng, 32 * 16, 24, tf.bfloat16)
+    upstream = tf.constant(rng.normal(size=(z.shape[0] // (group_size or 1), 24)).astype(np.float32))
+    got = _run(z, gamma, beta, group_size, True, upstream)
+    ref = _run(z, gamma, beta, group_size, False, upstream)
+    exact = _numpy_reference(tf.cast(z, tf.float32).numpy(), gamma.numpy(), beta.numpy(), group_size,
+                             tf.cast(tf.cast(upstream, tf.bfloat16), tf.float32).numpy())
+    for name, g, r, e in zip(["out", "mean", "var", "dz", "dgamma", "dbeta"], got, ref, exact):
+        scale = np.abs(e).max()
+        # One bfloat16 rounding of the outputs (2^-8 relative); the moments and dgamma/dbeta are float32.
+        np.testing.assert_allclose(g, e, rtol=0, atol=8e-3 * scale, err_msg=name)
+        np.testing.assert_allclose(g, r, rtol=0, atol=8e-3 * scale, err_msg=name)
+
+
+def test_gradient_matches_finite_differences(rng):
+    z, gamma, beta = _inputs(rng, 6 * 4, 3)
+
+    def f(z, gamma, beta):
+        return mlp_train.batch_norm_relu(z, gamma, beta, 1e-3, group_size=4, compiled=True)[0]
+
+    theoretical, numerical = tf.test.compute_gradient(f, [z, gamma, beta], delta=1e-3)
+    for t, n in zip(theoretical, numerical):
+        np.testing.assert_allclose(t, n, rtol=0, atol=2e-2 * np.abs(n).max())
+
+
+def test_ties_and_all_negative_groups():
+    """Identical rows (the ball query's padding): the gradient goes to the first one; a group whose every
+    pre-activation is negative pools to 0 and passes no gradient."""
+    c = 2
+    group_a = np.array([[1.0, -5.0], [3.0, -6.0], [3.0, -7.0], [0.0, -5.5]], np.float32)  # tie on channel 0
+    group_b = np.array([[2.0, 4.0], [-1.0, 5.0], [0.5, 6.0], [1.0, 7.0]], np.float32)
+    z = tf.constant(np.concatenate([group_a, group_b]))
+    gamma, beta = tf.ones([c]), tf.zeros([c])
+    up = tf.constant([[1.0, 1.0], [1.0, 1.0]])
+    out, _, _, dz, _, _ = _run(z, gamma, beta, 4, True, up)
+    exact = _numpy_reference(z.numpy(), gamma.numpy(), beta.numpy(), 4, up.numpy())
+    np.testing.assert_allclose(out, exact[0], atol=1e-6)
+    np.testing.assert_allclose(dz, exact[3], atol=1e-6)
+    yhat = (z.numpy() - z.numpy().mean(0)) / np.sqrt(z.numpy().var(0) + 1e-3)
+    assert (yhat[:4, 1] < 0).all() and out[0, 1] == 0.0  # channel 1 of group a: all negative -> 0
+    # Group a, channel 0: rows 1 and 2 tie; only row 1 (the first) receives the upstream gradient.
+    k1 = 1.0 / np.sqrt(z.numpy()[:, 0].var() + 1e-3)
+    # Identical rows share the dense part of dz, so their difference is the routed term gamma * inv * 1.
+    assert dz[1, 0] - dz[2, 0] == pytest.approx(k1, rel=1e-5)
+
+
+def test_bad_arguments(rng):
+    z, gamma, beta = _inputs(rng, 12, 5)
+    with pytest.raises(ops.OpArgumentError, match="multiple of group_size"):
+        mlp_train.batch_norm_relu(z, gamma, beta, 1e-3, group_size=5, compiled=True)
+    with pytest.raises(ops.OpArgumentError, match=r"gamma must have shape \[5\]"):
+        mlp_train.batch_norm_relu(z, gamma[:4], beta, 1e-3, compiled=True)
+    with pytest.raises(ops.OpArgumentError, match="shape \\[R, C\\]"):
+        mlp_train.batch_norm_relu(z[None], gamma, beta, 1e-3, compiled=True)
+    with pytest.raises(ops.OpArgumentError, match="float32 or bfloat16"):
+        mlp_train.batch_norm_relu(tf.cast(z, tf.float64), gamma, beta, 1e-3, compiled=True)
+    from hsr_tf.ops import compiled
+    lib = compiled.load()
+    with pytest.raises(tf.errors.InvalidArgumentError, match="argmax 7 .* out of range"):
+        lib.hsr_batch_norm_relu_max_grad(tf.zeros([3, 5]), tf.fill([3, 5], 7), z, gamma, beta, gamma, gamma,
+                                         epsilon=1e-3, group_size=4)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="incoming gradient must have shape"):
+        lib.hsr_batch_norm_relu_grad(tf.zeros([11, 5]), z, gamma, beta, gamma, gamma, epsilon=1e-3)
+
+
+def test_large_batch_uses_many_blocks(rng):
+    """Rows spread over many blocks (and threads) give the same moments as one float64 pass."""
+    z, gamma, beta = _inputs(rng, 5000, 7)
+    _, mean, var = mlp_train.batch_norm_relu(z, gamma, beta, 1e-3, compiled=True)
+    np.testing.assert_allclose(mean, z.numpy().astype(np.float64).mean(0), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(var, z.numpy().astype(np.float64).var(0), rtol=1e-6)
