@@ -46,12 +46,18 @@ VARIANTS = {
     "fast_bfloat16": ("mixed_bfloat16", {}),
     "fast_bfloat16_no_projection": ("mixed_bfloat16", {"project_then_group": False}),
     "fast_bfloat16_no_maxpool": ("mixed_bfloat16", {"max_pool": False}),
+    "fast_bfloat16_no_kernels": ("mixed_bfloat16", {"fused_kernels": False}),
+    "fast_bfloat16_with_duplicates": ("mixed_bfloat16", {"drop_duplicates": False}),
 }
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("variants", ["reference", "fast_float32", "fast_bfloat16"],
                   f"Variants to time, from {sorted(VARIANTS)}; 'reference' is always included (the baseline).")
 flags.DEFINE_integer("steps", 3, "Timed rounds (one step of every variant per round).", lower_bound=1)
+flags.DEFINE_enum("data", "hands", ["hands", "random"],
+                  "Input clouds: 'hands' renders held-out frames of the shipped depth model's training set (default "
+                  "views) and reads them as training does (augmentation on); 'random': Gaussian blobs (their sparse "
+                  "neighbourhoods pad far more ball-query slots than hands do, which flatters drop_duplicates).")
 # --shape_network, --num_stages, --num_points, --batch, --seed, --hand_model and --json_out are the flags of
 # benchmarks.inference (imported above for its FLOP count); its other flags are not used here.
 
@@ -76,6 +82,37 @@ def make_batch(rng, bsz, n, num_vertices):
     return {"points": tf.constant(points), "joints": tf.constant(rng.normal(size=(bsz, 21, 3)).astype(np.float32) * .3),
             "scale": tf.fill([bsz], 150.0),
             "vertices": tf.constant(rng.normal(size=(bsz, num_vertices, 3)).astype(np.float32) * .3)}
+
+
+def hand_batch(bsz, workdir, seed):
+    """A training batch of ``bsz`` rendered hands: held-out frames of the shipped depth model's training set
+    (``experiments.heldout``), read by ``hsr_tf.data.reader.make_dataset`` with augmentation."""
+    from experiments import heldout, model_spec
+    from hsr_tf.data import reader
+
+    config = heldout.read_manifest_file(model_spec.training_manifest_path("pretrained:depth"))
+    per_subject = -(-bsz // len(heldout.test_subjects(config)))
+    slots = heldout.heldout_slots(config, per_subject)[:bsz]
+    data_dir = os.path.join(workdir, "hands")
+    heldout.render_heldout(data_dir, heldout.with_views(config, "default"), slots)
+    ds = reader.make_dataset(data_dir, "test", batch_size=bsz, shuffle=False, augment=True, seed=seed)
+    return next(iter(ds))
+
+
+def duplicate_fractions(points, cfg):
+    """Fractions of the two set-abstraction levels' ball-query slots that are padding copies (what
+    ``drop_duplicates`` skips), for the first stage's input ``points`` [B, N, 3] (the second stage sees the
+    cloud rigidly moved into the palm frame: the same neighbourhoods)."""
+    from hsr_tf import ops
+
+    def level(xyz, i):
+        centres = tf.gather(xyz, ops.farthest_point_sample(xyz, cfg[f"sa{i}_npoint"]), batch_dims=1)
+        idx = ops.ball_query(xyz, centres, cfg[f"sa{i}_radius"], cfg[f"sa{i}_nsample"])
+        copies = tf.reduce_sum(tf.cast(tf.equal(idx[:, :, 1:], idx[:, :, :1]), tf.float32))
+        return centres, float(copies) / float(tf.size(idx))
+
+    centres, first = level(tf.convert_to_tensor(points, tf.float32), 1)
+    return first, level(centres, 2)[1]
 
 
 def build_step(name, overrides, hand_model, batch, workdir):
@@ -137,15 +174,22 @@ def main(argv):
     cfg = dict(SHAPE_NETWORK_DEFAULTS, **overrides)
     hm = HandModel.load(FLAGS.hand_model)
     bsz, n = FLAGS.batch, FLAGS.num_points
-    batch = make_batch(np.random.default_rng(FLAGS.seed), bsz, n, hm.mean_shape.shape[0])
+    workdir = tempfile.mkdtemp(prefix="hsr_bench_train_")
+    if FLAGS.data == "hands":
+        batch = hand_batch(bsz, workdir, FLAGS.seed)
+        n = int(batch["points"].shape[1])
+    else:
+        batch = make_batch(np.random.default_rng(FLAGS.seed), bsz, n, hm.mean_shape.shape[0])
+    dup = duplicate_fractions(batch["points"], cfg)
     flops_step = 3 * analytic_flops_per_frame(cfg, FLAGS.num_stages, n, hm.mean_shape.shape[0],
                                               hm.shape_basis.shape[0]) * bsz
     print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; network "
           f"{'paper-size' if not overrides else 'overrides ' + json.dumps(overrides)}, {FLAGS.num_stages} stage(s), "
-          f"B = {bsz}, N = {n}; nominal training FLOPs per step {flops_step / 1e9:.1f} GFLOP", flush=True)
+          f"B = {bsz}, N = {n}; nominal training FLOPs per step {flops_step / 1e9:.1f} GFLOP; input {FLAGS.data} "
+          f"(padding copies among the ball-query slots: level 1 {dup[0]:.0%}, level 2 {dup[1]:.0%})",
+          flush=True)
     dtypes = {"float32": tf.float32, "mixed_bfloat16": tf.bfloat16}
     mm = {p: matmul_gflops(d) for p, d in dtypes.items()}
-    workdir = tempfile.mkdtemp(prefix="hsr_bench_train_")
     steps, results = {}, {}
     for name in names:
         steps[name], trace_s, first_loss = build_step(name, overrides, hm, batch, workdir)

@@ -128,11 +128,22 @@ def test_bad_arguments(rng):
         mlp_train.batch_norm_relu(tf.cast(z, tf.float64), gamma, beta, 1e-3, compiled=True)
     from hsr_tf.ops import compiled
     lib = compiled.load()
-    with pytest.raises(tf.errors.InvalidArgumentError, match="argmax 7 .* out of range"):
-        lib.hsr_batch_norm_relu_max_grad(tf.zeros([3, 5]), tf.fill([3, 5], 7), z, gamma, beta, gamma, gamma,
-                                         epsilon=1e-3, group_size=4)
+    no_weights, splits = tf.zeros([0]), tf.constant([0, 4, 8, 12])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="argmax 7 .* out of range for its group of 4 rows"):
+        lib.hsr_batch_norm_relu_max_grad(tf.zeros([3, 5]), tf.fill([3, 5], 7), z, no_weights, splits, gamma, beta,
+                                         gamma, gamma, epsilon=1e-3)
     with pytest.raises(tf.errors.InvalidArgumentError, match="incoming gradient must have shape"):
-        lib.hsr_batch_norm_relu_grad(tf.zeros([11, 5]), z, gamma, beta, gamma, gamma, epsilon=1e-3)
+        lib.hsr_batch_norm_relu_grad(tf.zeros([11, 5]), z, no_weights, gamma, beta, gamma, gamma, epsilon=1e-3)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="strictly increasing"):
+        lib.hsr_batch_norm_relu_max(z, gamma, beta, no_weights, tf.constant([0, 6, 6, 12]), epsilon=1e-3)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="end at the rows of z"):
+        lib.hsr_batch_norm_relu_max(z, gamma, beta, no_weights, tf.constant([0, 6, 11]), epsilon=1e-3)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="weights must be finite and > 0"):
+        lib.hsr_batch_norm_relu(z, gamma, beta, tf.concat([tf.ones([11]), [0.0]], 0), epsilon=1e-3)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"weights must have shape \[12\]"):
+        lib.hsr_batch_norm_relu(z, gamma, beta, tf.ones([5]), epsilon=1e-3)
+    with pytest.raises(ops.OpArgumentError, match="need the compiled kernels"):
+        mlp_train.batch_norm_relu(z, gamma, beta, 1e-3, row_splits=splits, compiled=False)
 
 
 def test_large_batch_uses_many_blocks(rng):
@@ -141,3 +152,73 @@ def test_large_batch_uses_many_blocks(rng):
     _, mean, var = mlp_train.batch_norm_relu(z, gamma, beta, 1e-3, compiled=True)
     np.testing.assert_allclose(mean, z.numpy().astype(np.float64).mean(0), rtol=0, atol=1e-6)
     np.testing.assert_allclose(var, z.numpy().astype(np.float64).var(0), rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [tf.float32, tf.bfloat16])
+def test_weighted_ragged_groups_equal_the_batch_with_copies(dtype, rng):
+    """Ragged groups with row multiplicities (the ball query's padding removed) give the outputs, moments and
+    gradients of the padded batch: the gradient of a kept row is the sum over its copies."""
+    c, sizes = 6, [3, 1, 5, 2]
+    counts = np.concatenate([rng.integers(1, 4, size=n) for n in sizes])  # copies per unique row
+    z, gamma, beta = _inputs(rng, counts.size, c, dtype)
+    splits = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int32)
+    upstream = tf.constant(rng.normal(size=(len(sizes), c)).astype(np.float32))
+    compact = _run_weighted(z, gamma, beta, splits, counts.astype(np.float32), upstream)
+    # The same groups with every copy present (copies adjacent, after their row): uniform weights.
+    expanded_z = tf.repeat(z, counts, axis=0)
+    expanded_splits = np.concatenate([[0], np.cumsum([counts[a:b].sum() for a, b in zip(splits[:-1], splits[1:])])])
+    full = _run_weighted(expanded_z, gamma, beta, expanded_splits.astype(np.int32), None, upstream)
+    tol = 1e-5 if dtype == tf.float32 else 1e-2
+    for name, a, b in zip(["out", "mean", "var", "dgamma", "dbeta"], compact[:3] + compact[4:], full[:3] + full[4:]):
+        np.testing.assert_allclose(a, b, rtol=0, atol=tol * np.abs(b).max(), err_msg=name)
+    summed = tf.math.segment_sum(full[3], np.repeat(np.arange(counts.size), counts)).numpy()
+    np.testing.assert_allclose(compact[3], summed, rtol=0, atol=tol * np.abs(summed).max())
+    # Without the max (a hidden layer): the same identities.
+    h_up = tf.constant(rng.normal(size=(counts.size, c)).astype(np.float32))
+    compact = _run_weighted(z, gamma, beta, None, counts.astype(np.float32), h_up)
+    full = _run_weighted(expanded_z, gamma, beta, None, None, tf.repeat(h_up, counts, axis=0) / np.repeat(
+        counts, counts)[:, None].astype(np.float32))
+    summed = tf.math.segment_sum(full[3], np.repeat(np.arange(counts.size), counts)).numpy()
+    np.testing.assert_allclose(compact[3], summed, rtol=0, atol=tol * np.abs(summed).max())
+    np.testing.assert_allclose(compact[4], full[4], rtol=0, atol=tol * np.abs(full[4]).max())
+
+
+def _run_weighted(z, gamma, beta, row_splits, weights, upstream):
+    with tf.GradientTape() as tape:
+        tape.watch([z, gamma, beta])
+        out, mean, var = mlp_train.batch_norm_relu(z, gamma, beta, 1e-3, row_splits=row_splits, weights=weights,
+                                                   compiled=True)
+        loss = tf.reduce_sum(tf.cast(out, tf.float32) * upstream)
+    grads = tape.gradient(loss, [z, gamma, beta])
+    return [tf.cast(t, tf.float32).numpy() for t in [out, mean, var] + grads]
+
+
+@pytest.mark.parametrize("isa", ["avx2", "baseline"])
+def test_narrower_instruction_sets_give_the_same_results(isa, tmp_path):
+    """The AVX2 and baseline builds of the block loops (what CPUs without AVX-512 run) agree with NumPy."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import numpy as np, tensorflow as tf
+        from tests import test_mlp_train_ops as t
+        rng = np.random.default_rng(5)
+        for dtype in (tf.float32, tf.bfloat16):
+            z, gamma, beta = t._inputs(rng, 40 * 6, 19, dtype)
+            for group_size in (None, 6):
+                up = tf.constant(rng.normal(size=(z.shape[0] // (group_size or 1), 19)).astype(np.float32))
+                got = t._run(z, gamma, beta, group_size, True, up)
+                exact = t._numpy_reference(tf.cast(z, tf.float32).numpy(), gamma.numpy(), beta.numpy(), group_size,
+                                           tf.cast(tf.cast(up, dtype), tf.float32).numpy())
+                tol = 2e-6 if dtype == tf.float32 else 8e-3
+                for g, e in zip(got, exact):
+                    np.testing.assert_allclose(g, e, rtol=0, atol=tol * np.abs(e).max())
+        print("checked")
+    """)
+    import os
+    env = dict(os.environ, HSR_TF_OPS_MLP_ISA=isa, TF_CPP_MIN_LOG_LEVEL="2")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    res = subprocess.run([sys.executable, "-c", script], cwd=root, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0 and "checked" in res.stdout, res.stderr[-3000:]

@@ -38,11 +38,13 @@ def _restore(layers, state):
 
 
 FAST_WITHOUT_KERNELS = dataclasses.replace(training_path.FAST, fused_kernels=False)
+FAST_WITH_DUPLICATES = dataclasses.replace(training_path.FAST, drop_duplicates=False)
 
 
 @pytest.mark.parametrize("grouping,use_xyz,normalize,fast", [
     ("ball", True, True, training_path.FAST), ("ball", True, False, training_path.FAST),
-    ("knn", False, False, training_path.FAST), ("ball", True, True, FAST_WITHOUT_KERNELS)])
+    ("knn", False, False, training_path.FAST), ("ball", True, True, FAST_WITHOUT_KERNELS),
+    ("ball", True, False, FAST_WITH_DUPLICATES)])
 def test_fast_training_path_equals_reference(grouping, use_xyz, normalize, fast, rng):
     b, n = 3, 96
     xyz = tf.constant(rng.normal(size=(b, n, 3)).astype(np.float32))

@@ -164,19 +164,21 @@ class _SharedMLP(keras.layers.Layer):
         return training_path.current().fused_batch_norm and all(bn.trainable and not bn.synchronized
                                                                 for bn in self.bns)
 
-    def pooled_train_fast(self, x=None, first=None):
+    def pooled_train_fast(self, x=None, first=None, row_splits=None, weights=None):
         """Training-mode ``pooled`` through the fused path of :mod:`hsr_tf.layers.training_path`.
 
         Args:
-          x: [B, M, S, C_in] input rows; or None when ``first`` is given.
-          first: [B, M, S, mlp[0]] the first layer's convolution output (computed by the caller, e.g.
-            projected before grouping), or None.
+          x: [B, M, S, C_in] input rows, or [R, C_in] rows of ragged groups; or None when ``first`` is given.
+          first: [B, M, S, mlp[0]] or [R, mlp[0]]: the first layer's convolution output (computed by the
+            caller, e.g. projected before grouping), or None.
+          row_splits, weights: with [R, ...] rows: int32 [G+1] group boundaries and float32 [R] multiplicities
+            (:func:`training_path.unique_ball_rows`; fused kernels only).
         Returns:
-          [B, M, mlp[-1]] float32: max over S of the MLP output with batch statistics (as ``pooled``).
+          float32 max over each group of the MLP output with batch statistics (as ``pooled``):
+          [B, M, mlp[-1]], or [G, mlp[-1]] for ragged groups.
         """
         src = x if first is None else first
-        s = int(src.shape[2])
-        lead = tf.shape(src)[:2]
+        ragged = row_splits is not None
         dt = self.compute_dtype
         h = None
         for i, (conv, bn) in enumerate(zip(self.convs, self.bns)):
@@ -186,8 +188,13 @@ class _SharedMLP(keras.layers.Layer):
                 h_in = tf.reshape(tf.cast(x, dt), [-1, x.shape[-1]]) if i == 0 else h
                 z = tf.matmul(h_in, tf.cast(conv.kernel[0, 0], dt))
             last = i == len(self.convs) - 1
-            h = training_path.batch_norm_relu_train(z, bn, group_size=s if last else None)
-        out = tf.reshape(h, tf.concat([lead, [self.mlp[-1]]], axis=0))
+            h = training_path.batch_norm_relu_train(
+                z, bn, group_size=int(src.shape[2]) if last and not ragged else None,
+                row_splits=row_splits if last else None, weights=weights)
+        if ragged:
+            return tf.cast(h, tf.float32)
+        # The last layer's output is already pooled: [B*M, mlp[-1]].
+        out = tf.reshape(h, tf.concat([tf.shape(src)[:2], [self.mlp[-1]]], axis=0))
         out.set_shape(src.shape[:2].concatenate([self.mlp[-1]]))
         return tf.cast(out, tf.float32)
 
@@ -278,6 +285,15 @@ class SetAbstraction(keras.layers.Layer):
             idx = tf.where(sq_dist < r * r, idx, centre_idx[:, :, None])  # same "inside" test as ball_query
         return new_xyz, idx
 
+    def _first_layer_weights(self):
+        """(``W_x`` [3, C1] or None, ``W_f`` [C, C1] or None): the first MLP kernel's coordinate rows (divided
+        by the radius when ``normalize_by_radius``) and feature rows, float32."""
+        kernel = tf.cast(self.shared_mlp.convs[0].kernel[0, 0], tf.float32)  # [3 + C or C, C1]
+        if not self.use_xyz:
+            return None, kernel
+        w_xyz = kernel[:3] / self.radius if self.normalize_by_radius else kernel[:3]
+        return w_xyz, kernel[3:]
+
     def _projected_first_layer(self, xyz, features):
         """The first MLP layer applied per point, then grouped (``project_then_group``, float32).
 
@@ -286,22 +302,53 @@ class SetAbstraction(keras.layers.Layer):
         """
         xyz, features = _check_inputs(xyz, features, "SetAbstraction")
         new_xyz, idx = self._sample(xyz)
-        kernel = tf.cast(self.shared_mlp.convs[0].kernel[0, 0], tf.float32)  # [3 + C or C, C1]
-        if self.use_xyz:
-            w_xyz = kernel[:3] / self.radius if self.normalize_by_radius else kernel[:3]
-            per_point = tf.einsum("bnc,cd->bnd", features, kernel[3:]) + tf.einsum("bnc,cd->bnd", xyz, w_xyz)
-            centre = tf.einsum("bmc,cd->bmd", new_xyz, w_xyz)
-            z1 = ops.group_points(per_point, idx) - centre[:, :, None, :]
+        w_xyz, w_feat = self._first_layer_weights()
+        per_point = tf.einsum("bnc,cd->bnd", features, w_feat)
+        if w_xyz is None:
+            return new_xyz, ops.group_points(per_point, idx)
+        per_point += tf.einsum("bnc,cd->bnd", xyz, w_xyz)
+        centre = tf.einsum("bmc,cd->bmd", new_xyz, w_xyz)
+        return new_xyz, ops.group_points(per_point, idx) - centre[:, :, None, :]
+
+    def _train_unique_rows(self, xyz, features):
+        """Training pass over the ball groups' distinct rows (``drop_duplicates``): ``(new_xyz, [B,M,C'])``.
+
+        Rows are gathered only for the distinct neighbours (:func:`training_path.unique_ball_rows`) and
+        weighted by the copies they stand for; the first layer is projected before the gather when the level
+        has features and ``project_then_group`` is on, as in :meth:`_projected_first_layer`.
+        """
+        xyz, features = _check_inputs(xyz, features, "SetAbstraction")
+        new_xyz, idx = self._sample(xyz)
+        batch_point, group, weights, row_splits = training_path.unique_ball_rows(idx)
+        flat_centre = tf.reshape(new_xyz, [-1, 3])
+        if features is not None and training_path.current().project_then_group:
+            w_xyz, w_feat = self._first_layer_weights()
+            per_point = tf.einsum("bnc,cd->bnd", features, w_feat)
+            if w_xyz is not None:
+                per_point += tf.einsum("bnc,cd->bnd", xyz, w_xyz)
+            z1 = tf.gather_nd(per_point, batch_point)
+            if w_xyz is not None:
+                z1 -= tf.gather(tf.matmul(flat_centre, w_xyz), group)
+            pooled = self.shared_mlp.pooled_train_fast(first=z1, row_splits=row_splits, weights=weights)
         else:
-            z1 = ops.group_points(tf.einsum("bnc,cd->bnd", features, kernel), idx)
-        return new_xyz, z1
+            rows = tf.gather_nd(xyz, batch_point) - tf.gather(flat_centre, group)  # [R, 3]
+            if self.normalize_by_radius:
+                rows = rows / self.radius
+            if features is not None:
+                feats = tf.gather_nd(features, batch_point)
+                rows = tf.concat([rows, feats], axis=-1) if self.use_xyz else feats
+            pooled = self.shared_mlp.pooled_train_fast(rows, row_splits=row_splits, weights=weights)
+        out = tf.reshape(pooled, [-1, self.npoint, self.mlp[-1]])
+        return new_xyz, out
 
     def call(self, xyz, features=None, training=None):
         mlp = self.shared_mlp
-        if (training and features is not None and training_path.current().project_then_group
-                and mlp.fast_training_on()):
-            new_xyz, z1 = self._projected_first_layer(xyz, features)
-            return new_xyz, mlp.pooled_train_fast(first=z1)
+        if training and mlp.fast_training_on():
+            if self.grouping == "ball" and training_path.drop_duplicates_on(mlp.compute_dtype):
+                return self._train_unique_rows(xyz, features)
+            if features is not None and training_path.current().project_then_group:
+                new_xyz, z1 = self._projected_first_layer(xyz, features)
+                return new_xyz, mlp.pooled_train_fast(first=z1)
         new_xyz, grouped, _ = self.sample_and_group(xyz, features)
         new_features = mlp.pooled(grouped, training=training)
         return new_xyz, new_features

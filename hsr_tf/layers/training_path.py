@@ -48,10 +48,12 @@ class TrainingPath:
     max_pool: bool = True
     project_then_group: bool = True
     fused_kernels: bool = True
+    drop_duplicates: bool = True
 
 
 FAST = TrainingPath()
-REFERENCE = TrainingPath(fused_batch_norm=False, max_pool=False, project_then_group=False, fused_kernels=False)
+REFERENCE = TrainingPath(fused_batch_norm=False, max_pool=False, project_then_group=False, fused_kernels=False,
+                         drop_duplicates=False)
 _state = {"path": FAST}
 
 
@@ -73,30 +75,69 @@ def use(path: TrainingPath):
         _state["path"] = old
 
 
-def batch_norm_relu_train(z, bn, group_size=None):
-    """relu(BatchNorm(z)) with the batch's statistics (max-pooled over groups of ``group_size`` rows when
-    given), and Keras' update of ``bn``'s moving statistics.
+def kernels_on(dtype) -> bool:
+    """Whether the compiled fused kernels run the training pass of an MLP computing in ``dtype``."""
+    # They take float32 / bfloat16; float16 (GPU mixed precision) keeps the reference ops.
+    return current().fused_kernels and dtype in (tf.float32, tf.bfloat16) and mlp_train.kernels_available()
+
+
+def drop_duplicates_on(dtype) -> bool:
+    """Whether ball-query groups are trained without their padding copies (needs the fused kernels)."""
+    return current().drop_duplicates and kernels_on(dtype)
+
+
+def batch_norm_relu_train(z, bn, group_size=None, row_splits=None, weights=None):
+    """relu(BatchNorm(z)) with the batch's statistics (max-pooled over groups when ``group_size`` or
+    ``row_splits`` is given), and Keras' update of ``bn``'s moving statistics.
 
     Args:
       z: [R, C] pre-activations in the compute dtype (float32 or bfloat16 / float16).
       bn: the ``keras.layers.BatchNormalization`` whose gamma, beta, epsilon, momentum and moving statistics
         are used (axis -1).
       group_size: None, or S: return the max over each group of S consecutive rows.
+      row_splits, weights: ragged groups and row multiplicities (:func:`hsr_tf.ops.mlp_train.batch_norm_relu`;
+        only with the fused kernels, see :func:`kernels_on`).
     Returns:
-      [R, C] (or [R / S, C]) in the dtype of ``z``.
+      [R, C] (or [R / S, C], or [G, C]) in the dtype of ``z``.
     """
     c = z.shape[-1]
     gamma = tf.cast(bn.gamma, tf.float32) if bn.scale else tf.ones([c], tf.float32)
     beta = tf.cast(bn.beta, tf.float32) if bn.center else tf.zeros([c], tf.float32)
-    path = current()
-    # The compiled kernels take float32 / bfloat16; float16 (GPU mixed precision) keeps the reference.
-    compiled = path.fused_kernels and z.dtype in (tf.float32, tf.bfloat16) and mlp_train.kernels_available()
     out, mean, var = mlp_train.batch_norm_relu(z, gamma, beta, float(bn.epsilon), group_size=group_size,
-                                               compiled=compiled, max_pool=path.max_pool)
+                                               compiled=kernels_on(z.dtype), max_pool=current().max_pool,
+                                               row_splits=row_splits, weights=weights)
     m = float(bn.momentum)
     bn.moving_mean.assign(bn.moving_mean * m + mean * (1.0 - m))
     bn.moving_variance.assign(bn.moving_variance * m + var * (1.0 - m))
     return out
 
 
-__all__ = ["TrainingPath", "FAST", "REFERENCE", "current", "use", "batch_norm_relu_train"]
+def unique_ball_rows(idx):
+    """The rows of ball-query groups without the padding copies, and how many rows each one stands for.
+
+    ``ball_query`` fills a group's slots with its distinct neighbours, then repeats the first one; the
+    shared MLP gives copies identical rows, which change neither the max over the group nor, counted with
+    their multiplicity, the BatchNorm statistics and gradients (:mod:`hsr_tf.ops.mlp_train`).
+
+    Args:
+      idx: int32 [B, M, S] ball-query indices into N.
+    Returns:
+      ``(batch_point [R, 2] int32 (b, n) of every kept row, group [R] int32 (b*M + m), weights [R] float32,
+      row_splits [B*M + 1] int32)``, rows in group order, each group's first slot first.
+    """
+    s = idx.shape[-1]
+    first = idx[:, :, :1]
+    keep = tf.concat([tf.ones_like(first, tf.bool), tf.not_equal(idx[:, :, 1:], first)], axis=2)  # [B,M,S]
+    counts = tf.reduce_sum(tf.cast(keep, tf.int32), axis=2)  # [B,M] distinct neighbours
+    # Slot 0 stands for itself and the S - count copies of it.
+    slot_weight = tf.where(tf.range(s)[None, None, :] == 0, tf.cast(s + 1 - counts, tf.float32)[:, :, None], 1.0)
+    where = tf.cast(tf.where(keep), tf.int32)  # [R, 3] (b, m, slot), row-major order = group order
+    batch_point = tf.stack([where[:, 0], tf.gather_nd(idx, where)], axis=1)
+    group = where[:, 0] * tf.shape(idx)[1] + where[:, 1]
+    weights = tf.gather_nd(slot_weight, where)
+    row_splits = tf.concat([[0], tf.cumsum(tf.reshape(counts, [-1]))], axis=0)
+    return batch_point, group, weights, row_splits
+
+
+__all__ = ["TrainingPath", "FAST", "REFERENCE", "current", "use", "kernels_on", "drop_duplicates_on",
+           "batch_norm_relu_train", "unique_ball_rows"]

@@ -34,24 +34,23 @@ __all__ = ["batch_norm_relu", "kernels_available"]
 @tf.RegisterGradient("HsrBatchNormRelu")
 def _batch_norm_relu_grad(op, dh, dmean, dvariance):
     del dmean, dvariance  # the moments are returned under stop_gradient
-    z, gamma, beta = op.inputs
+    z, gamma, beta, weights = op.inputs
     _, mean, variance = op.outputs
     from hsr_tf.ops import compiled  # noqa: PLC0415 (registered before the library loads)
-    dz, dgamma, dbeta = compiled.load().hsr_batch_norm_relu_grad(dh, z, gamma, beta, mean, variance,
+    dz, dgamma, dbeta = compiled.load().hsr_batch_norm_relu_grad(dh, z, weights, gamma, beta, mean, variance,
                                                                  epsilon=op.get_attr("epsilon"))
-    return dz, dgamma, dbeta
+    return dz, dgamma, dbeta, None
 
 
 @tf.RegisterGradient("HsrBatchNormReluMax")
 def _batch_norm_relu_max_grad(op, dpooled, dargmax, dmean, dvariance):
     del dargmax, dmean, dvariance
-    z, gamma, beta = op.inputs
+    z, gamma, beta, weights, row_splits = op.inputs
     _, argmax, mean, variance = op.outputs
     from hsr_tf.ops import compiled  # noqa: PLC0415
     dz, dgamma, dbeta = compiled.load().hsr_batch_norm_relu_max_grad(
-        dpooled, argmax, z, gamma, beta, mean, variance, epsilon=op.get_attr("epsilon"),
-        group_size=op.get_attr("group_size"))
-    return dz, dgamma, dbeta
+        dpooled, argmax, z, weights, row_splits, gamma, beta, mean, variance, epsilon=op.get_attr("epsilon"))
+    return dz, dgamma, dbeta, None, None
 
 
 tf.no_gradient("HsrBatchNormReluGrad")
@@ -85,7 +84,8 @@ def _check(z, gamma, beta, group_size):
                                           f"group_size ({group_size})")
 
 
-def batch_norm_relu(z, gamma, beta, epsilon: float, group_size=None, compiled=None, max_pool: bool = True):
+def batch_norm_relu(z, gamma, beta, epsilon: float, group_size=None, compiled=None, max_pool: bool = True,
+                    row_splits=None, weights=None):
     """relu(BatchNorm(z)) with the batch's moments, optionally max-pooled over groups (module docstring).
 
     Args:
@@ -96,6 +96,10 @@ def batch_norm_relu(z, gamma, beta, epsilon: float, group_size=None, compiled=No
       compiled: True / False to force an implementation, None for the compiled kernels when
         :func:`kernels_available`.
       max_pool: the reference's max over groups as ``MaxPool`` (True) or ``reduce_max`` (False).
+      row_splits: compiled only, instead of ``group_size``: int32 [G+1], group g is rows
+        ``[row_splits[g], row_splits[g+1])`` (0 = row_splits[0] < ... < row_splits[G] = R); returns [G, C].
+      weights: compiled only: float32 [R] > 0, the number of identical rows each row stands for (moments and
+        gradients are those of the batch with every copy present; the max is unchanged by copies).
     Returns:
       (``h [R, C]`` or ``pooled [R/S, C]`` in z's dtype, ``mean [C]``, ``variance [C]`` biased, float32,
       without gradient).
@@ -106,14 +110,21 @@ def batch_norm_relu(z, gamma, beta, epsilon: float, group_size=None, compiled=No
     _check(z, gamma, beta, group_size)
     if compiled is None:
         compiled = kernels_available()
+    if group_size is not None and row_splits is not None:
+        raise _checks.OpArgumentError("batch_norm_relu: give group_size or row_splits, not both")
     if compiled:
         from hsr_tf.ops import compiled as lib  # noqa: PLC0415
-        if group_size is None:
-            out, mean, variance = lib.load().hsr_batch_norm_relu(z, gamma, beta, epsilon=float(epsilon))
+        weights = tf.zeros([0], tf.float32) if weights is None else tf.convert_to_tensor(weights, tf.float32)
+        if group_size is not None:
+            row_splits = tf.range(0, tf.shape(z)[0] + 1, group_size, dtype=tf.int32)
+        if row_splits is None:
+            out, mean, variance = lib.load().hsr_batch_norm_relu(z, gamma, beta, weights, epsilon=float(epsilon))
         else:
-            out, _, mean, variance = lib.load().hsr_batch_norm_relu_max(z, gamma, beta, epsilon=float(epsilon),
-                                                                        group_size=int(group_size))
+            out, _, mean, variance = lib.load().hsr_batch_norm_relu_max(
+                z, gamma, beta, weights, tf.convert_to_tensor(row_splits, tf.int32), epsilon=float(epsilon))
         return out, tf.stop_gradient(mean), tf.stop_gradient(variance)
+    if weights is not None or row_splits is not None:
+        raise _checks.OpArgumentError("batch_norm_relu: weights and row_splits need the compiled kernels")
     c = z.shape[-1]
     y, mean, variance, _, _, _ = tf.raw_ops.FusedBatchNormV3(
         x=tf.reshape(z, [1, 1, -1, c]), scale=gamma, offset=beta, mean=tf.zeros([0], tf.float32),

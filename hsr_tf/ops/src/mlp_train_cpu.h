@@ -1,6 +1,6 @@
 // Arithmetic of the fused training-mode BatchNorm + ReLU (+ max over groups) kernels (no TensorFlow).
 //
-// Legend: R rows, C channels, G groups of S consecutive rows (R = G*S). Activations are float32 or
+// Legend: R rows, C channels, G groups of consecutive rows (given by row splits). Activations are float32 or
 // bfloat16 (stored as uint16: the upper half of a float32); statistics and all arithmetic are float32,
 // per-block partial sums are added in double. Every function works on a block of rows (or groups) and
 // writes only its own outputs or partial sums, so the ops can run blocks on any thread in any order and
@@ -10,8 +10,12 @@
 //   y = (z - mu) * inv * gamma + beta = z * scale + shift,   h = max(y, 0)
 // Backward (dy = dh where y > 0, else 0; xhat = (z - mu) * inv):
 //   dbeta = sum dy,  dgamma = sum dy * xhat,  dz = gamma * inv * (dy - dbeta / R - xhat * dgamma / R)
-// With the max over each group of S rows (pooled[g, c] = max_s h[g*S + s, c], argmax the first row reaching
-// the maximum y), dh is zero except at the argmax rows, so dbeta and dgamma are sums over G*C entries.
+// With the max over each group of rows (pooled[g, c] = max over the group's rows of h, argmax the first row
+// reaching the maximum y), dh is zero except at the argmax rows, so dbeta and dgamma are sums over G*C entries.
+// Weighted rows (w[r] > 0, the number of identical copies a row stands for; the ball query pads groups with
+// copies of their first neighbour) give the moments and gradients of the batch with every copy present:
+//   mu = sum w z / W, var = sum w z^2 / W - mu^2 (W = sum w), and dz = k1 * (dy - w * (a + xhat * b)), dy
+// being the gradient summed over the copies.
 #ifndef HSR_TF_OPS_MLP_TRAIN_CPU_H_
 #define HSR_TF_OPS_MLP_TRAIN_CPU_H_
 
@@ -42,9 +46,11 @@ HSR_INLINE void Store(float f, uint16_t* out) {
 // Rows whose float32 sums are formed before they are added to the double accumulators.
 constexpr int64_t kRowsPerFloatSum = 32;
 
-// sum[c] += sum_r z[r, c], sumsq[c] += sum_r z[r, c]^2 over rows [0, rows). acc: 2*C floats of scratch.
+// sum[c] += sum_r w[r] z[r, c], sumsq[c] += sum_r w[r] z[r, c]^2 over rows [0, rows); w == nullptr: all 1.
+// acc: 2*C floats of scratch.
 template <typename T>
-HSR_INLINE void MomentsBlock(const T* __restrict z, int64_t rows, int c, double* __restrict sum, double* __restrict sumsq, float* __restrict acc) {
+HSR_INLINE void MomentsBlock(const T* __restrict z, const float* __restrict w, int64_t rows, int c,
+                             double* __restrict sum, double* __restrict sumsq, float* __restrict acc) {
   float* __restrict s = acc;
   float* __restrict q = acc + c;
   for (int64_t r0 = 0; r0 < rows; r0 += kRowsPerFloatSum) {
@@ -52,10 +58,11 @@ HSR_INLINE void MomentsBlock(const T* __restrict z, int64_t rows, int c, double*
     for (int k = 0; k < c; ++k) s[k] = q[k] = 0.0f;
     for (int64_t r = r0; r < r1; ++r) {
       const T* row = z + r * c;
+      const float wr = w ? w[r] : 1.0f;
       for (int k = 0; k < c; ++k) {
         const float v = ToFloat(row[k]);
-        s[k] += v;
-        q[k] += v * v;
+        s[k] += wr * v;
+        q[k] += wr * (v * v);
       }
     }
     for (int k = 0; k < c; ++k) {
@@ -67,7 +74,8 @@ HSR_INLINE void MomentsBlock(const T* __restrict z, int64_t rows, int c, double*
 
 // h = max(z * scale + shift, 0) over rows [0, rows).
 template <typename T>
-HSR_INLINE void ApplyBlock(const T* __restrict z, int64_t rows, int c, const float* __restrict scale, const float* __restrict shift, T* __restrict h) {
+HSR_INLINE void ApplyBlock(const T* __restrict z, int64_t rows, int c, const float* __restrict scale,
+                           const float* __restrict shift, T* __restrict h) {
   for (int64_t r = 0; r < rows; ++r) {
     const T* zr = z + r * c;
     T* hr = h + r * c;
@@ -79,9 +87,12 @@ HSR_INLINE void ApplyBlock(const T* __restrict z, int64_t rows, int c, const flo
 }
 
 // Backward sums over rows [0, rows): dbeta[c] += sum dy, dgamma[c] += sum dy * xhat. acc: 2*C floats.
+// (dh of a weighted row is already the sum over its copies, so no weight appears here.)
 template <typename T>
-HSR_INLINE void GradSumsBlock(const T* __restrict dh, const T* __restrict z, int64_t rows, int c, const float* __restrict scale, const float* __restrict shift,
-                              const float* __restrict mean, const float* __restrict inv, double* __restrict dbeta, double* __restrict dgamma, float* __restrict acc) {
+HSR_INLINE void GradSumsBlock(const T* __restrict dh, const T* __restrict z, int64_t rows, int c,
+                              const float* __restrict scale, const float* __restrict shift,
+                              const float* __restrict mean, const float* __restrict inv, double* __restrict dbeta,
+                              double* __restrict dgamma, float* __restrict acc) {
   float* __restrict sb = acc;
   float* __restrict sg = acc + c;
   for (int64_t r0 = 0; r0 < rows; r0 += kRowsPerFloatSum) {
@@ -105,44 +116,50 @@ HSR_INLINE void GradSumsBlock(const T* __restrict dh, const T* __restrict z, int
   }
 }
 
-// dz = k1 * (dy - a - xhat * b) over rows [0, rows), with k1 = gamma * inv, a = dbeta / R, b = dgamma / R.
+// dz = k1 * (dy - w * (a + xhat * b)) over rows [0, rows), with k1 = gamma * inv, a = dbeta / W,
+// b = dgamma / W (W the total weight); w == nullptr: all 1.
 template <typename T>
-HSR_INLINE void GradApplyBlock(const T* __restrict dh, const T* __restrict z, int64_t rows, int c, const float* __restrict scale, const float* __restrict shift,
-                               const float* __restrict mean, const float* __restrict inv, const float* __restrict k1, const float* __restrict a,
-                               const float* __restrict b, T* __restrict dz) {
+HSR_INLINE void GradApplyBlock(const T* __restrict dh, const T* __restrict z, const float* __restrict w,
+                               int64_t rows, int c, const float* __restrict scale, const float* __restrict shift,
+                               const float* __restrict mean, const float* __restrict inv,
+                               const float* __restrict k1, const float* __restrict a, const float* __restrict b,
+                               T* __restrict dz) {
   for (int64_t r = 0; r < rows; ++r) {
     const T* zr = z + r * c;
     const T* gr = dh + r * c;
     T* out = dz + r * c;
+    const float wr = w ? w[r] : 1.0f;
     for (int k = 0; k < c; ++k) {
       const float zv = ToFloat(zr[k]);
       const float gv = ToFloat(gr[k]);
       const float dy = zv * scale[k] + shift[k] > 0.0f ? gv : 0.0f;
-      Store(k1[k] * (dy - a[k] - (zv - mean[k]) * inv[k] * b[k]), out + k);
+      Store(k1[k] * (dy - wr * (a[k] + (zv - mean[k]) * inv[k] * b[k])), out + k);
     }
   }
 }
 
-// Max over each of `groups` groups of s rows: pooled[g, c] = max(max_s y, 0), argmax[g, c] the first row
-// (0..s-1) with the largest y. best: C floats of scratch.
+// Max over `groups` groups, group g holding rows [splits[g], splits[g+1]) of z (at least one):
+// pooled[g, c] = max(max_r y, 0), argmax[g, c] the first row of the group (0-based within it) with the
+// largest y. best: C floats of scratch.
 template <typename T>
-HSR_INLINE void MaxBlock(const T* __restrict z, int64_t groups, int64_t s, int c, const float* __restrict scale, const float* __restrict shift,
-                         T* __restrict pooled, int32_t* __restrict argmax, float* __restrict best) {
+HSR_INLINE void MaxBlock(const T* __restrict z, const int32_t* __restrict splits, int64_t groups, int c,
+                         const float* __restrict scale, const float* __restrict shift, T* __restrict pooled,
+                         int32_t* __restrict argmax, float* __restrict best) {
   for (int64_t g = 0; g < groups; ++g) {
-    const T* zg = z + g * s * c;
+    const T* zg = z + static_cast<int64_t>(splits[g]) * c;
+    const int32_t n = splits[g + 1] - splits[g];
     int32_t* arg = argmax + g * c;
     for (int k = 0; k < c; ++k) {
       best[k] = ToFloat(zg[k]) * scale[k] + shift[k];
       arg[k] = 0;
     }
-    for (int64_t r = 1; r < s; ++r) {
-      const T* zr = zg + r * c;
-      const int32_t ri = static_cast<int32_t>(r);
+    for (int32_t r = 1; r < n; ++r) {
+      const T* zr = zg + static_cast<int64_t>(r) * c;
       for (int k = 0; k < c; ++k) {
         const float y = ToFloat(zr[k]) * scale[k] + shift[k];
         const bool better = y > best[k];
         best[k] = better ? y : best[k];
-        arg[k] = better ? ri : arg[k];
+        arg[k] = better ? r : arg[k];
       }
     }
     T* out = pooled + g * c;
@@ -152,11 +169,13 @@ HSR_INLINE void MaxBlock(const T* __restrict z, int64_t groups, int64_t s, int c
 
 // Backward sums of the max variant over `groups` groups: only each group's argmax rows carry dy.
 template <typename T>
-HSR_INLINE void MaxGradSumsBlock(const T* __restrict dpooled, const int32_t* __restrict argmax, const T* __restrict z, int64_t groups, int64_t s,
-                                 int c, const float* __restrict scale, const float* __restrict shift, const float* __restrict mean,
-                                 const float* __restrict inv, double* __restrict dbeta, double* __restrict dgamma) {
+HSR_INLINE void MaxGradSumsBlock(const T* __restrict dpooled, const int32_t* __restrict argmax,
+                                 const T* __restrict z, const int32_t* __restrict splits, int64_t groups, int c,
+                                 const float* __restrict scale, const float* __restrict shift,
+                                 const float* __restrict mean, const float* __restrict inv,
+                                 double* __restrict dbeta, double* __restrict dgamma) {
   for (int64_t g = 0; g < groups; ++g) {
-    const T* zg = z + g * s * c;
+    const T* zg = z + static_cast<int64_t>(splits[g]) * c;
     for (int k = 0; k < c; ++k) {
       const float zv = ToFloat(zg[static_cast<int64_t>(argmax[g * c + k]) * c + k]);
       if (zv * scale[k] + shift[k] > 0.0f) {
@@ -168,26 +187,31 @@ HSR_INLINE void MaxGradSumsBlock(const T* __restrict dpooled, const int32_t* __r
   }
 }
 
-// dz of the max variant over `groups` groups: the dense part -k1 * (a + xhat * b) on every row plus
-// k1 * dy on the argmax rows, summed in float before the one rounding to T. buf: s*C floats of scratch.
+// dz of the max variant over `groups` groups: the dense part -k1 * w * (a + xhat * b) on every row plus
+// k1 * dy on the argmax rows, summed in float before the one rounding to T. buf: (largest group) x C floats.
 template <typename T>
-HSR_INLINE void MaxGradApplyBlock(const T* __restrict dpooled, const int32_t* __restrict argmax, const T* __restrict z, int64_t groups, int64_t s,
-                                  int c, const float* __restrict scale, const float* __restrict shift, const float* __restrict mean,
-                                  const float* __restrict inv, const float* __restrict k1, const float* __restrict a, const float* __restrict b, T* __restrict dz,
-                                  float* __restrict buf) {
+HSR_INLINE void MaxGradApplyBlock(const T* __restrict dpooled, const int32_t* __restrict argmax,
+                                  const T* __restrict z, const float* __restrict w,
+                                  const int32_t* __restrict splits, int64_t groups, int c,
+                                  const float* __restrict scale, const float* __restrict shift,
+                                  const float* __restrict mean, const float* __restrict inv,
+                                  const float* __restrict k1, const float* __restrict a, const float* __restrict b,
+                                  T* __restrict dz, float* __restrict buf) {
   for (int64_t g = 0; g < groups; ++g) {
-    const T* zg = z + g * s * c;
-    for (int64_t r = 0; r < s; ++r) {
+    const int64_t first = splits[g], n = splits[g + 1] - splits[g];
+    const T* zg = z + first * c;
+    for (int64_t r = 0; r < n; ++r) {
       const T* zr = zg + r * c;
       float* br = buf + r * c;
-      for (int k = 0; k < c; ++k) br[k] = -k1[k] * (a[k] + (ToFloat(zr[k]) - mean[k]) * inv[k] * b[k]);
+      const float wr = w ? w[first + r] : 1.0f;
+      for (int k = 0; k < c; ++k) br[k] = -k1[k] * (wr * (a[k] + (ToFloat(zr[k]) - mean[k]) * inv[k] * b[k]));
     }
     for (int k = 0; k < c; ++k) {
       const int64_t at = static_cast<int64_t>(argmax[g * c + k]) * c + k;
       if (ToFloat(zg[at]) * scale[k] + shift[k] > 0.0f) buf[at] += k1[k] * ToFloat(dpooled[g * c + k]);
     }
-    T* out = dz + g * s * c;
-    for (int64_t i = 0; i < s * c; ++i) Store(buf[i], out + i);
+    T* out = dz + first * c;
+    for (int64_t i = 0; i < n * c; ++i) Store(buf[i], out + i);
   }
 }
 
