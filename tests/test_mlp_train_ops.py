@@ -222,3 +222,31 @@ def test_narrower_instruction_sets_give_the_same_results(isa, tmp_path):
     res = subprocess.run([sys.executable, "-c", script], cwd=root, env=env, capture_output=True, text=True,
                          timeout=300)
     assert res.returncode == 0 and "checked" in res.stdout, res.stderr[-3000:]
+
+
+@pytest.mark.parametrize("dtype", [tf.float32, tf.bfloat16])
+def test_gather_rows_minus_centre_and_its_gradient(dtype, rng):
+    params = tf.constant(rng.normal(size=(30, 20)).astype(np.float32))
+    splits = np.array([0, 3, 4, 9, 11], np.int32)
+    index = tf.constant(rng.integers(0, 30, size=11).astype(np.int32))
+    centres = tf.constant(rng.normal(size=(4, 20)).astype(np.float32))
+    group = np.repeat(np.arange(4), np.diff(splits))
+    upstream = tf.constant(rng.normal(size=(11, 20)).astype(np.float32))
+
+    def run(fn):
+        with tf.GradientTape() as tape:
+            tape.watch([params, centres])
+            rows = fn()
+            loss = tf.reduce_sum(tf.cast(rows, tf.float32) * upstream)
+        return [rows.numpy().astype(np.float32)] + [tf.convert_to_tensor(g).numpy()
+                                                    for g in tape.gradient(loss, [params, centres])]
+
+    got = run(lambda: mlp_train.gather_rows_minus_centre(params, index, centres, splits, dtype))
+    ref = run(lambda: tf.cast(tf.gather(params, index) - tf.gather(centres, group), dtype))
+    for g, r in zip(got, ref):
+        np.testing.assert_allclose(g, r, rtol=0, atol=1e-6 * np.abs(r).max())
+    from hsr_tf.ops import compiled
+    with pytest.raises(tf.errors.InvalidArgumentError, match="index 30 at position 0 is out of range"):
+        compiled.load().hsr_gather_rows_minus_centre(params, tf.fill([11], 30), centres, splits, T=tf.float32)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"centres must have shape \[4, 20\]"):
+        compiled.load().hsr_gather_rows_minus_centre(params, index, centres[:3], splits, T=tf.float32)

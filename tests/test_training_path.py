@@ -44,7 +44,7 @@ FAST_WITH_DUPLICATES = dataclasses.replace(training_path.FAST, drop_duplicates=F
 @pytest.mark.parametrize("grouping,use_xyz,normalize,fast", [
     ("ball", True, True, training_path.FAST), ("ball", True, False, training_path.FAST),
     ("knn", False, False, training_path.FAST), ("ball", True, True, FAST_WITHOUT_KERNELS),
-    ("ball", True, False, FAST_WITH_DUPLICATES)])
+    ("ball", True, False, FAST_WITH_DUPLICATES), ("ball", False, True, training_path.FAST)])
 def test_fast_training_path_equals_reference(grouping, use_xyz, normalize, fast, rng):
     b, n = 3, 96
     xyz = tf.constant(rng.normal(size=(b, n, 3)).astype(np.float32))

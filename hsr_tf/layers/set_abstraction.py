@@ -28,6 +28,7 @@ import tensorflow as tf
 
 from hsr_tf import ops
 from hsr_tf import precision
+from hsr_tf.ops import mlp_train
 from hsr_tf.layers import training_path
 
 
@@ -314,32 +315,34 @@ class SetAbstraction(keras.layers.Layer):
         """Training pass over the ball groups' distinct rows (``drop_duplicates``): ``(new_xyz, [B,M,C'])``.
 
         Rows are gathered only for the distinct neighbours (:func:`training_path.unique_ball_rows`) and
-        weighted by the copies they stand for; the first layer is projected before the gather when the level
-        has features and ``project_then_group`` is on, as in :meth:`_projected_first_layer`.
+        weighted by the copies they stand for. Relative coordinates, and the first layer projected before the
+        gather (when the level has features and ``project_then_group`` is on, as in
+        :meth:`_projected_first_layer`), come from one compiled gather-and-subtract in the compute dtype.
         """
         xyz, features = _check_inputs(xyz, features, "SetAbstraction")
         new_xyz, idx = self._sample(xyz)
-        batch_point, group, weights, row_splits = training_path.unique_ball_rows(idx)
-        flat_centre = tf.reshape(new_xyz, [-1, 3])
+        point, weights, row_splits = training_path.unique_ball_rows(idx, tf.shape(xyz)[1])
+        flat_xyz, flat_centre = tf.reshape(xyz, [-1, 3]), tf.reshape(new_xyz, [-1, 3])
+        dt = self.shared_mlp.compute_dtype
+        mlp = self.shared_mlp
         if features is not None and training_path.current().project_then_group:
             w_xyz, w_feat = self._first_layer_weights()
-            per_point = tf.einsum("bnc,cd->bnd", features, w_feat)
+            per_point = tf.matmul(tf.reshape(features, [-1, features.shape[-1]]), w_feat)
+            centre = tf.zeros([tf.shape(flat_centre)[0], w_feat.shape[-1]], tf.float32)
             if w_xyz is not None:
-                per_point += tf.einsum("bnc,cd->bnd", xyz, w_xyz)
-            z1 = tf.gather_nd(per_point, batch_point)
-            if w_xyz is not None:
-                z1 -= tf.gather(tf.matmul(flat_centre, w_xyz), group)
-            pooled = self.shared_mlp.pooled_train_fast(first=z1, row_splits=row_splits, weights=weights)
+                per_point += tf.matmul(flat_xyz, w_xyz)
+                centre = tf.matmul(flat_centre, w_xyz)
+            z1 = mlp_train.gather_rows_minus_centre(per_point, point, centre, row_splits, dt)
+            pooled = mlp.pooled_train_fast(first=z1, row_splits=row_splits, weights=weights)
         else:
-            rows = tf.gather_nd(xyz, batch_point) - tf.gather(flat_centre, group)  # [R, 3]
-            if self.normalize_by_radius:
-                rows = rows / self.radius
+            scale = 1.0 / self.radius if self.normalize_by_radius else 1.0
+            rows = mlp_train.gather_rows_minus_centre(flat_xyz * scale, point, flat_centre * scale, row_splits,
+                                                      tf.float32 if features is not None else dt)
             if features is not None:
-                feats = tf.gather_nd(features, batch_point)
+                feats = tf.gather(tf.reshape(features, [-1, features.shape[-1]]), point)
                 rows = tf.concat([rows, feats], axis=-1) if self.use_xyz else feats
-            pooled = self.shared_mlp.pooled_train_fast(rows, row_splits=row_splits, weights=weights)
-        out = tf.reshape(pooled, [-1, self.npoint, self.mlp[-1]])
-        return new_xyz, out
+            pooled = mlp.pooled_train_fast(rows, row_splits=row_splits, weights=weights)
+        return new_xyz, tf.reshape(pooled, [-1, self.npoint, self.mlp[-1]])
 
     def call(self, xyz, features=None, training=None):
         mlp = self.shared_mlp

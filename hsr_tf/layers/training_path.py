@@ -112,7 +112,7 @@ def batch_norm_relu_train(z, bn, group_size=None, row_splits=None, weights=None)
     return out
 
 
-def unique_ball_rows(idx):
+def unique_ball_rows(idx, num_points):
     """The rows of ball-query groups without the padding copies, and how many rows each one stands for.
 
     ``ball_query`` fills a group's slots with its distinct neighbours, then repeats the first one; the
@@ -121,9 +121,10 @@ def unique_ball_rows(idx):
 
     Args:
       idx: int32 [B, M, S] ball-query indices into N.
+      num_points: N (int or scalar tensor).
     Returns:
-      ``(batch_point [R, 2] int32 (b, n) of every kept row, group [R] int32 (b*M + m), weights [R] float32,
-      row_splits [B*M + 1] int32)``, rows in group order, each group's first slot first.
+      ``(point [R] int32 row b*N + n of the batch's flattened points, weights [R] float32,
+      row_splits [B*M + 1] int32)``, rows in group order (group b*M + m), each group's first slot first.
     """
     s = idx.shape[-1]
     first = idx[:, :, :1]
@@ -131,12 +132,11 @@ def unique_ball_rows(idx):
     counts = tf.reduce_sum(tf.cast(keep, tf.int32), axis=2)  # [B,M] distinct neighbours
     # Slot 0 stands for itself and the S - count copies of it.
     slot_weight = tf.where(tf.range(s)[None, None, :] == 0, tf.cast(s + 1 - counts, tf.float32)[:, :, None], 1.0)
-    where = tf.cast(tf.where(keep), tf.int32)  # [R, 3] (b, m, slot), row-major order = group order
-    batch_point = tf.stack([where[:, 0], tf.gather_nd(idx, where)], axis=1)
-    group = where[:, 0] * tf.shape(idx)[1] + where[:, 1]
-    weights = tf.gather_nd(slot_weight, where)
+    flat_point = idx + tf.range(tf.shape(idx)[0], dtype=tf.int32)[:, None, None] * tf.cast(num_points, tf.int32)
+    point = tf.boolean_mask(flat_point, keep)
+    weights = tf.boolean_mask(slot_weight, keep)
     row_splits = tf.concat([[0], tf.cumsum(tf.reshape(counts, [-1]))], axis=0)
-    return batch_point, group, weights, row_splits
+    return point, weights, row_splits
 
 
 __all__ = ["TrainingPath", "FAST", "REFERENCE", "current", "use", "kernels_on", "drop_duplicates_on",

@@ -28,7 +28,7 @@ import tensorflow as tf
 
 from hsr_tf.ops import _checks
 
-__all__ = ["batch_norm_relu", "kernels_available"]
+__all__ = ["batch_norm_relu", "gather_rows_minus_centre", "kernels_available"]
 
 
 @tf.RegisterGradient("HsrBatchNormRelu")
@@ -53,6 +53,16 @@ def _batch_norm_relu_max_grad(op, dpooled, dargmax, dmean, dvariance):
     return dz, dgamma, dbeta, None, None
 
 
+@tf.RegisterGradient("HsrGatherRowsMinusCentre")
+def _gather_rows_minus_centre_grad(op, grad):
+    params, index, _, row_splits = op.inputs
+    from hsr_tf.ops import compiled  # noqa: PLC0415
+    dparams, dcentres = compiled.load().hsr_gather_rows_minus_centre_grad(
+        grad, index, row_splits, tf.shape(params, out_type=tf.int32)[0])
+    return dparams, None, dcentres, None
+
+
+tf.no_gradient("HsrGatherRowsMinusCentreGrad")
 tf.no_gradient("HsrBatchNormReluGrad")
 tf.no_gradient("HsrBatchNormReluMaxGrad")
 
@@ -141,3 +151,29 @@ def batch_norm_relu(z, gamma, beta, epsilon: float, group_size=None, compiled=No
         else:
             h = tf.reduce_max(tf.reshape(h, [-1, s, c]), axis=1)
     return h, tf.stop_gradient(mean), tf.stop_gradient(variance)
+
+
+def gather_rows_minus_centre(params, index, centres, row_splits, dtype=tf.float32):
+    """Rows of ragged groups relative to their group's centre, gathered in one compiled pass.
+
+    ``rows[r] = params[index[r]] - centres[g]`` for the rows ``r`` of group ``g``, i.e.
+    ``row_splits[g] <= r < row_splits[g+1]``; differentiable in ``params`` and ``centres`` (the gradient is a
+    scatter-add and a per-group sum, both multi-threaded and independent of the thread count).
+
+    Args:
+      params: float32 [P, C] (e.g. per-point projections of every cloud, flattened).
+      index: int32 [R] rows of ``params``, in [0, P).
+      centres: float32 [G, C].
+      row_splits: int32 [G+1], 0 = row_splits[0] < ... < row_splits[G] = R.
+      dtype: float32 or bfloat16 of the result (one rounding of the float32 difference).
+    Returns:
+      [R, C] in ``dtype``.
+    """
+    from hsr_tf.ops import compiled as lib  # noqa: PLC0415
+    dtype = tf.as_dtype(dtype)
+    if dtype not in (tf.float32, tf.bfloat16):
+        raise _checks.OpArgumentError(f"gather_rows_minus_centre: dtype must be float32 or bfloat16, found "
+                                      f"{dtype.name}")
+    return lib.load().hsr_gather_rows_minus_centre(
+        tf.convert_to_tensor(params, tf.float32), tf.convert_to_tensor(index, tf.int32),
+        tf.convert_to_tensor(centres, tf.float32), tf.convert_to_tensor(row_splits, tf.int32), T=dtype)
