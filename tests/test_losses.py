@@ -200,3 +200,19 @@ def test_correspondences_nyu_and_icvl(rng):
         losses.HandShapeLoss(np.zeros((30, 3)))(out, dict(batch, joints=_tf(icvl)))
     with pytest.raises(ValueError, match="reduction"):
         losses.LossConfig(reduction="median")
+
+
+def test_nearest_vertex_same_on_both_ops_backends_and_finite_under_nan(rng):
+    """The compiled nearest-point scan and the distance-matrix fallback pick the same vertices (checked against a
+    KD-tree); non-finite predicted vertices do not raise (the loss is non-finite instead)."""
+    from hsr_tf import ops
+
+    pts = rng.normal(size=(3, 200, 3)).astype(np.float32)
+    verts = rng.normal(size=(3, 150, 3)).astype(np.float32)
+    want = np.stack([cKDTree(verts[i]).query(pts[i])[1] for i in range(3)])
+    for backend in (["compiled"] if ops.compiled_available() else []) + ["fallback"]:
+        with ops.use_backend(backend):
+            np.testing.assert_array_equal(losses.nearest_vertex(pts, verts).numpy(), want, err_msg=backend)
+    verts[0, 5] = np.nan
+    loss = losses.chamfer_loss(pts, verts, np.full([3], 100.0, np.float32), tau_mm=1e9)
+    assert np.isfinite(loss.numpy()[1:]).all()

@@ -140,11 +140,27 @@ def test_knn_matches_numpy(backend, b, n, m, rng):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("b,n,m", SIZES)
+def test_knn_nearest_only_matches_numpy(backend, b, n, m, rng):
+    """k = 1 (the compiled kernel's vector scan, no sort): the nearest point, ties to the lower index."""
+    pts = cloud(rng, b, n)
+    pts[:, n // 2:] = pts[:, : n - n // 2]  # duplicated points: exact ties
+    q = cloud(rng, b, m)
+    d, idx = run(backend, ops.knn, pts, q, 1)
+    for i in range(b):
+        rd, ri = np_knn(pts[i], q[i], 1)
+        np.testing.assert_array_equal(idx[i], ri)
+        np.testing.assert_array_equal(d[i], rd)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_knn_ties_lower_index_first(backend):
     pts = np.array([[[1, 0, 0], [0, 1, 0], [1, 0, 0], [0, 0, 0]]], np.float32)
     d, idx = run(backend, ops.knn, pts, np.zeros((1, 1, 3), np.float32), 4)
     np.testing.assert_array_equal(idx[0, 0], [3, 0, 1, 2])
     np.testing.assert_array_equal(d[0, 0], [0, 1, 1, 1])
+    d, idx = run(backend, ops.knn, pts[:, :3], np.zeros((1, 1, 3), np.float32), 1)
+    np.testing.assert_array_equal(idx[0, 0], [0])
 
 
 @needs_compiled

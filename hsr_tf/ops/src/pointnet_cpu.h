@@ -206,6 +206,40 @@ __attribute__((target("avx"))) inline int BallScanAvx(const float* xs, const flo
   return cnt;
 }
 
+// Nearest point of the SoA cloud to q with AVX: squared distance and lowest index among the nearest (as
+// KnnOne with k = 1: the same distance expression, ties to the lower index; padding is +inf, never nearest).
+__attribute__((target("avx"))) inline int NearestAvx(const float* xs, const float* ys, const float* zs, int npad,
+                                                     const float* q, float* sq_dist) {
+  const __m256 px = _mm256_set1_ps(q[0]), py = _mm256_set1_ps(q[1]), pz = _mm256_set1_ps(q[2]);
+  __m256 vmin = _mm256_set1_ps(std::numeric_limits<float>::infinity());
+  for (int i = 0; i < npad; i += 8) {
+    const __m256 dx = _mm256_sub_ps(_mm256_loadu_ps(xs + i), px);
+    const __m256 dy = _mm256_sub_ps(_mm256_loadu_ps(ys + i), py);
+    const __m256 dz = _mm256_sub_ps(_mm256_loadu_ps(zs + i), pz);
+    vmin = _mm256_min_ps(vmin, _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(dx, dx), _mm256_mul_ps(dy, dy)),
+                                             _mm256_mul_ps(dz, dz)));
+  }
+  float lanes[8];
+  _mm256_storeu_ps(lanes, vmin);
+  float best = lanes[0];
+  for (int l = 1; l < 8; ++l) best = std::min(best, lanes[l]);
+  const __m256 vb = _mm256_set1_ps(best);
+  for (int i = 0; i < npad; i += 8) {
+    const __m256 dx = _mm256_sub_ps(_mm256_loadu_ps(xs + i), px);
+    const __m256 dy = _mm256_sub_ps(_mm256_loadu_ps(ys + i), py);
+    const __m256 dz = _mm256_sub_ps(_mm256_loadu_ps(zs + i), pz);
+    const __m256 d = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(dx, dx), _mm256_mul_ps(dy, dy)),
+                                   _mm256_mul_ps(dz, dz));
+    const int mask = _mm256_movemask_ps(_mm256_cmp_ps(d, vb, _CMP_EQ_OQ));
+    if (mask) {
+      *sq_dist = best;
+      return i + __builtin_ctz(mask);
+    }
+  }
+  *sq_dist = best;
+  return 0;
+}
+
 inline bool CpuHasAvx() {
   static const bool has = __builtin_cpu_supports("avx");
   return has;

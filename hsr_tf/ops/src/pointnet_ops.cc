@@ -322,6 +322,23 @@ class KnnCpu : public OpKernel {
     float* d = dist->flat<float>().data();
     int* o = idx->flat<int>().data();
     const int nn = static_cast<int>(n), k = k_;
+#ifdef HSR_OPS_HAVE_AVX_PATH
+    if (k == 1 && CpuHasAvx()) {  // nearest point: an AVX scan of the SoA cloud, no sort
+      ParallelFor(ctx, b * m, 4 * n, [&](int64_t begin, int64_t end) {
+        CloudSoA cloud;
+        int64_t loaded = -1;
+        for (int64_t u = begin; u < end; ++u) {
+          const int64_t bi = u / m;
+          if (bi != loaded) {
+            cloud.Load(p + bi * nn * 3, nn);
+            loaded = bi;
+          }
+          o[u] = NearestAvx(cloud.x.data(), cloud.y.data(), cloud.z.data(), cloud.npad, q + u * 3, d + u);
+        }
+      });
+      return;
+    }
+#endif
     ParallelFor(ctx, b * m, 20 * n, [&](int64_t begin, int64_t end) {
       std::vector<std::pair<float, int>> scratch;
       for (int64_t u = begin; u < end; ++u) {
