@@ -45,6 +45,7 @@ import numpy as np
 import tensorflow as tf
 
 from hsr_tf import ops
+from hsr_tf.layers import training_path
 
 REDUCTIONS = ("mean", "sum")
 
@@ -143,7 +144,7 @@ def nearest_vertex(points, vertices):
     """
     points = tf.stop_gradient(points)
     vertices = tf.stop_gradient(vertices)
-    if ops.backend() == "compiled":
+    if ops.backend() == "compiled" and training_path.current().nearest_vertex_scan:
         # The compiled nearest-point scan (~8x faster than the matrix below at B = 32, N = 1024, V = 1305); it
         # refuses non-finite coordinates, so a diverged prediction is zeroed here and its non-finite loss is
         # left for the training loop to report (or skip).

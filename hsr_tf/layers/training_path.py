@@ -25,6 +25,19 @@ The fast path computes the same function with fewer passes:
   paper-size second level this removes a [262144, 131] x [131, 128] product per stage and batch of 32 from
   the forward pass and two from the backward pass.
 
+* ``fused_kernels`` (CPU, float32 / bfloat16, compiled ops; on GPUs and with the pure-TF ops the two
+  switches above stand in): BatchNorm + ReLU run as the compiled ``HsrBatchNormRelu`` kernels
+  (:mod:`hsr_tf.ops.mlp_train`: two passes over the activations forward, two backward, ReLU gradient
+  included), and the last layer's BatchNorm + ReLU + max over the group as one kernel that never writes the
+  [R, C] activation and whose gradient starts from the sparse max gradient (no ``MaxPoolGrad`` / ``ReluGrad``).
+* ``drop_duplicates`` (with ``fused_kernels``, ball grouping): ``ball_query`` pads a group whose ball holds
+  fewer than S points with copies of its first neighbour (a third of the first level's slots on hand clouds).
+  The copies are dropped (:func:`unique_ball_rows`) and the kept row counts once per copy in the BatchNorm
+  moments and gradients; the max over a group does not change. The rows relative to their centroid (and the
+  projected first layer) are gathered by one compiled op in the compute dtype.
+* ``nearest_vertex_scan`` (compiled ops): the chamfer loss's nearest vertex of every input point by the
+  compiled k = 1 scan instead of a [B, N, V] distance matrix and ``argmin`` (``hsr_tf.losses``).
+
 The switches are read when a layer is called (traced), not stored in the layer configuration: they change
 the speed, not the function (tests/test_training_path.py compares both paths' outputs, moving statistics
 and gradients). :func:`use` selects them for the code traced inside it, e.g. ``use(REFERENCE)`` for the
@@ -42,18 +55,19 @@ from hsr_tf.ops import mlp_train
 
 @dataclasses.dataclass(frozen=True)
 class TrainingPath:
-    """Which optimisations of the shared MLPs' training pass are on (see the module docstring)."""
+    """Which optimisations of the training pass are on (see the module docstring)."""
 
     fused_batch_norm: bool = True
     max_pool: bool = True
     project_then_group: bool = True
     fused_kernels: bool = True
     drop_duplicates: bool = True
+    nearest_vertex_scan: bool = True
 
 
 FAST = TrainingPath()
 REFERENCE = TrainingPath(fused_batch_norm=False, max_pool=False, project_then_group=False, fused_kernels=False,
-                         drop_duplicates=False)
+                         drop_duplicates=False, nearest_vertex_scan=False)
 _state = {"path": FAST}
 
 
