@@ -148,12 +148,21 @@ REGISTER_OP("HsrBatchNormReluMaxGrad")
 // ---------------------------------------------------------------------------------------------------
 // Kernels.
 
-template <typename T>
-class BatchNormReluCpu : public OpKernel {
+// Base of the four kernels: the epsilon attribute.
+class EpsilonKernel : public OpKernel {
  public:
-  explicit BatchNormReluCpu(OpKernelConstruction* ctx) : OpKernel(ctx) {
+  explicit EpsilonKernel(OpKernelConstruction* ctx) : OpKernel(ctx) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("epsilon", &epsilon_));
   }
+
+ protected:
+  float epsilon_ = 0.0f;
+};
+
+template <typename T>
+class BatchNormReluCpu : public EpsilonKernel {
+ public:
+  using EpsilonKernel::EpsilonKernel;
   void Compute(OpKernelContext* ctx) override {
     static const char* kOp = "batch_norm_relu";
     const Tensor& z = ctx->input(0);
@@ -180,17 +189,12 @@ class BatchNormReluCpu : public OpKernel {
       }
     });
   }
-
- private:
-  float epsilon_;
 };
 
 template <typename T>
-class BatchNormReluGradCpu : public OpKernel {
+class BatchNormReluGradCpu : public EpsilonKernel {
  public:
-  explicit BatchNormReluGradCpu(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("epsilon", &epsilon_));
-  }
+  using EpsilonKernel::EpsilonKernel;
   void Compute(OpKernelContext* ctx) override {
     static const char* kOp = "batch_norm_relu_grad";
     const Tensor& dh = ctx->input(0);
@@ -235,17 +239,12 @@ class BatchNormReluGradCpu : public OpKernel {
       }
     });
   }
-
- private:
-  float epsilon_;
 };
 
 template <typename T>
-class BatchNormReluMaxCpu : public OpKernel {
+class BatchNormReluMaxCpu : public EpsilonKernel {
  public:
-  explicit BatchNormReluMaxCpu(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("epsilon", &epsilon_));
-  }
+  using EpsilonKernel::EpsilonKernel;
   void Compute(OpKernelContext* ctx) override {
     static const char* kOp = "batch_norm_relu_max";
     const Tensor& z = ctx->input(0);
@@ -282,17 +281,12 @@ class BatchNormReluMaxCpu : public OpKernel {
       }
     });
   }
-
- private:
-  float epsilon_;
 };
 
 template <typename T>
-class BatchNormReluMaxGradCpu : public OpKernel {
+class BatchNormReluMaxGradCpu : public EpsilonKernel {
  public:
-  explicit BatchNormReluMaxGradCpu(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("epsilon", &epsilon_));
-  }
+  using EpsilonKernel::EpsilonKernel;
   void Compute(OpKernelContext* ctx) override {
     static const char* kOp = "batch_norm_relu_max_grad";
     const Tensor& dpooled = ctx->input(0);
@@ -355,9 +349,6 @@ class BatchNormReluMaxGradCpu : public OpKernel {
       }
     });
   }
-
- private:
-  float epsilon_;
 };
 
 #define HSR_REGISTER_MLP_TRAIN(T)                                                                        \
