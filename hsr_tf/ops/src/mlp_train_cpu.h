@@ -19,6 +19,8 @@
 #ifndef HSR_TF_OPS_MLP_TRAIN_CPU_H_
 #define HSR_TF_OPS_MLP_TRAIN_CPU_H_
 
+#include <immintrin.h>
+
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -42,6 +44,34 @@ HSR_INLINE void Store(float f, uint16_t* out) {
   u = (f != f) ? 0x7FC00000u : u + 0x7FFFu + ((u >> 16) & 1u);
   *out = static_cast<uint16_t>(u >> 16);
 }
+
+// n float32 values -> bfloat16, as Store. The native AVX512-BF16 conversion (one instruction per 16 values; it
+// flushes denormals, |x| < 2^-126, to zero, where Store keeps them) is picked at run time when the CPU has it.
+inline void StoreFloatsGeneric(const float* src, uint16_t* dst, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) Store(src[i], dst + i);
+}
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) inline void StoreFloatsAvx512Bf16(
+    const float* src, uint16_t* dst, int64_t n) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m256bh v = _mm512_cvtneps_pbh(_mm512_loadu_ps(src + i));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), reinterpret_cast<const __m256i&>(v));
+  }
+  for (; i < n; ++i) Store(src[i], dst + i);
+}
+using StoreFloatsFn = void (*)(const float*, uint16_t*, int64_t);
+// Set once by the ops (mlp_train_support.h) from the CPU flags; the generic version until then.
+inline StoreFloatsFn& StoreBf16Rows() {
+  static StoreFloatsFn fn = &StoreFloatsGeneric;
+  return fn;
+}
+
+// Where a row of results is computed: float32 outputs in place, bfloat16 ones in a float scratch row that
+// FinishRow converts.
+HSR_INLINE float* RowTarget(float* out, float*) { return out; }
+HSR_INLINE float* RowTarget(uint16_t*, float* scratch) { return scratch; }
+HSR_INLINE void FinishRow(const float*, float*, int64_t) {}
+HSR_INLINE void FinishRow(const float* scratch, uint16_t* out, int64_t n) { StoreBf16Rows()(scratch, out, n); }
 
 // Rows whose float32 sums are formed before they are added to the double accumulators.
 constexpr int64_t kRowsPerFloatSum = 32;
@@ -75,14 +105,15 @@ HSR_INLINE void MomentsBlock(const T* __restrict z, const float* __restrict w, i
 // h = max(z * scale + shift, 0) over rows [0, rows).
 template <typename T>
 HSR_INLINE void ApplyBlock(const T* __restrict z, int64_t rows, int c, const float* __restrict scale,
-                           const float* __restrict shift, T* __restrict h) {
+                           const float* __restrict shift, T* __restrict h, float* __restrict scratch) {
   for (int64_t r = 0; r < rows; ++r) {
     const T* zr = z + r * c;
-    T* hr = h + r * c;
+    float* __restrict out = RowTarget(h + r * c, scratch);
     for (int k = 0; k < c; ++k) {
       const float y = ToFloat(zr[k]) * scale[k] + shift[k];
-      Store(y > 0.0f ? y : 0.0f, hr + k);
+      out[k] = y > 0.0f ? y : 0.0f;
     }
+    FinishRow(out, h + r * c, c);
   }
 }
 
@@ -123,18 +154,19 @@ HSR_INLINE void GradApplyBlock(const T* __restrict dh, const T* __restrict z, co
                                int64_t rows, int c, const float* __restrict scale, const float* __restrict shift,
                                const float* __restrict mean, const float* __restrict inv,
                                const float* __restrict k1, const float* __restrict a, const float* __restrict b,
-                               T* __restrict dz) {
+                               T* __restrict dz, float* __restrict scratch) {
   for (int64_t r = 0; r < rows; ++r) {
     const T* zr = z + r * c;
     const T* gr = dh + r * c;
-    T* out = dz + r * c;
+    float* __restrict out = RowTarget(dz + r * c, scratch);
     const float wr = w ? w[r] : 1.0f;
     for (int k = 0; k < c; ++k) {
       const float zv = ToFloat(zr[k]);
       const float gv = ToFloat(gr[k]);
       const float dy = zv * scale[k] + shift[k] > 0.0f ? gv : 0.0f;
-      Store(k1[k] * (dy - wr * (a[k] + (zv - mean[k]) * inv[k] * b[k])), out + k);
+      out[k] = k1[k] * (dy - wr * (a[k] + (zv - mean[k]) * inv[k] * b[k]));
     }
+    FinishRow(out, dz + r * c, c);
   }
 }
 
@@ -211,7 +243,11 @@ HSR_INLINE void MaxGradApplyBlock(const T* __restrict dpooled, const int32_t* __
       if (ToFloat(zg[at]) * scale[k] + shift[k] > 0.0f) buf[at] += k1[k] * ToFloat(dpooled[g * c + k]);
     }
     T* out = dz + first * c;
-    for (int64_t i = 0; i < n * c; ++i) Store(buf[i], out + i);
+    if constexpr (sizeof(T) == sizeof(float)) {
+      for (int64_t i = 0; i < n * c; ++i) out[i] = buf[i];
+    } else {
+      FinishRow(buf, out, n * c);
+    }
   }
 }
 

@@ -183,9 +183,11 @@ class BatchNormReluCpu : public EpsilonKernel {
     const Affine af(mp, vp, ctx->input(1).flat<float>().data(), ctx->input(2).flat<float>().data(), c, epsilon_);
     auto* hp = Out<T>(h);
     ParallelBlocks(ctx, (r + kBlockRows - 1) / kBlockRows, 4 * kBlockRows * c, [&](int64_t begin, int64_t end) {
+      std::vector<float> scratch(c);
       for (int64_t i = begin; i < end; ++i) {
         const int64_t r0 = i * kBlockRows, rows = std::min(kBlockRows, r - r0);
-        Run<ApplyBlockOp>(zp + r0 * c, rows, static_cast<int>(c), af.scale.data(), af.shift.data(), hp + r0 * c);
+        Run<ApplyBlockOp>(zp + r0 * c, rows, static_cast<int>(c), af.scale.data(), af.shift.data(), hp + r0 * c,
+                          scratch.data());
       }
     });
   }
@@ -231,11 +233,12 @@ class BatchNormReluGradCpu : public EpsilonKernel {
                            dbeta->flat<float>().data(), dgamma->flat<float>().data());
     auto* out = Out<T>(dz);
     ParallelBlocks(ctx, num_blocks, 8 * kBlockRows * c, [&](int64_t begin, int64_t end) {
+      std::vector<float> scratch(c);
       for (int64_t i = begin; i < end; ++i) {
         const int64_t r0 = i * kBlockRows, rows = std::min(kBlockRows, r - r0);
         Run<GradApplyBlockOp>(gp + r0 * c, zp + r0 * c, w ? w + r0 : nullptr, rows, ci, af->scale.data(),
                               af->shift.data(), af->mean.data(), af->inv.data(), gc.k1.data(), gc.a.data(),
-                              gc.b.data(), out + r0 * c);
+                              gc.b.data(), out + r0 * c, scratch.data());
       }
     });
   }

@@ -57,7 +57,10 @@ inline int IsaLevel() {
     const char* env = std::getenv("HSR_TF_OPS_MLP_ISA");
     const std::string want = env ? env : "";
     const int asked = want == "baseline" ? 0 : (want == "avx2" ? 1 : 2);
-    return std::min(cpu, asked);
+    const int chosen = std::min(cpu, asked);
+    // bfloat16 results: the native conversion where the CPU has it and AVX-512 is in use.
+    if (chosen == 2 && __builtin_cpu_supports("avx512bf16")) StoreBf16Rows() = &StoreFloatsAvx512Bf16;
+    return chosen;
   }();
   return level;
 }
