@@ -1,20 +1,27 @@
 """Training speed of the depth model on this machine: today's float32 path against the fast paths, in one run.
 
     python -m benchmarks.training [--variants=reference,fast_float32,fast_bfloat16] [--steps=3] [--batch=32]
-                                  [--shape_network=JSON] [--num_stages=2] [--hand_model=NPZ] [--json_out=FILE]
+                                  [--data=hands|random] [--shape_network=JSON] [--num_stages=2] [--hand_model=NPZ]
+                                  [--json_out=FILE]
 
 Each variant builds HandShapeNet (packaged hand model, random weights from the same seed: speed does not
 depend on training) under its precision policy, traces one training step exactly as ``hsr_tf.train.loop``
-does (GradientTape over the model and ``HandShapeLoss``, Adam with the loop's schedule) and times it. Variants:
+does (GradientTape over the model and ``HandShapeLoss``, Adam with the loop's schedule) and times it on one batch:
+``--data=hands`` (default) renders B held-out frames of the shipped depth model's training set and reads them as
+training does (augmentation on; N = the set's points per frame), ``random`` uses Gaussian blobs of
+``--num_points``. The ball query's padding fraction of the batch is printed (what ``drop_duplicates`` skips).
+Variants:
 
-* ``reference``: float32, ``training_path.REFERENCE`` (Keras BatchNorm, reduce_max, no projection): the
-  training step as it was before ``hsr_tf.layers.training_path`` -- the baseline of every ratio;
-* ``fast_float32``: float32, the fast training path (fused BatchNorm + ReLU, MaxPool, first layer projected
-  before grouping);
+* ``reference``: float32, ``training_path.REFERENCE`` (Keras BatchNorm, reduce_max, no projection, no compiled
+  kernels, distance-matrix nearest vertex): the training step as it was before ``hsr_tf.layers.training_path``
+  -- the baseline of every ratio;
+* ``fast_float32``: float32, the fast training path (every switch of ``training_path.FAST``);
 * ``reference_bfloat16`` / ``fast_bfloat16``: the same under ``mixed_bfloat16`` (shared MLPs and hidden head
   layers in bfloat16; geometry, hand model, Procrustes, palm frame and losses float32);
-* ``fast_bfloat16_no_projection``, ``fast_bfloat16_no_maxpool``: the fast bfloat16 path with one
-  optimisation switched off (what each one is worth).
+* ``fast_bfloat16_no_projection``, ``fast_bfloat16_no_maxpool``, ``fast_bfloat16_no_kernels`` (TensorFlow's
+  fused ops instead of the compiled kernels, hence also no ``drop_duplicates``),
+  ``fast_bfloat16_with_duplicates``: the fast bfloat16 path with one optimisation switched off (what each one
+  is worth).
 
 Timing: after one call that traces, ``--steps`` rounds; each round times one step of every variant in turn,
 so all variants see the same load on a shared machine. The minimum over rounds is reported (the least noisy
@@ -58,6 +65,8 @@ flags.DEFINE_enum("data", "hands", ["hands", "random"],
                   "Input clouds: 'hands' renders held-out frames of the shipped depth model's training set (default "
                   "views) and reads them as training does (augmentation on); 'random': Gaussian blobs (their sparse "
                   "neighbourhoods pad far more ball-query slots than hands do, which flatters drop_duplicates).")
+flags.DEFINE_string("profile", "", "After the timing, trace one step of this variant with the TensorFlow profiler "
+                    "and print the seconds its ops took per op type (summed over threads; ops overlap).")
 # --shape_network, --num_stages, --num_points, --batch, --seed, --hand_model and --json_out are the flags of
 # benchmarks.inference (imported above for its FLOP count); its other flags are not used here.
 
@@ -113,6 +122,32 @@ def duplicate_fractions(points, cfg):
 
     centres, first = level(tf.convert_to_tensor(points, tf.float32), 1)
     return first, level(centres, 2)[1]
+
+
+def profile_step(step, batch, top=20):
+    """Runs ``step(batch)`` once under the TensorFlow profiler; returns [(op type, seconds)], most expensive
+    first: the durations of the executor's op events (``tf_Compute`` lines of the host plane), summed per type."""
+    import collections
+    import glob
+    import tempfile
+
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    logdir = tempfile.mkdtemp(prefix="hsr_bench_profile_")
+    tf.profiler.experimental.start(logdir)
+    step(batch).numpy()
+    tf.profiler.experimental.stop()
+    space = xplane_pb2.XSpace()
+    with open(glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)[0], "rb") as fh:
+        space.ParseFromString(fh.read())
+    per_type = collections.Counter()
+    for plane in space.planes:
+        for line in plane.lines:
+            if line.name.startswith("tf_Compute"):
+                for ev in line.events:
+                    per_type[plane.event_metadata[ev.metadata_id].name.rpartition(":")[2]] += ev.duration_ps * 1e-12
+    per_type.pop("Process", None)  # the executor's envelope around every op
+    return per_type.most_common(top)
 
 
 def build_step(name, overrides, hand_model, batch, workdir):
@@ -217,6 +252,12 @@ def main(argv):
         print(f"{name:28s} {r['samples_per_s']:7.2f} samples/s ({t:6.2f} s/step, median {r['median_seconds_per_step']:.2f})"
               f" | {r['speedup_vs_reference']:5.2f}x reference | {r['gflops']:6.1f} GFLOP/s = "
               f"{r['fraction_of_matmul']:.2f}x the {r['policy'].replace('mixed_', '')} matmul")
+    if FLAGS.profile:
+        if FLAGS.profile not in steps:
+            raise app.UsageError(f"--profile: expected one of the timed variants {names}, found {FLAGS.profile!r}")
+        print(f"[{FLAGS.profile}] op types by seconds (summed over threads) in one profiled step:")
+        for op_type, seconds in profile_step(steps[FLAGS.profile], batch):
+            print(f"  {seconds:7.3f} s  {op_type}")
     if FLAGS.json_out:
         with open(FLAGS.json_out, "w") as fh:
             json.dump({"matmul_gflops": mm, "flops_per_step": flops_step, "batch": bsz, "shape_network": cfg,

@@ -312,11 +312,16 @@ class BatchNormReluMaxGradCpu : public EpsilonKernel {
                                         argmax.shape().DebugString()));
     const int32_t* ap = argmax.flat<int32_t>().data();
     const int32_t* sp = splits.flat<int32_t>().data();
-    for (int64_t i = 0; i < argmax.NumElements(); ++i) {
-      const int64_t size = sp[i / c + 1] - sp[i / c];
-      OP_REQUIRES(ctx, ap[i] >= 0 && ap[i] < size,
-                  errors::InvalidArgument(kOp, ": argmax ", ap[i], " at flat position ", i,
-                                          " is out of range for its group of ", size, " rows"));
+    for (int64_t gi = 0; gi < g; ++gi) {
+      const int32_t size = sp[gi + 1] - sp[gi];
+      const int32_t* row = ap + gi * c;
+      bool ok = true;
+      for (int64_t k = 0; k < c; ++k) ok &= row[k] >= 0 && row[k] < size;
+      if (!ok) {
+        const int64_t k = std::find_if(row, row + c, [&](int32_t a) { return a < 0 || a >= size; }) - row;
+        OP_REQUIRES(ctx, false, errors::InvalidArgument(kOp, ": argmax ", row[k], " at flat position ", gi * c + k,
+                                                        " is out of range for its group of ", size, " rows"));
+      }
     }
     std::unique_ptr<Affine> af;
     OP_REQUIRES_OK(ctx, GradAffine(ctx, kOp, 5, c, epsilon_, &af));
