@@ -126,7 +126,8 @@ def duplicate_fractions(points, cfg):
 
 def profile_step(step, batch, top=20):
     """Runs ``step(batch)`` once under the TensorFlow profiler; returns [(op type, seconds)], most expensive
-    first: the durations of the executor's op events (``tf_Compute`` lines of the host plane), summed per type."""
+    first: the durations of the executor's op events (``tf_Compute`` lines of the host plane), summed per type
+    (an op's duration is its wall time, whatever threads it used; ops of the two inter-op threads overlap)."""
     import collections
     import glob
     import tempfile
@@ -146,7 +147,9 @@ def profile_step(step, batch, top=20):
             if line.name.startswith("tf_Compute"):
                 for ev in line.events:
                     per_type[plane.event_metadata[ev.metadata_id].name.rpartition(":")[2]] += ev.duration_ps * 1e-12
-    per_type.pop("Process", None)  # the executor's envelope around every op
+    # The executor's envelope around every op, and thread-pool shards of ops already counted.
+    per_type.pop("Process", None)
+    per_type.pop("ParallelFor", None)
     return per_type.most_common(top)
 
 
