@@ -148,6 +148,22 @@ REGISTER_OP("HsrBatchNormReluMaxGrad")
 // ---------------------------------------------------------------------------------------------------
 // Kernels.
 
+// z [R, C], its weights and (grouped ops) row_splits, checked: sizes, largest group, total weight.
+struct Rows {
+  int64_t r = 0, c = 0, g = 0, largest = 0;
+  double total = 0.0;
+  absl::Status Check(const char* op, const Tensor& z, const Tensor& weights, const Tensor* splits = nullptr) {
+    TF_RETURN_IF_ERROR(CheckZAndWeights(op, z, weights, &total));
+    r = z.dim_size(0);
+    c = z.dim_size(1);
+    if (splits != nullptr) {
+      TF_RETURN_IF_ERROR(CheckRowSplits(op, *splits, r, &largest));
+      g = splits->dim_size(0) - 1;
+    }
+    return absl::OkStatus();
+  }
+};
+
 // Base of the four kernels: the epsilon attribute.
 class EpsilonKernel : public OpKernel {
  public:
@@ -167,9 +183,10 @@ class BatchNormReluCpu : public EpsilonKernel {
     static const char* kOp = "batch_norm_relu";
     const Tensor& z = ctx->input(0);
     const Tensor& weights = ctx->input(3);
-    double total = 0.0;
-    OP_REQUIRES_OK(ctx, CheckZAndWeights(kOp, z, weights, &total));
-    const int64_t r = z.dim_size(0), c = z.dim_size(1);
+    Rows rows;
+    OP_REQUIRES_OK(ctx, rows.Check(kOp, z, weights));
+    const int64_t r = rows.r, c = rows.c;
+    const double total = rows.total;
     OP_REQUIRES_OK(ctx, CheckChannels(kOp, "gamma", ctx->input(1), c));
     OP_REQUIRES_OK(ctx, CheckChannels(kOp, "beta", ctx->input(2), c));
     Tensor *h = nullptr, *mean = nullptr, *var = nullptr;
@@ -202,12 +219,13 @@ class BatchNormReluGradCpu : public EpsilonKernel {
     const Tensor& dh = ctx->input(0);
     const Tensor& z = ctx->input(1);
     const Tensor& weights = ctx->input(2);
-    double total = 0.0;
-    OP_REQUIRES_OK(ctx, CheckZAndWeights(kOp, z, weights, &total));
+    Rows rows;
+    OP_REQUIRES_OK(ctx, rows.Check(kOp, z, weights));
+    const double total = rows.total;
     OP_REQUIRES(ctx, dh.shape() == z.shape(),
                 errors::InvalidArgument(kOp, ": the incoming gradient must have shape ", z.shape().DebugString(),
                                         ", found ", dh.shape().DebugString()));
-    const int64_t r = z.dim_size(0), c = z.dim_size(1);
+    const int64_t r = rows.r, c = rows.c;
     std::unique_ptr<Affine> af;
     OP_REQUIRES_OK(ctx, GradAffine(ctx, kOp, 3, c, epsilon_, &af));
     Tensor *dz = nullptr, *dgamma = nullptr, *dbeta = nullptr;
@@ -253,14 +271,12 @@ class BatchNormReluMaxCpu : public EpsilonKernel {
     const Tensor& z = ctx->input(0);
     const Tensor& weights = ctx->input(3);
     const Tensor& splits = ctx->input(4);
-    double total = 0.0;
-    OP_REQUIRES_OK(ctx, CheckZAndWeights(kOp, z, weights, &total));
-    const int64_t r = z.dim_size(0), c = z.dim_size(1);
-    int64_t largest = 0;
-    OP_REQUIRES_OK(ctx, CheckRowSplits(kOp, splits, r, &largest));
+    Rows rows;
+    OP_REQUIRES_OK(ctx, rows.Check(kOp, z, weights, &splits));
+    const int64_t r = rows.r, c = rows.c, g = rows.g, largest = rows.largest;
+    const double total = rows.total;
     OP_REQUIRES_OK(ctx, CheckChannels(kOp, "gamma", ctx->input(1), c));
     OP_REQUIRES_OK(ctx, CheckChannels(kOp, "beta", ctx->input(2), c));
-    const int64_t g = splits.dim_size(0) - 1;
     Tensor *pooled = nullptr, *argmax = nullptr, *mean = nullptr, *var = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({g, c}), &pooled));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({g, c}), &argmax));
@@ -297,12 +313,10 @@ class BatchNormReluMaxGradCpu : public EpsilonKernel {
     const Tensor& z = ctx->input(2);
     const Tensor& weights = ctx->input(3);
     const Tensor& splits = ctx->input(4);
-    double total = 0.0;
-    OP_REQUIRES_OK(ctx, CheckZAndWeights(kOp, z, weights, &total));
-    const int64_t r = z.dim_size(0), c = z.dim_size(1);
-    int64_t largest = 0;
-    OP_REQUIRES_OK(ctx, CheckRowSplits(kOp, splits, r, &largest));
-    const int64_t g = splits.dim_size(0) - 1;
+    Rows rows;
+    OP_REQUIRES_OK(ctx, rows.Check(kOp, z, weights, &splits));
+    const int64_t r = rows.r, c = rows.c, g = rows.g, largest = rows.largest;
+    const double total = rows.total;
     const TensorShape pooled_shape({g, c});
     OP_REQUIRES(ctx, dpooled.shape() == pooled_shape,
                 errors::InvalidArgument(kOp, ": the incoming gradient must have shape ", pooled_shape.DebugString(),
