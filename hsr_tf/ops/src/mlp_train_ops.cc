@@ -183,10 +183,10 @@ class BatchNormReluCpu : public EpsilonKernel {
     static const char* kOp = "batch_norm_relu";
     const Tensor& z = ctx->input(0);
     const Tensor& weights = ctx->input(3);
-    Rows rows;
-    OP_REQUIRES_OK(ctx, rows.Check(kOp, z, weights));
-    const int64_t r = rows.r, c = rows.c;
-    const double total = rows.total;
+    Rows in;
+    OP_REQUIRES_OK(ctx, in.Check(kOp, z, weights));
+    const int64_t r = in.r, c = in.c;
+    const double total = in.total;
     OP_REQUIRES_OK(ctx, CheckChannels(kOp, "gamma", ctx->input(1), c));
     OP_REQUIRES_OK(ctx, CheckChannels(kOp, "beta", ctx->input(2), c));
     Tensor *h = nullptr, *mean = nullptr, *var = nullptr;
@@ -219,13 +219,13 @@ class BatchNormReluGradCpu : public EpsilonKernel {
     const Tensor& dh = ctx->input(0);
     const Tensor& z = ctx->input(1);
     const Tensor& weights = ctx->input(2);
-    Rows rows;
-    OP_REQUIRES_OK(ctx, rows.Check(kOp, z, weights));
-    const double total = rows.total;
+    Rows in;
+    OP_REQUIRES_OK(ctx, in.Check(kOp, z, weights));
+    const double total = in.total;
     OP_REQUIRES(ctx, dh.shape() == z.shape(),
                 errors::InvalidArgument(kOp, ": the incoming gradient must have shape ", z.shape().DebugString(),
                                         ", found ", dh.shape().DebugString()));
-    const int64_t r = rows.r, c = rows.c;
+    const int64_t r = in.r, c = in.c;
     std::unique_ptr<Affine> af;
     OP_REQUIRES_OK(ctx, GradAffine(ctx, kOp, 3, c, epsilon_, &af));
     Tensor *dz = nullptr, *dgamma = nullptr, *dbeta = nullptr;
@@ -271,10 +271,10 @@ class BatchNormReluMaxCpu : public EpsilonKernel {
     const Tensor& z = ctx->input(0);
     const Tensor& weights = ctx->input(3);
     const Tensor& splits = ctx->input(4);
-    Rows rows;
-    OP_REQUIRES_OK(ctx, rows.Check(kOp, z, weights, &splits));
-    const int64_t r = rows.r, c = rows.c, g = rows.g, largest = rows.largest;
-    const double total = rows.total;
+    Rows in;
+    OP_REQUIRES_OK(ctx, in.Check(kOp, z, weights, &splits));
+    const int64_t r = in.r, c = in.c, g = in.g;
+    const double total = in.total;
     OP_REQUIRES_OK(ctx, CheckChannels(kOp, "gamma", ctx->input(1), c));
     OP_REQUIRES_OK(ctx, CheckChannels(kOp, "beta", ctx->input(2), c));
     Tensor *pooled = nullptr, *argmax = nullptr, *mean = nullptr, *var = nullptr;
@@ -313,10 +313,10 @@ class BatchNormReluMaxGradCpu : public EpsilonKernel {
     const Tensor& z = ctx->input(2);
     const Tensor& weights = ctx->input(3);
     const Tensor& splits = ctx->input(4);
-    Rows rows;
-    OP_REQUIRES_OK(ctx, rows.Check(kOp, z, weights, &splits));
-    const int64_t r = rows.r, c = rows.c, g = rows.g, largest = rows.largest;
-    const double total = rows.total;
+    Rows in;
+    OP_REQUIRES_OK(ctx, in.Check(kOp, z, weights, &splits));
+    const int64_t r = in.r, c = in.c, g = in.g, largest = in.largest;
+    const double total = in.total;
     const TensorShape pooled_shape({g, c});
     OP_REQUIRES(ctx, dpooled.shape() == pooled_shape,
                 errors::InvalidArgument(kOp, ": the incoming gradient must have shape ", pooled_shape.DebugString(),
