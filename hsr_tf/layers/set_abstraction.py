@@ -286,30 +286,30 @@ class SetAbstraction(keras.layers.Layer):
             idx = tf.where(sq_dist < r * r, idx, centre_idx[:, :, None])  # same "inside" test as ball_query
         return new_xyz, idx
 
-    def _first_layer_weights(self):
-        """(``W_x`` [3, C1] or None, ``W_f`` [C, C1] or None): the first MLP kernel's coordinate rows (divided
-        by the radius when ``normalize_by_radius``) and feature rows, float32."""
+    def _first_layer_projections(self, xyz, new_xyz, features):
+        """The first MLP layer's linear part per point and per centroid (``project_then_group``, float32).
+
+        ``[x_j - c, f_j] W = (x_j W_x + f_j W_f) - c W_x`` with ``W_x`` the kernel's coordinate rows (divided by
+        the radius when ``normalize_by_radius``). Returns ``(per_point [B,N,C1], centre [B,M,C1] or None)``
+        (None when coordinates are not an input: ``use_xyz`` False).
+        """
         kernel = tf.cast(self.shared_mlp.convs[0].kernel[0, 0], tf.float32)  # [3 + C or C, C1]
         if not self.use_xyz:
-            return None, kernel
+            return tf.einsum("bnc,cd->bnd", features, kernel), None
         w_xyz = kernel[:3] / self.radius if self.normalize_by_radius else kernel[:3]
-        return w_xyz, kernel[3:]
+        per_point = tf.einsum("bnc,cd->bnd", features, kernel[3:]) + tf.einsum("bnc,cd->bnd", xyz, w_xyz)
+        return per_point, tf.einsum("bmc,cd->bmd", new_xyz, w_xyz)
 
     def _projected_first_layer(self, xyz, features):
-        """The first MLP layer applied per point, then grouped (``project_then_group``, float32).
+        """The first MLP layer applied per point, then grouped (:meth:`_first_layer_projections`).
 
-        ``[x_j - c, f_j] W = (x_j W_x + f_j W_f) - c W_x`` with ``W_x`` the kernel's coordinate rows (divided
-        by the radius when ``normalize_by_radius``). Returns ``(new_xyz [B,M,3], z1 [B,M,S,mlp[0]])``.
+        Returns ``(new_xyz [B,M,3], z1 [B,M,S,mlp[0]])``.
         """
         xyz, features = _check_inputs(xyz, features, "SetAbstraction")
         new_xyz, idx = self._sample(xyz)
-        w_xyz, w_feat = self._first_layer_weights()
-        per_point = tf.einsum("bnc,cd->bnd", features, w_feat)
-        if w_xyz is None:
-            return new_xyz, ops.group_points(per_point, idx)
-        per_point += tf.einsum("bnc,cd->bnd", xyz, w_xyz)
-        centre = tf.einsum("bmc,cd->bmd", new_xyz, w_xyz)
-        return new_xyz, ops.group_points(per_point, idx) - centre[:, :, None, :]
+        per_point, centre = self._first_layer_projections(xyz, new_xyz, features)
+        z1 = ops.group_points(per_point, idx)
+        return new_xyz, z1 if centre is None else z1 - centre[:, :, None, :]
 
     def _train_unique_rows(self, xyz, features):
         """Training pass over the ball groups' distinct rows (``drop_duplicates``): ``(new_xyz, [B,M,C'])``.
@@ -322,25 +322,24 @@ class SetAbstraction(keras.layers.Layer):
         xyz, features = _check_inputs(xyz, features, "SetAbstraction")
         new_xyz, idx = self._sample(xyz)
         point, weights, row_splits = training_path.unique_ball_rows(idx, tf.shape(xyz)[1])
-        flat_xyz, flat_centre = tf.reshape(xyz, [-1, 3]), tf.reshape(new_xyz, [-1, 3])
         dt = self.shared_mlp.compute_dtype
         mlp = self.shared_mlp
         if features is not None and training_path.current().project_then_group:
-            w_xyz, w_feat = self._first_layer_weights()
-            per_point = tf.matmul(tf.reshape(features, [-1, features.shape[-1]]), w_feat)
-            centre = tf.zeros([tf.shape(flat_centre)[0], w_feat.shape[-1]], tf.float32)
-            if w_xyz is not None:
-                per_point += tf.matmul(flat_xyz, w_xyz)
-                centre = tf.matmul(flat_centre, w_xyz)
-            z1 = mlp_train.gather_rows_minus_centre(per_point, point, centre, row_splits, dt)
+            per_point, centre = self._first_layer_projections(xyz, new_xyz, features)
+            c1 = per_point.shape[-1]
+            centre = tf.zeros([tf.shape(row_splits)[0] - 1, c1]) if centre is None else tf.reshape(centre, [-1, c1])
+            z1 = mlp_train.gather_rows_minus_centre(tf.reshape(per_point, [-1, c1]), point, centre, row_splits, dt)
             pooled = mlp.pooled_train_fast(first=z1, row_splits=row_splits, weights=weights)
         else:
-            scale = 1.0 / self.radius if self.normalize_by_radius else 1.0
-            rows = mlp_train.gather_rows_minus_centre(flat_xyz * scale, point, flat_centre * scale, row_splits,
-                                                      tf.float32 if features is not None else dt)
+            rows = None
+            if features is None or self.use_xyz:
+                scale = 1.0 / self.radius if self.normalize_by_radius else 1.0
+                rows = mlp_train.gather_rows_minus_centre(tf.reshape(xyz, [-1, 3]) * scale, point,
+                                                          tf.reshape(new_xyz, [-1, 3]) * scale, row_splits,
+                                                          tf.float32 if features is not None else dt)
             if features is not None:
                 feats = tf.gather(tf.reshape(features, [-1, features.shape[-1]]), point)
-                rows = tf.concat([rows, feats], axis=-1) if self.use_xyz else feats
+                rows = feats if rows is None else tf.concat([rows, feats], axis=-1)
             pooled = mlp.pooled_train_fast(rows, row_splits=row_splits, weights=weights)
         return new_xyz, tf.reshape(pooled, [-1, self.npoint, self.mlp[-1]])
 

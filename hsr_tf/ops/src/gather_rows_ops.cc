@@ -34,6 +34,8 @@ using ::tensorflow::shape_inference::InferenceContext;
 using ::tensorflow::shape_inference::ShapeHandle;
 namespace errors = ::tensorflow::errors;
 using mlp_train::CheckRowSplits;
+using mlp_train::GroupsPerBlock;
+using mlp_train::kBlockRows;
 using mlp_train::In;
 using mlp_train::Out;
 using mlp_train::ParallelBlocks;
@@ -90,11 +92,6 @@ static absl::Status CheckIndex(const char* op, const Tensor& index, int64_t p) {
   return absl::OkStatus();
 }
 
-// Groups per parallel block: about 512 rows.
-static int64_t GroupsPerBlock(int64_t r, int64_t g) {
-  return g > 0 ? std::max<int64_t>(1, 512 * g / std::max<int64_t>(r, 1)) : 1;
-}
-
 template <typename T>
 class GatherRowsMinusCentreCpu : public OpKernel {
  public:
@@ -124,7 +121,7 @@ class GatherRowsMinusCentreCpu : public OpKernel {
     const int32_t* sp = splits.flat<int32_t>().data();
     auto* out = Out<T>(rows);
     const int64_t per_block = GroupsPerBlock(r, g);
-    ParallelBlocks(ctx, (g + per_block - 1) / per_block, 3 * 512 * c, [&](int64_t begin, int64_t end) {
+    ParallelBlocks(ctx, (g + per_block - 1) / per_block, 3 * kBlockRows * c, [&](int64_t begin, int64_t end) {
       for (int64_t gi = begin * per_block; gi < std::min(g, end * per_block); ++gi) {
         const float* centre = cp + gi * c;
         for (int64_t ri = sp[gi]; ri < sp[gi + 1]; ++ri) {
@@ -176,7 +173,7 @@ class GatherRowsMinusCentreGradCpu : public OpKernel {
       }
     });
     const int64_t per_block = GroupsPerBlock(r, g);
-    ParallelBlocks(ctx, (g + per_block - 1) / per_block, 2 * 512 * c, [&](int64_t begin, int64_t end) {
+    ParallelBlocks(ctx, (g + per_block - 1) / per_block, 2 * kBlockRows * c, [&](int64_t begin, int64_t end) {
       for (int64_t gi = begin * per_block; gi < std::min(g, end * per_block); ++gi) {
         float* dst = dc + gi * c;
         std::fill(dst, dst + c, 0.0f);

@@ -73,6 +73,10 @@ HSR_INLINE float* RowTarget(uint16_t*, float* scratch) { return scratch; }
 HSR_INLINE void FinishRow(const float*, float*, int64_t) {}
 HSR_INLINE void FinishRow(const float* scratch, uint16_t* out, int64_t n) { StoreBf16Rows()(scratch, out, n); }
 
+// dy = dh where the BatchNorm output y = z * scale + shift is positive, else 0. dh is passed already loaded:
+// a load inside the condition would not be vectorised.
+HSR_INLINE float ReluGrad(float z, float dh, float scale, float shift) { return z * scale + shift > 0.0f ? dh : 0.0f; }
+
 // Rows whose float32 sums are formed before they are added to the double accumulators.
 constexpr int64_t kRowsPerFloatSum = 32;
 
@@ -134,8 +138,7 @@ HSR_INLINE void GradSumsBlock(const T* __restrict dh, const T* __restrict z, int
       const T* gr = dh + r * c;
       for (int k = 0; k < c; ++k) {
         const float zv = ToFloat(zr[k]);
-        const float gv = ToFloat(gr[k]);  // loaded unconditionally: a conditional load is not vectorised
-        const float dy = zv * scale[k] + shift[k] > 0.0f ? gv : 0.0f;
+        const float dy = ReluGrad(zv, ToFloat(gr[k]), scale[k], shift[k]);
         sb[k] += dy;
         sg[k] += dy * ((zv - mean[k]) * inv[k]);
       }
@@ -162,8 +165,7 @@ HSR_INLINE void GradApplyBlock(const T* __restrict dh, const T* __restrict z, co
     const float wr = w ? w[r] : 1.0f;
     for (int k = 0; k < c; ++k) {
       const float zv = ToFloat(zr[k]);
-      const float gv = ToFloat(gr[k]);
-      const float dy = zv * scale[k] + shift[k] > 0.0f ? gv : 0.0f;
+      const float dy = ReluGrad(zv, ToFloat(gr[k]), scale[k], shift[k]);
       out[k] = k1[k] * (dy - wr * (a[k] + (zv - mean[k]) * inv[k] * b[k]));
     }
     FinishRow(out, dz + r * c, c);
