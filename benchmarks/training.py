@@ -55,6 +55,7 @@ VARIANTS = {
     "fast_bfloat16_no_maxpool": ("mixed_bfloat16", {"max_pool": False}),
     "fast_bfloat16_no_kernels": ("mixed_bfloat16", {"fused_kernels": False}),
     "fast_bfloat16_with_duplicates": ("mixed_bfloat16", {"drop_duplicates": False}),
+    "fast_bfloat16_no_slabs": ("mixed_bfloat16", {"slab_weight_grad": False}),
 }
 
 FLAGS = flags.FLAGS

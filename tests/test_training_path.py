@@ -138,3 +138,48 @@ def test_bfloat16_fast_path_tracks_float32(rng):
     assert outs[1].dtype == np.float32
     err = np.abs(outs[1] - outs[0]).max()
     assert 0 < err < 0.05 * np.abs(outs[0]).max(), err
+
+
+@pytest.mark.parametrize("rows", [5, 16, 37, 300])
+def test_rows_matmul_slab_gradient_equals_matmul(rows, rng):
+    """The kernel gradient summed over slabs of rows (and the remainder) is h^T dz; dh and the product too."""
+    h = tf.constant(rng.normal(size=(rows, 7)).astype(np.float32))
+    kernel = tf.Variable(rng.normal(size=(7, 5)).astype(np.float32))
+    upstream = tf.constant(rng.normal(size=(rows, 5)).astype(np.float32))
+
+    def run(path):
+        with training_path.use(path):
+            @tf.function
+            def step():
+                with tf.GradientTape() as tape:
+                    tape.watch(h)
+                    z = training_path.rows_matmul(h, kernel)
+                dh, dk = tape.gradient(z, [h, kernel], output_gradients=upstream)
+                return z, dh, dk
+            types = {op.type for op in step.get_concrete_function().graph.get_operations()}
+            return [t.numpy() for t in step()], types
+
+    (z, dh, dk), types = run(training_path.FAST)
+    (z_ref, dh_ref, dk_ref), ref_types = run(training_path.REFERENCE)
+    h64, k64, u64 = (np.asarray(t, np.float64) for t in (h, kernel, upstream))
+    np.testing.assert_allclose(z, h64 @ k64, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dh, u64 @ k64.T, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dk, h64.T @ u64, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dk_ref, h64.T @ u64, rtol=1e-5, atol=1e-5)
+    # The fast path's gradient really runs as a batch of slab products; the reference's does not.
+    assert any(t.startswith("BatchMatMul") for t in types), types
+    assert not any(t.startswith("BatchMatMul") for t in ref_types), ref_types
+
+
+def test_rows_matmul_bfloat16_kernel_gradient_is_float32(rng):
+    """With bfloat16 rows the product is bfloat16 and the kernel gradient float32, within bfloat16 rounding."""
+    h = tf.cast(tf.constant(rng.normal(size=(100, 8)).astype(np.float32)), tf.bfloat16)
+    kernel = tf.Variable(rng.normal(size=(8, 6)).astype(np.float32))
+    with tf.GradientTape() as tape:
+        z = training_path.rows_matmul(h, kernel)
+        loss = tf.reduce_sum(tf.cast(z, tf.float32))
+    dk = tape.gradient(loss, kernel)
+    assert z.dtype == tf.bfloat16 and dk.dtype == tf.float32
+    expected = np.asarray(tf.cast(h, tf.float32)).sum(axis=0)[:, None] * np.ones((1, 6))
+    # Each slab's bfloat16 product is rounded once (relative 2^-9) before the float32 sum.
+    np.testing.assert_allclose(dk.numpy(), expected, rtol=0, atol=8e-3 * np.abs(expected).max())

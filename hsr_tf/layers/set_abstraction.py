@@ -187,7 +187,7 @@ class _SharedMLP(keras.layers.Layer):
                 z = tf.reshape(tf.cast(first, dt), [-1, first.shape[-1]])
             else:
                 h_in = tf.reshape(tf.cast(x, dt), [-1, x.shape[-1]]) if i == 0 else h
-                z = tf.matmul(h_in, tf.cast(conv.kernel[0, 0], dt))
+                z = training_path.rows_matmul(h_in, conv.kernel[0, 0])
             last = i == len(self.convs) - 1
             h = training_path.batch_norm_relu_train(
                 z, bn, group_size=int(src.shape[2]) if last and not ragged else None,

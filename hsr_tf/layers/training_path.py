@@ -35,6 +35,10 @@ The fast path computes the same function with fewer passes:
   The copies are dropped (:func:`unique_ball_rows`) and the kept row counts once per copy in the BatchNorm
   moments and gradients; the max over a group does not change. The rows relative to their centroid (and the
   projected first layer) are gathered by one compiled op in the compute dtype.
+* ``slab_weight_grad``: the gradient of a layer's kernel, ``h^T dz`` over R rows, as the sum of
+  :data:`WEIGHT_GRAD_SLABS` batched products over slabs of rows (and one for the remainder), added in float32:
+  oneDNN runs the [Cin, R] x [R, C] product with a long reduction 1.2-1.4x slower than the batch of shorter
+  ones (``benchmarks.training``, variant ``fast_bfloat16_no_slabs``), and the float32 sum rounds once less.
 * ``nearest_vertex_scan`` (compiled ops): the chamfer loss's nearest vertex of every input point by the
   compiled k = 1 scan instead of a [B, N, V] distance matrix and ``argmin`` (``hsr_tf.losses``).
 
@@ -63,11 +67,12 @@ class TrainingPath:
     fused_kernels: bool = True
     drop_duplicates: bool = True
     nearest_vertex_scan: bool = True
+    slab_weight_grad: bool = True
 
 
 FAST = TrainingPath()
 REFERENCE = TrainingPath(fused_batch_norm=False, max_pool=False, project_then_group=False, fused_kernels=False,
-                         drop_duplicates=False, nearest_vertex_scan=False)
+                         drop_duplicates=False, nearest_vertex_scan=False, slab_weight_grad=False)
 _state = {"path": FAST}
 
 
@@ -126,6 +131,34 @@ def batch_norm_relu_train(z, bn, group_size=None, row_splits=None, weights=None)
     return out
 
 
+WEIGHT_GRAD_SLABS = 16
+
+
+def rows_matmul(h, kernel):
+    """``h @ kernel`` for [R, Cin] rows and a float32 [Cin, C] kernel (cast to h's dtype), whose kernel
+    gradient is summed over :data:`WEIGHT_GRAD_SLABS` slabs of rows in float32 when ``slab_weight_grad`` is on
+    (the module docstring); the plain product otherwise. Returns [R, C] in h's dtype."""
+    if not current().slab_weight_grad:
+        return tf.matmul(h, tf.cast(kernel, h.dtype))
+
+    @tf.custom_gradient
+    def product(h, kernel):
+        kernel_c = tf.cast(kernel, h.dtype)
+
+        def grad(dz):
+            dh = tf.matmul(dz, kernel_c, transpose_b=True)
+            n = WEIGHT_GRAD_SLABS
+            cut = tf.shape(h)[0] // n * n  # slabs of whole rows (a leading slice shares h's buffer); then the rest
+            slabs = tf.matmul(tf.reshape(h[:cut], [n, -1, h.shape[-1]]), tf.reshape(dz[:cut], [n, -1, dz.shape[-1]]),
+                              transpose_a=True)
+            rest = tf.matmul(h[cut:], dz[cut:], transpose_a=True)
+            return dh, tf.reduce_sum(tf.cast(slabs, tf.float32), axis=0) + tf.cast(rest, tf.float32)
+
+        return tf.matmul(h, kernel_c), grad
+
+    return product(h, tf.convert_to_tensor(kernel, tf.float32))
+
+
 def unique_ball_rows(idx, num_points):
     """The rows of ball-query groups without the padding copies, and how many rows each one stands for.
 
@@ -154,4 +187,4 @@ def unique_ball_rows(idx, num_points):
 
 
 __all__ = ["TrainingPath", "FAST", "REFERENCE", "current", "use", "kernels_on", "drop_duplicates_on",
-           "batch_norm_relu_train", "unique_ball_rows"]
+           "batch_norm_relu_train", "rows_matmul", "unique_ball_rows", "WEIGHT_GRAD_SLABS"]
