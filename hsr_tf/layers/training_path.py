@@ -37,7 +37,7 @@ The fast path computes the same function with fewer passes:
   projected first layer) are gathered by one compiled op in the compute dtype.
 * ``slab_weight_grad``: the gradient of a layer's kernel, ``h^T dz`` over R rows, as the sum of
   :data:`WEIGHT_GRAD_SLABS` batched products over slabs of rows (and one for the remainder), added in float32:
-  oneDNN runs the [Cin, R] x [R, C] product with a long reduction 1.2-1.4x slower than the batch of shorter
+  oneDNN runs the [Cin, R] x [R, C] product with a long reduction 1.2-1.5x slower than the batch of shorter
   ones (``benchmarks.training``, variant ``fast_bfloat16_no_slabs``), and the float32 sum rounds once less.
 * ``nearest_vertex_scan`` (compiled ops): the chamfer loss's nearest vertex of every input point by the
   compiled k = 1 scan instead of a [B, N, V] distance matrix and ``argmin`` (``hsr_tf.losses``).
@@ -148,7 +148,7 @@ def rows_matmul(h, kernel):
         def grad(dz):
             dh = tf.matmul(dz, kernel_c, transpose_b=True)
             n = WEIGHT_GRAD_SLABS
-            cut = tf.shape(h)[0] // n * n  # slabs of whole rows (a leading slice shares h's buffer); then the rest
+            cut = tf.shape(h)[0] // n * n  # n slabs of whole rows, then the remainder
             slabs = tf.matmul(tf.reshape(h[:cut], [n, -1, h.shape[-1]]), tf.reshape(dz[:cut], [n, -1, dz.shape[-1]]),
                               transpose_a=True)
             rest = tf.matmul(h[cut:], dz[cut:], transpose_a=True)
