@@ -235,18 +235,14 @@ class BatchNormReluGradCpu : public EpsilonKernel {
     const float* w = WeightsOrNull(weights);
     const int ci = static_cast<int>(c);
     const int64_t num_blocks = (r + kBlockRows - 1) / kBlockRows;
-    std::vector<double> partial(num_blocks * 2 * c, 0.0);
-    ParallelBlocks(ctx, num_blocks, 8 * kBlockRows * c, [&](int64_t begin, int64_t end) {
-      std::vector<float> acc(2 * c);
-      for (int64_t i = begin; i < end; ++i) {
-        const int64_t r0 = i * kBlockRows, rows = std::min(kBlockRows, r - r0);
-        double* p = partial.data() + i * 2 * c;
-        Run<GradSumsBlockOp>(gp + r0 * c, zp + r0 * c, rows, ci, af->scale.data(), af->shift.data(),
-                             af->mean.data(), af->inv.data(), p, p + c, acc.data());
-      }
-    });
     std::vector<double> sb(c), sg(c);
-    ReduceBlocks(partial, num_blocks, c, sb.data(), sg.data());
+    BlockOrderedSums(ctx, num_blocks, 8 * kBlockRows * c, c,
+                     [&](int64_t i, double* db, double* dg, float* acc) {
+                       const int64_t r0 = i * kBlockRows, rows = std::min(kBlockRows, r - r0);
+                       Run<GradSumsBlockOp>(gp + r0 * c, zp + r0 * c, rows, ci, af->scale.data(), af->shift.data(),
+                                            af->mean.data(), af->inv.data(), db, dg, acc);
+                     },
+                     sb.data(), sg.data());
     const GradConstants gc(*af, ctx->input(3).flat<float>().data(), sb.data(), sg.data(), total, c,
                            dbeta->flat<float>().data(), dgamma->flat<float>().data());
     auto* out = Out<T>(dz);
@@ -347,17 +343,14 @@ class BatchNormReluMaxGradCpu : public EpsilonKernel {
     const int ci = static_cast<int>(c);
     const int64_t per_block = GroupsPerBlock(r, g);
     const int64_t num_blocks = (g + per_block - 1) / per_block;
-    std::vector<double> partial(num_blocks * 2 * c, 0.0);
-    ParallelBlocks(ctx, num_blocks, 8 * per_block * c, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        const int64_t g0 = i * per_block, groups = std::min(per_block, g - g0);
-        double* p = partial.data() + i * 2 * c;
-        Run<MaxGradSumsBlockOp>(gp + g0 * c, ap + g0 * c, zp, sp + g0, groups, ci, af->scale.data(),
-                                af->shift.data(), af->mean.data(), af->inv.data(), p, p + c);
-      }
-    });
     std::vector<double> sb(c), sg(c);
-    ReduceBlocks(partial, num_blocks, c, sb.data(), sg.data());
+    BlockOrderedSums(ctx, num_blocks, 8 * per_block * c, c,
+                     [&](int64_t i, double* db, double* dg, float*) {
+                       const int64_t g0 = i * per_block, groups = std::min(per_block, g - g0);
+                       Run<MaxGradSumsBlockOp>(gp + g0 * c, ap + g0 * c, zp, sp + g0, groups, ci, af->scale.data(),
+                                               af->shift.data(), af->mean.data(), af->inv.data(), db, dg);
+                     },
+                     sb.data(), sg.data());
     const GradConstants gc(*af, ctx->input(5).flat<float>().data(), sb.data(), sg.data(), total, c,
                            dbeta->flat<float>().data(), dgamma->flat<float>().data());
     auto* out = Out<T>(dz);

@@ -194,22 +194,34 @@ static void ReduceBlocks(const std::vector<double>& partial, int64_t num_blocks,
   }
 }
 
+// Per-channel sums of two quantities over num_blocks blocks, block i adding its share into its own partials
+// (block(i, first [C], second [C], scratch of 2*C floats)); the partials are reduced in block order, so the
+// sums do not depend on the number of threads.
+template <typename Fn>
+static void BlockOrderedSums(OpKernelContext* ctx, int64_t num_blocks, int64_t cost_per_block, int64_t c, Fn block,
+                             double* first, double* second) {
+  std::vector<double> partial(num_blocks * 2 * c, 0.0);
+  ParallelBlocks(ctx, num_blocks, cost_per_block, [&](int64_t begin, int64_t end) {
+    std::vector<float> acc(2 * c);
+    for (int64_t i = begin; i < end; ++i) {
+      double* p = partial.data() + i * 2 * c;
+      block(i, p, p + c, acc.data());
+    }
+  });
+  ReduceBlocks(partial, num_blocks, c, first, second);
+}
+
 // Weighted batch moments of z [R, C] (mean, biased variance clamped at 0) into float outputs.
 template <typename S>
 static void Moments(OpKernelContext* ctx, const S* z, const float* w, double total, int64_t r, int64_t c,
                     float* mean, float* var) {
-  const int64_t num_blocks = (r + kBlockRows - 1) / kBlockRows;
-  std::vector<double> partial(num_blocks * 2 * c, 0.0);
-  ParallelBlocks(ctx, num_blocks, 4 * kBlockRows * c, [&](int64_t begin, int64_t end) {
-    std::vector<float> acc(2 * c);
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t r0 = i * kBlockRows, rows = std::min(kBlockRows, r - r0);
-      double* p = partial.data() + i * 2 * c;
-      Run<MomentsBlockOp>(z + r0 * c, w ? w + r0 : nullptr, rows, static_cast<int>(c), p, p + c, acc.data());
-    }
-  });
   std::vector<double> sum(c), sumsq(c);
-  ReduceBlocks(partial, num_blocks, c, sum.data(), sumsq.data());
+  BlockOrderedSums(ctx, (r + kBlockRows - 1) / kBlockRows, 4 * kBlockRows * c, c,
+                   [&](int64_t i, double* s, double* q, float* acc) {
+                     const int64_t r0 = i * kBlockRows, rows = std::min(kBlockRows, r - r0);
+                     Run<MomentsBlockOp>(z + r0 * c, w ? w + r0 : nullptr, rows, static_cast<int>(c), s, q, acc);
+                   },
+                   sum.data(), sumsq.data());
   for (int64_t k = 0; k < c; ++k) {
     const double m = total > 0 ? sum[k] / total : 0.0;
     const double v = total > 0 ? sumsq[k] / total - m * m : 0.0;

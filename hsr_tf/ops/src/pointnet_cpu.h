@@ -154,25 +154,38 @@ struct CloudSoA {
 };
 
 #ifdef HSR_OPS_HAVE_AVX_PATH
+// Squared distances from p to points i..i+7 of the SoA cloud, (dx*dx + dy*dy) + dz*dz as everywhere in this
+// file: the one distance expression of the AVX scans below.
+__attribute__((target("avx"), always_inline)) inline __m256 SqDist8(const float* xs, const float* ys,
+                                                                    const float* zs, int i, __m256 px, __m256 py,
+                                                                    __m256 pz) {
+  const __m256 dx = _mm256_sub_ps(_mm256_loadu_ps(xs + i), px);
+  const __m256 dy = _mm256_sub_ps(_mm256_loadu_ps(ys + i), py);
+  const __m256 dz = _mm256_sub_ps(_mm256_loadu_ps(zs + i), pz);
+  return _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(dx, dx), _mm256_mul_ps(dy, dy)), _mm256_mul_ps(dz, dz));
+}
+
+// The largest (want_max) or smallest of the 8 lanes of v.
+__attribute__((target("avx"), always_inline)) inline float Lanes8(__m256 v, bool want_max) {
+  float lanes[8];
+  _mm256_storeu_ps(lanes, v);
+  float best = lanes[0];
+  for (int l = 1; l < 8; ++l) best = want_max ? std::max(best, lanes[l]) : std::min(best, lanes[l]);
+  return best;
+}
+
 // One FPS step with AVX: updates scratch with the distance to (lx,ly,lz), returns the argmax (lowest index).
 __attribute__((target("avx"))) inline int FpsStepAvx(const float* xs, const float* ys, const float* zs, int npad,
                                                      float lx, float ly, float lz, float* scratch) {
   const __m256 px = _mm256_set1_ps(lx), py = _mm256_set1_ps(ly), pz = _mm256_set1_ps(lz);
   __m256 vmax = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
   for (int i = 0; i < npad; i += 8) {
-    const __m256 dx = _mm256_sub_ps(_mm256_loadu_ps(xs + i), px);
-    const __m256 dy = _mm256_sub_ps(_mm256_loadu_ps(ys + i), py);
-    const __m256 dz = _mm256_sub_ps(_mm256_loadu_ps(zs + i), pz);
-    const __m256 d = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(dx, dx), _mm256_mul_ps(dy, dy)),
-                                   _mm256_mul_ps(dz, dz));
+    const __m256 d = SqDist8(xs, ys, zs, i, px, py, pz);
     const __m256 t = _mm256_min_ps(_mm256_loadu_ps(scratch + i), d);
     _mm256_storeu_ps(scratch + i, t);
     vmax = _mm256_max_ps(vmax, t);
   }
-  float lanes[8];
-  _mm256_storeu_ps(lanes, vmax);
-  float best = lanes[0];
-  for (int l = 1; l < 8; ++l) best = std::max(best, lanes[l]);
+  const float best = Lanes8(vmax, true);
   const __m256 vb = _mm256_set1_ps(best);
   for (int i = 0; i < npad; i += 8) {
     const int mask = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(scratch + i), vb, _CMP_EQ_OQ));
@@ -188,11 +201,7 @@ __attribute__((target("avx"))) inline int BallScanAvx(const float* xs, const flo
   const __m256 vr2 = _mm256_set1_ps(r2);
   int cnt = 0;
   for (int i = 0; i < npad && cnt < ns; i += 8) {
-    const __m256 dx = _mm256_sub_ps(_mm256_loadu_ps(xs + i), px);
-    const __m256 dy = _mm256_sub_ps(_mm256_loadu_ps(ys + i), py);
-    const __m256 dz = _mm256_sub_ps(_mm256_loadu_ps(zs + i), pz);
-    const __m256 d = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(dx, dx), _mm256_mul_ps(dy, dy)),
-                                   _mm256_mul_ps(dz, dz));
+    const __m256 d = SqDist8(xs, ys, zs, i, px, py, pz);
     int mask = _mm256_movemask_ps(_mm256_cmp_ps(d, vr2, _CMP_LT_OQ));
     while (mask && cnt < ns) {
       const int k = i + __builtin_ctz(mask);
@@ -213,23 +222,12 @@ __attribute__((target("avx"))) inline int NearestAvx(const float* xs, const floa
   const __m256 px = _mm256_set1_ps(q[0]), py = _mm256_set1_ps(q[1]), pz = _mm256_set1_ps(q[2]);
   __m256 vmin = _mm256_set1_ps(std::numeric_limits<float>::infinity());
   for (int i = 0; i < npad; i += 8) {
-    const __m256 dx = _mm256_sub_ps(_mm256_loadu_ps(xs + i), px);
-    const __m256 dy = _mm256_sub_ps(_mm256_loadu_ps(ys + i), py);
-    const __m256 dz = _mm256_sub_ps(_mm256_loadu_ps(zs + i), pz);
-    vmin = _mm256_min_ps(vmin, _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(dx, dx), _mm256_mul_ps(dy, dy)),
-                                             _mm256_mul_ps(dz, dz)));
+    vmin = _mm256_min_ps(vmin, SqDist8(xs, ys, zs, i, px, py, pz));
   }
-  float lanes[8];
-  _mm256_storeu_ps(lanes, vmin);
-  float best = lanes[0];
-  for (int l = 1; l < 8; ++l) best = std::min(best, lanes[l]);
+  const float best = Lanes8(vmin, false);
   const __m256 vb = _mm256_set1_ps(best);
   for (int i = 0; i < npad; i += 8) {
-    const __m256 dx = _mm256_sub_ps(_mm256_loadu_ps(xs + i), px);
-    const __m256 dy = _mm256_sub_ps(_mm256_loadu_ps(ys + i), py);
-    const __m256 dz = _mm256_sub_ps(_mm256_loadu_ps(zs + i), pz);
-    const __m256 d = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(dx, dx), _mm256_mul_ps(dy, dy)),
-                                   _mm256_mul_ps(dz, dz));
+    const __m256 d = SqDist8(xs, ys, zs, i, px, py, pz);
     const int mask = _mm256_movemask_ps(_mm256_cmp_ps(d, vb, _CMP_EQ_OQ));
     if (mask) {
       *sq_dist = best;
