@@ -183,12 +183,16 @@ class _SharedMLP(keras.layers.Layer):
         dt = self.compute_dtype
         h = None
         for i, (conv, bn) in enumerate(zip(self.convs, self.bns)):
+            last = i == len(self.convs) - 1
+            if i == 0 and first is None and not last and training_path.folded_first_layer_on(x.shape[-1]):
+                h = training_path.linear_batch_norm_relu_train(tf.reshape(x, [-1, x.shape[-1]]), conv.kernel[0, 0],
+                                                               bn, weights=weights, dtype=dt)
+                continue
             if i == 0 and first is not None:
                 z = tf.reshape(tf.cast(first, dt), [-1, first.shape[-1]])
             else:
                 h_in = tf.reshape(tf.cast(x, dt), [-1, x.shape[-1]]) if i == 0 else h
                 z = training_path.rows_matmul(h_in, conv.kernel[0, 0])
-            last = i == len(self.convs) - 1
             h = training_path.batch_norm_relu_train(
                 z, bn, group_size=int(src.shape[2]) if last and not ragged else None,
                 row_splits=row_splits if last else None, weights=weights)
@@ -334,9 +338,11 @@ class SetAbstraction(keras.layers.Layer):
             rows = None
             if features is None or self.use_xyz:
                 scale = 1.0 / self.radius if self.normalize_by_radius else 1.0
+                # float32 rows where a concat with float32 features follows or the folded first layer reads them.
+                folded = features is None and training_path.folded_first_layer_on(3)
                 rows = mlp_train.gather_rows_minus_centre(tf.reshape(xyz, [-1, 3]) * scale, point,
                                                           tf.reshape(new_xyz, [-1, 3]) * scale, row_splits,
-                                                          tf.float32 if features is not None else dt)
+                                                          tf.float32 if features is not None or folded else dt)
             if features is not None:
                 feats = tf.gather(tf.reshape(features, [-1, features.shape[-1]]), point)
                 rows = feats if rows is None else tf.concat([rows, feats], axis=-1)

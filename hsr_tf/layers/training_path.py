@@ -39,6 +39,14 @@ The fast path computes the same function with fewer passes:
   :data:`WEIGHT_GRAD_SLABS` batched products over slabs of rows (and one for the remainder), added in float32:
   oneDNN runs the [Cin, R] x [R, C] product with a long reduction 1.2-1.5x slower than the batch of shorter
   ones (``benchmarks.training``, variant ``fast_bfloat16_no_slabs``), and the float32 sum rounds once less.
+* ``folded_first_layer``: a first layer whose rows have at most :data:`FOLDED_MAX_CHANNELS` channels (the
+  first level's coordinates relative to their centroid, K = 3) never materialises its pre-activation: z = u W
+  is linear in u, so BatchNorm's batch moments are ``mean = m W`` and ``var_c = W_c^T Cov W_c`` from the
+  K-vector mean m and K x K covariance of the (weighted) rows, and the layer is ``relu(u (W * scale) + shift)``
+  with the folded scale and shift: one compiled pass that writes only h (:func:`hsr_tf.ops.mlp_train.linear_relu`,
+  whose gradient makes one pass over (dh, u) and writes no [R, C] gradient). Autodiff through the moments gives
+  BatchNorm's full gradient. Computed in float32 from float32 rows (the other path rounds the rows and z to
+  bfloat16 under a bfloat16 policy).
 * ``nearest_vertex_scan`` (compiled ops): the chamfer loss's nearest vertex of every input point by the
   compiled k = 1 scan instead of a [B, N, V] distance matrix and ``argmin`` (``hsr_tf.losses``).
 
@@ -68,11 +76,13 @@ class TrainingPath:
     drop_duplicates: bool = True
     nearest_vertex_scan: bool = True
     slab_weight_grad: bool = True
+    folded_first_layer: bool = True
 
 
 FAST = TrainingPath()
 REFERENCE = TrainingPath(fused_batch_norm=False, max_pool=False, project_then_group=False, fused_kernels=False,
-                         drop_duplicates=False, nearest_vertex_scan=False, slab_weight_grad=False)
+                         drop_duplicates=False, nearest_vertex_scan=False, slab_weight_grad=False,
+                         folded_first_layer=False)
 _state = {"path": FAST}
 
 
@@ -131,6 +141,55 @@ def batch_norm_relu_train(z, bn, group_size=None, row_splits=None, weights=None)
     return out
 
 
+FOLDED_MAX_CHANNELS = 8
+
+
+def folded_first_layer_on(in_channels) -> bool:
+    """Whether a first layer on ``in_channels`` input channels trains through
+    :func:`linear_batch_norm_relu_train` (the ``folded_first_layer`` switch)."""
+    return current().folded_first_layer and in_channels is not None and in_channels <= FOLDED_MAX_CHANNELS
+
+
+def linear_batch_norm_relu_train(u, kernel, bn, weights=None, dtype=tf.float32):
+    """relu(BatchNorm(u @ kernel)) with the batch's statistics, for rows with few channels
+    (``folded_first_layer`` in the module docstring), and Keras' update of ``bn``'s moving statistics.
+
+    Args:
+      u: [R, K] rows (cast to float32), K <= :data:`FOLDED_MAX_CHANNELS`.
+      kernel: float32 [K, C] (a 1x1 convolution's kernel, without bias).
+      bn: the ``keras.layers.BatchNormalization`` of the layer (axis -1).
+      weights: None, or float32 [R] > 0: the number of identical rows each row stands for (moments and
+        gradients of the batch with every copy present, as :func:`batch_norm_relu_train`).
+      dtype: the result's dtype.
+    Returns:
+      [R, C] in ``dtype``.
+    """
+    u = tf.cast(u, tf.float32)
+    kernel = tf.convert_to_tensor(kernel, tf.float32)
+    c = kernel.shape[-1]
+    if weights is None:
+        total = tf.cast(tf.shape(u)[0], tf.float32)
+        w = tf.ones_like(u[:, :1])
+    else:
+        w = tf.convert_to_tensor(weights, tf.float32)[:, None]
+        total = tf.reduce_sum(w)
+    total = tf.maximum(total, 1e-12)  # no rows: zero moments, as the kernels
+    m = tf.reduce_sum(w * u, axis=0) / total  # [K]
+    d = u - m  # [R, K], centred before the second moments (no cancellation)
+    cov = tf.matmul(d * w, d, transpose_a=True) / total  # [K, K]
+    mean = tf.linalg.matvec(kernel, m, transpose_a=True)  # [C]
+    var = tf.maximum(tf.reduce_sum(kernel * tf.matmul(cov, kernel), axis=0), 0.0)  # [C], biased
+    gamma = tf.cast(bn.gamma, tf.float32) if bn.scale else tf.ones([c], tf.float32)
+    beta = tf.cast(bn.beta, tf.float32) if bn.center else tf.zeros([c], tf.float32)
+    scale = gamma * tf.math.rsqrt(var + float(bn.epsilon))
+    h = mlp_train.linear_relu(u, kernel * scale, beta - mean * scale, dtype,
+                              compiled=kernels_on(tf.as_dtype(dtype)))
+    mom = float(bn.momentum)
+    bn.moving_mean.assign(bn.moving_mean * mom + tf.stop_gradient(mean) * (1.0 - mom))
+    bn.moving_variance.assign(bn.moving_variance * mom + tf.stop_gradient(var) * (1.0 - mom))
+    return h
+
+
 WEIGHT_GRAD_SLABS = 16
 
 
@@ -187,4 +246,5 @@ def unique_ball_rows(idx, num_points):
 
 
 __all__ = ["TrainingPath", "FAST", "REFERENCE", "current", "use", "kernels_on", "drop_duplicates_on",
-           "batch_norm_relu_train", "rows_matmul", "unique_ball_rows", "WEIGHT_GRAD_SLABS"]
+           "batch_norm_relu_train", "rows_matmul", "unique_ball_rows", "WEIGHT_GRAD_SLABS", "FOLDED_MAX_CHANNELS",
+           "folded_first_layer_on", "linear_batch_norm_relu_train"]

@@ -28,7 +28,7 @@ import tensorflow as tf
 
 from hsr_tf.ops import _checks
 
-__all__ = ["batch_norm_relu", "gather_rows_minus_centre", "kernels_available"]
+__all__ = ["batch_norm_relu", "gather_rows_minus_centre", "kernels_available", "linear_relu"]
 
 
 @tf.RegisterGradient("HsrBatchNormRelu")
@@ -62,6 +62,19 @@ def _gather_rows_minus_centre_grad(op, grad):
     return dparams, None, dcentres, None
 
 
+@tf.RegisterGradient("HsrLinearRelu")
+def _linear_relu_grad(op, dh):
+    u, kernel, bias = op.inputs
+    from hsr_tf.ops import compiled  # noqa: PLC0415
+    lib = compiled.load()
+    dkernel, dbias = lib.hsr_linear_relu_grad(dh, u, kernel, bias)
+    # A separate op: a graph in which u is data never runs it.
+    du = lib.hsr_linear_relu_input_grad(dh, u, kernel, bias)
+    return du, dkernel, dbias
+
+
+tf.no_gradient("HsrLinearReluGrad")
+tf.no_gradient("HsrLinearReluInputGrad")
 tf.no_gradient("HsrGatherRowsMinusCentreGrad")
 tf.no_gradient("HsrBatchNormReluGrad")
 tf.no_gradient("HsrBatchNormReluMaxGrad")
@@ -177,3 +190,44 @@ def gather_rows_minus_centre(params, index, centres, row_splits, dtype=tf.float3
     return lib.load().hsr_gather_rows_minus_centre(
         tf.convert_to_tensor(params, tf.float32), tf.convert_to_tensor(index, tf.int32),
         tf.convert_to_tensor(centres, tf.float32), tf.convert_to_tensor(row_splits, tf.int32), T=dtype)
+
+
+def linear_relu(u, kernel, bias, dtype=tf.float32, compiled=None):
+    """``max(u @ kernel + bias, 0)`` for rows with few channels, computed in float32 and rounded once to ``dtype``.
+
+    The compiled op (``HsrLinearRelu``, CPU) writes only the result; its gradient recomputes the ReLU mask from
+    ``u`` and returns the kernel and bias gradients as sums over the rows (no [R, C] gradient is written), the
+    input gradient from a separate op that runs only where ``u`` needs one. The reference is
+    ``tf.nn.relu(tf.matmul(u, kernel) + bias)`` and a cast.
+
+    Args:
+      u: float32 [R, K], 1 <= K <= 16 (e.g. coordinates relative to a centroid).
+      kernel: float32 [K, C].
+      bias: float32 [C].
+      dtype: float32 or bfloat16 of the result (the compiled op; the reference casts to any float dtype).
+      compiled: True / False to force an implementation, None for the compiled op when
+        :func:`kernels_available`.
+    Returns:
+      [R, C] in ``dtype``.
+    """
+    u = tf.convert_to_tensor(u, tf.float32)
+    kernel = tf.convert_to_tensor(kernel, tf.float32)
+    bias = tf.convert_to_tensor(bias, tf.float32)
+    dtype = tf.as_dtype(dtype)
+    if u.shape.rank != 2 or (u.shape[1] is not None and not 1 <= u.shape[1] <= 16):
+        raise _checks.OpArgumentError(f"linear_relu: u must have shape [R, K] with 1 <= K <= 16, found {u.shape}")
+    if kernel.shape.rank != 2 or (u.shape[1] is not None and kernel.shape[0] not in (None, u.shape[1])):
+        raise _checks.OpArgumentError(f"linear_relu: kernel must have shape [{u.shape[1]}, C] (K = the channels "
+                                      f"of u), found {kernel.shape}")
+    if bias.shape.rank != 1 or bias.shape[0] not in (None, kernel.shape[1]):
+        raise _checks.OpArgumentError(f"linear_relu: bias must have shape [{kernel.shape[1]}] (the channels of "
+                                      f"kernel), found {bias.shape}")
+    if compiled is None:
+        compiled = kernels_available()
+    if compiled:
+        if dtype not in (tf.float32, tf.bfloat16):
+            raise _checks.OpArgumentError(f"linear_relu: the compiled op computes float32 or bfloat16, found "
+                                          f"{dtype.name}")
+        from hsr_tf.ops import compiled as lib  # noqa: PLC0415
+        return lib.load().hsr_linear_relu(u, kernel, bias, T=dtype)
+    return tf.cast(tf.nn.relu(tf.matmul(u, kernel) + bias), dtype)

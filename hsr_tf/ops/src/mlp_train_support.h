@@ -41,6 +41,9 @@ HSR_BLOCK_OP(GradApplyBlock)
 HSR_BLOCK_OP(MaxBlock)
 HSR_BLOCK_OP(MaxGradSumsBlock)
 HSR_BLOCK_OP(MaxGradApplyBlock)
+HSR_BLOCK_OP(LinearReluBlock)
+HSR_BLOCK_OP(LinearReluGradSumsBlock)
+HSR_BLOCK_OP(LinearReluInputGradBlock)
 
 template <typename F, typename... A>
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) void RunAvx512(A... a) { F::Run(a...); }
@@ -180,35 +183,34 @@ struct Affine {
   }
 };
 
-// Sums per channel of two quantities over blocks, reduced in block order: partial[block][2*C].
-static void ReduceBlocks(const std::vector<double>& partial, int64_t num_blocks, int64_t c, double* first,
-                         double* second) {
-  std::fill(first, first + c, 0.0);
-  std::fill(second, second + c, 0.0);
+// Sums of `width` quantities over num_blocks blocks, block i adding its share into its own partials
+// (block(i, partial [width] doubles, scratch of `scratch_floats` floats)); the partials are reduced in block
+// order into sums [width], so the sums do not depend on the number of threads.
+template <typename Fn>
+static void BlockOrderedSumsN(OpKernelContext* ctx, int64_t num_blocks, int64_t cost_per_block, int64_t width,
+                              int64_t scratch_floats, Fn block, double* sums) {
+  std::vector<double> partial(num_blocks * width, 0.0);
+  ParallelBlocks(ctx, num_blocks, cost_per_block, [&](int64_t begin, int64_t end) {
+    std::vector<float> acc(scratch_floats);
+    for (int64_t i = begin; i < end; ++i) block(i, partial.data() + i * width, acc.data());
+  });
+  std::fill(sums, sums + width, 0.0);
   for (int64_t i = 0; i < num_blocks; ++i) {
-    const double* p = partial.data() + i * 2 * c;
-    for (int64_t k = 0; k < c; ++k) {
-      first[k] += p[k];
-      second[k] += p[c + k];
-    }
+    const double* p = partial.data() + i * width;
+    for (int64_t k = 0; k < width; ++k) sums[k] += p[k];
   }
 }
 
-// Per-channel sums of two quantities over num_blocks blocks, block i adding its share into its own partials
-// (block(i, first [C], second [C], scratch of 2*C floats)); the partials are reduced in block order, so the
-// sums do not depend on the number of threads.
+// Per-channel sums of two quantities (block(i, first [C], second [C], scratch of 2*C floats)), as
+// BlockOrderedSumsN.
 template <typename Fn>
 static void BlockOrderedSums(OpKernelContext* ctx, int64_t num_blocks, int64_t cost_per_block, int64_t c, Fn block,
                              double* first, double* second) {
-  std::vector<double> partial(num_blocks * 2 * c, 0.0);
-  ParallelBlocks(ctx, num_blocks, cost_per_block, [&](int64_t begin, int64_t end) {
-    std::vector<float> acc(2 * c);
-    for (int64_t i = begin; i < end; ++i) {
-      double* p = partial.data() + i * 2 * c;
-      block(i, p, p + c, acc.data());
-    }
-  });
-  ReduceBlocks(partial, num_blocks, c, first, second);
+  std::vector<double> sums(2 * c);
+  BlockOrderedSumsN(ctx, num_blocks, cost_per_block, 2 * c, 2 * c,
+                    [&](int64_t i, double* p, float* acc) { block(i, p, p + c, acc); }, sums.data());
+  std::copy(sums.begin(), sums.begin() + c, first);
+  std::copy(sums.begin() + c, sums.end(), second);
 }
 
 // Weighted batch moments of z [R, C] (mean, biased variance clamped at 0) into float outputs.

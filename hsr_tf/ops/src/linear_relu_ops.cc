@@ -1,0 +1,201 @@
+// HsrLinearRelu: a linear layer on a few input channels, its bias and a ReLU in one pass, with its gradient.
+//
+// Legend: R rows, K input channels (1..16), C output channels. T = float32 or bfloat16 (the activations).
+//   HsrLinearRelu(u float32 [R,K], kernel float32 [K,C], bias float32 [C]) -> h [R,C] T = max(u kernel + bias, 0)
+//   HsrLinearReluGrad(dh [R,C] T, u, kernel, bias) -> dkernel float32 [K,C], dbias float32 [C]
+//   HsrLinearReluInputGrad(dh, u, kernel, bias) -> du float32 [R,K]
+// (arithmetic in mlp_train_cpu.h). The training path uses it for the first layer of the first set-abstraction
+// level, whose rows are 3 coordinates: BatchNorm's moments of u kernel follow from the 3 x 3 moments of u, so
+// the batch-normalised layer is this op with a folded kernel and bias, and neither the [R, C] pre-activation
+// nor its gradient is ever written. Both gradients recompute the ReLU mask from u; the input gradient is a
+// separate op so that graphs that do not need it (u is data) never run it. Sums are formed per block of rows
+// and reduced in block order: results do not depend on the number of threads.
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/shape_inference.h"
+#include "tensorflow/core/util/work_sharder.h"
+
+#pragma GCC optimize("O3")
+#include "mlp_train_support.h"
+
+namespace hsr_ops {
+namespace {
+
+using ::tensorflow::DEVICE_CPU;
+using ::tensorflow::OpKernel;
+using ::tensorflow::OpKernelConstruction;
+using ::tensorflow::OpKernelContext;
+using ::tensorflow::Tensor;
+using ::tensorflow::TensorShape;
+using ::tensorflow::shape_inference::InferenceContext;
+using ::tensorflow::shape_inference::ShapeHandle;
+namespace errors = ::tensorflow::errors;
+using namespace mlp_train;  // NOLINT: the kernels below use its plumbing throughout
+
+constexpr int64_t kMaxInputChannels = 16;
+
+REGISTER_OP("HsrLinearRelu")
+    .Input("u: float32")
+    .Input("kernel: float32")
+    .Input("bias: float32")
+    .Output("h: T")
+    .Attr("T: {float, bfloat16}")
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle u, kernel, bias;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &u));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 2, &kernel));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 1, &bias));
+      c->set_output(0, c->Matrix(c->Dim(u, 0), c->Dim(kernel, 1)));
+      return absl::OkStatus();
+    });
+
+REGISTER_OP("HsrLinearReluGrad")
+    .Input("dh: T")
+    .Input("u: float32")
+    .Input("kernel: float32")
+    .Input("bias: float32")
+    .Output("dkernel: float32")
+    .Output("dbias: float32")
+    .Attr("T: {float, bfloat16}")
+    .SetShapeFn([](InferenceContext* c) {
+      c->set_output(0, c->input(2));
+      c->set_output(1, c->input(3));
+      return absl::OkStatus();
+    });
+
+REGISTER_OP("HsrLinearReluInputGrad")
+    .Input("dh: T")
+    .Input("u: float32")
+    .Input("kernel: float32")
+    .Input("bias: float32")
+    .Output("du: float32")
+    .Attr("T: {float, bfloat16}")
+    .SetShapeFn([](InferenceContext* c) {
+      c->set_output(0, c->input(1));
+      return absl::OkStatus();
+    });
+
+// u [R, K] with 1 <= K <= 16, kernel [K, C], bias [C], and (gradients) dh [R, C]; sets r, k, c.
+struct LinearArgs {
+  int64_t r = 0, k = 0, c = 0;
+  absl::Status Check(const char* op, const Tensor& u, const Tensor& kernel, const Tensor& bias,
+                     const Tensor* dh) {
+    if (u.dims() != 2 || u.dim_size(1) < 1 || u.dim_size(1) > kMaxInputChannels) {
+      return errors::InvalidArgument(op, ": u must have shape [R, K] with 1 <= K <= ", kMaxInputChannels,
+                                     ", found ", u.shape().DebugString());
+    }
+    r = u.dim_size(0);
+    k = u.dim_size(1);
+    if (kernel.dims() != 2 || kernel.dim_size(0) != k) {
+      return errors::InvalidArgument(op, ": kernel must have shape [", k, ", C] (K = the channels of u), found ",
+                                     kernel.shape().DebugString());
+    }
+    c = kernel.dim_size(1);
+    if (bias.dims() != 1 || bias.dim_size(0) != c) {
+      return errors::InvalidArgument(op, ": bias must have shape [", c, "] (the channels of kernel), found ",
+                                     bias.shape().DebugString());
+    }
+    if (dh != nullptr && (dh->dims() != 2 || dh->dim_size(0) != r || dh->dim_size(1) != c)) {
+      return errors::InvalidArgument(op, ": the incoming gradient must have shape [", r, ", ", c, "], found ",
+                                     dh->shape().DebugString());
+    }
+    return absl::OkStatus();
+  }
+  int64_t Blocks() const { return (r + kBlockRows - 1) / kBlockRows; }
+  int64_t BlockCost() const { return 4 * kBlockRows * c * (k + 1); }
+};
+
+template <typename T>
+class LinearReluCpu : public OpKernel {
+ public:
+  using OpKernel::OpKernel;
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor &u = ctx->input(0), &kernel = ctx->input(1), &bias = ctx->input(2);
+    LinearArgs a;
+    OP_REQUIRES_OK(ctx, a.Check("linear_relu", u, kernel, bias, nullptr));
+    Tensor* h = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({a.r, a.c}), &h));
+    const float *up = u.flat<float>().data(), *kp = kernel.flat<float>().data(), *bp = bias.flat<float>().data();
+    auto* hp = Out<T>(h);
+    const int ki = static_cast<int>(a.k), ci = static_cast<int>(a.c);
+    ParallelBlocks(ctx, a.Blocks(), a.BlockCost(), [&](int64_t begin, int64_t end) {
+      std::vector<float> scratch(a.c);
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t r0 = i * kBlockRows, rows = std::min(kBlockRows, a.r - r0);
+        Run<LinearReluBlockOp>(up + r0 * a.k, rows, ki, kp, bp, ci, hp + r0 * a.c, scratch.data());
+      }
+    });
+  }
+};
+
+template <typename T>
+class LinearReluGradCpu : public OpKernel {
+ public:
+  using OpKernel::OpKernel;
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor &dh = ctx->input(0), &u = ctx->input(1), &kernel = ctx->input(2), &bias = ctx->input(3);
+    LinearArgs a;
+    OP_REQUIRES_OK(ctx, a.Check("linear_relu_grad", u, kernel, bias, &dh));
+    Tensor *dkernel = nullptr, *dbias = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, kernel.shape(), &dkernel));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, bias.shape(), &dbias));
+    const float *up = u.flat<float>().data(), *kp = kernel.flat<float>().data(), *bp = bias.flat<float>().data();
+    const auto* gp = In<T>(dh);
+    const int ki = static_cast<int>(a.k), ci = static_cast<int>(a.c);
+    const int64_t width = (a.k + 1) * a.c;
+    std::vector<double> sums(width);
+    // The block's scratch: (K+1)*C float sums, then C floats of dy.
+    BlockOrderedSumsN(ctx, a.Blocks(), a.BlockCost(), width, width + a.c,
+                      [&](int64_t i, double* partial, float* acc) {
+                        const int64_t r0 = i * kBlockRows, rows = std::min(kBlockRows, a.r - r0);
+                        Run<LinearReluGradSumsBlockOp>(gp + r0 * a.c, up + r0 * a.k, rows, ki, kp, bp, ci, partial,
+                                                       acc, acc + width);
+                      },
+                      sums.data());
+    float* db = dbias->flat<float>().data();
+    float* dk = dkernel->flat<float>().data();
+    for (int64_t i = 0; i < a.c; ++i) db[i] = static_cast<float>(sums[i]);
+    for (int64_t i = 0; i < a.k * a.c; ++i) dk[i] = static_cast<float>(sums[a.c + i]);
+  }
+};
+
+template <typename T>
+class LinearReluInputGradCpu : public OpKernel {
+ public:
+  using OpKernel::OpKernel;
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor &dh = ctx->input(0), &u = ctx->input(1), &kernel = ctx->input(2), &bias = ctx->input(3);
+    LinearArgs a;
+    OP_REQUIRES_OK(ctx, a.Check("linear_relu_input_grad", u, kernel, bias, &dh));
+    Tensor* du = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, u.shape(), &du));
+    const float *up = u.flat<float>().data(), *kp = kernel.flat<float>().data(), *bp = bias.flat<float>().data();
+    const auto* gp = In<T>(dh);
+    float* dup = du->flat<float>().data();
+    const int ki = static_cast<int>(a.k), ci = static_cast<int>(a.c);
+    ParallelBlocks(ctx, a.Blocks(), a.BlockCost(), [&](int64_t begin, int64_t end) {
+      std::vector<float> dy(a.c);
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t r0 = i * kBlockRows, rows = std::min(kBlockRows, a.r - r0);
+        Run<LinearReluInputGradBlockOp>(gp + r0 * a.c, up + r0 * a.k, rows, ki, kp, bp, ci, dup + r0 * a.k,
+                                        dy.data());
+      }
+    });
+  }
+};
+
+#define HSR_REGISTER_LINEAR_RELU(T)                                                                           \
+  REGISTER_KERNEL_BUILDER(Name("HsrLinearRelu").Device(DEVICE_CPU).TypeConstraint<T>("T"), LinearReluCpu<T>); \
+  REGISTER_KERNEL_BUILDER(Name("HsrLinearReluGrad").Device(DEVICE_CPU).TypeConstraint<T>("T"),                \
+                          LinearReluGradCpu<T>);                                                              \
+  REGISTER_KERNEL_BUILDER(Name("HsrLinearReluInputGrad").Device(DEVICE_CPU).TypeConstraint<T>("T"),           \
+                          LinearReluInputGradCpu<T>);
+HSR_REGISTER_LINEAR_RELU(float)
+HSR_REGISTER_LINEAR_RELU(::tensorflow::bfloat16)
+
+}  // namespace
+}  // namespace hsr_ops
