@@ -20,7 +20,8 @@ Variants:
   layers in bfloat16; geometry, hand model, Procrustes, palm frame and losses float32);
 * ``fast_bfloat16_no_projection``, ``fast_bfloat16_no_maxpool``, ``fast_bfloat16_no_kernels`` (TensorFlow's
   fused ops instead of the compiled kernels, hence also no ``drop_duplicates``),
-  ``fast_bfloat16_with_duplicates``, ``fast_bfloat16_no_slabs``, ``fast_bfloat16_no_folded``: the fast bfloat16 path with one optimisation switched off (what each one
+  ``fast_bfloat16_with_duplicates``, ``fast_bfloat16_no_slabs``, ``fast_bfloat16_no_folded``,
+  ``fast_bfloat16_no_fused_products``: the fast bfloat16 path with one optimisation switched off (what each one
   is worth).
 
 Timing: after one call that traces, ``--steps`` rounds; each round times one step of every variant in turn,
@@ -57,6 +58,7 @@ VARIANTS = {
     "fast_bfloat16_with_duplicates": ("mixed_bfloat16", {"drop_duplicates": False}),
     "fast_bfloat16_no_slabs": ("mixed_bfloat16", {"slab_weight_grad": False}),
     "fast_bfloat16_no_folded": ("mixed_bfloat16", {"folded_first_layer": False}),
+    "fast_bfloat16_no_fused_products": ("mixed_bfloat16", {"fused_products": False}),
 }
 
 FLAGS = flags.FLAGS

@@ -180,22 +180,12 @@ class _SharedMLP(keras.layers.Layer):
         """
         src = x if first is None else first
         ragged = row_splits is not None
-        dt = self.compute_dtype
-        h = None
-        for i, (conv, bn) in enumerate(zip(self.convs, self.bns)):
-            last = i == len(self.convs) - 1
-            if i == 0 and first is None and not last and training_path.folded_first_layer_on(x.shape[-1]):
-                h = training_path.linear_batch_norm_relu_train(tf.reshape(x, [-1, x.shape[-1]]), conv.kernel[0, 0],
-                                                               bn, weights=weights, dtype=dt)
-                continue
-            if i == 0 and first is not None:
-                z = tf.reshape(tf.cast(first, dt), [-1, first.shape[-1]])
-            else:
-                h_in = tf.reshape(tf.cast(x, dt), [-1, x.shape[-1]]) if i == 0 else h
-                z = training_path.rows_matmul(h_in, conv.kernel[0, 0])
-            h = training_path.batch_norm_relu_train(
-                z, bn, group_size=int(src.shape[2]) if last and not ragged else None,
-                row_splits=row_splits if last else None, weights=weights)
+        rows = None if x is None else tf.reshape(x, [-1, x.shape[-1]])
+        if first is not None:
+            first = tf.reshape(first, [-1, first.shape[-1]])
+        h = training_path.shared_mlp_train(
+            [conv.kernel[0, 0] for conv in self.convs], self.bns, self.compute_dtype, rows=rows, first=first,
+            group_size=None if ragged else int(src.shape[2]), row_splits=row_splits, weights=weights)
         if ragged:
             return tf.cast(h, tf.float32)
         # The last layer's output is already pooled: [B*M, mlp[-1]].

@@ -47,6 +47,12 @@ The fast path computes the same function with fewer passes:
   whose gradient makes one pass over (dh, u) and writes no [R, C] gradient). Autodiff through the moments gives
   BatchNorm's full gradient. Computed in float32 from float32 rows (the other path rounds the rows and z to
   bfloat16 under a bfloat16 policy).
+* ``fused_products`` (bfloat16, compiled ops, a CPU with AMX; channel counts multiples of 32): a layer's
+  product ``h W`` runs on AMX tiles block by block and, while a block is in cache, its BatchNorm moments and (last
+  layer) every group's largest and smallest value per channel are taken (:func:`matmul_batch_norm_relu_train`):
+  the moments pass of the BatchNorm kernel and both passes of the max kernel over the [R, C] product go away
+  (the group's largest y = z * scale + shift is at its largest or smallest z, by the sign of scale). Same values
+  as the two-step path (tests/test_matmul_moments.py); gradients through the same kernels.
 * ``nearest_vertex_scan`` (compiled ops): the chamfer loss's nearest vertex of every input point by the
   compiled k = 1 scan instead of a [B, N, V] distance matrix and ``argmin`` (``hsr_tf.losses``).
 
@@ -77,12 +83,13 @@ class TrainingPath:
     nearest_vertex_scan: bool = True
     slab_weight_grad: bool = True
     folded_first_layer: bool = True
+    fused_products: bool = True
 
 
 FAST = TrainingPath()
 REFERENCE = TrainingPath(fused_batch_norm=False, max_pool=False, project_then_group=False, fused_kernels=False,
                          drop_duplicates=False, nearest_vertex_scan=False, slab_weight_grad=False,
-                         folded_first_layer=False)
+                         folded_first_layer=False, fused_products=False)
 _state = {"path": FAST}
 
 
@@ -203,19 +210,79 @@ def rows_matmul(h, kernel):
     @tf.custom_gradient
     def product(h, kernel):
         kernel_c = tf.cast(kernel, h.dtype)
-
-        def grad(dz):
-            dh = tf.matmul(dz, kernel_c, transpose_b=True)
-            n = WEIGHT_GRAD_SLABS
-            cut = tf.shape(h)[0] // n * n  # n slabs of whole rows, then the remainder
-            slabs = tf.matmul(tf.reshape(h[:cut], [n, -1, h.shape[-1]]), tf.reshape(dz[:cut], [n, -1, dz.shape[-1]]),
-                              transpose_a=True)
-            rest = tf.matmul(h[cut:], dz[cut:], transpose_a=True)
-            return dh, tf.reduce_sum(tf.cast(slabs, tf.float32), axis=0) + tf.cast(rest, tf.float32)
-
-        return tf.matmul(h, kernel_c), grad
+        return tf.matmul(h, kernel_c), lambda dz: mlp_train.product_gradients(h, kernel_c, dz, WEIGHT_GRAD_SLABS)
 
     return product(h, tf.convert_to_tensor(kernel, tf.float32))
+
+
+def fused_product_on(dtype, in_channels, channels) -> bool:
+    """Whether a layer [R, in_channels] -> [R, channels] computing in ``dtype`` trains through
+    :func:`matmul_batch_norm_relu_train` (the ``fused_products`` switch; bfloat16, AMX, multiples of 32)."""
+    return (current().fused_products and dtype == tf.bfloat16 and kernels_on(dtype) and in_channels % 32 == 0
+            and channels % 32 == 0 and mlp_train.amx_available())
+
+
+def matmul_batch_norm_relu_train(h, kernel, bn, row_splits=None, weights=None):
+    """relu(BatchNorm(h @ kernel)) with the batch's statistics (max-pooled over the groups of ``row_splits``), the
+    product and the statistics in one pass on AMX tiles (``fused_products`` in the module docstring), and Keras'
+    update of ``bn``'s moving statistics.
+
+    Args:
+      h: bfloat16 [R, Cin] rows (see :func:`fused_product_on`).
+      kernel: float32 [Cin, C] (a 1x1 convolution's kernel, without bias).
+      bn: the layer's ``keras.layers.BatchNormalization`` (axis -1).
+      row_splits, weights: as :func:`batch_norm_relu_train`.
+    Returns:
+      bfloat16 [R, C], or [G, C] with ``row_splits``.
+    """
+    c = kernel.shape[-1]
+    gamma = tf.cast(bn.gamma, tf.float32) if bn.scale else tf.ones([c], tf.float32)
+    beta = tf.cast(bn.beta, tf.float32) if bn.center else tf.zeros([c], tf.float32)
+    out, mean, var = mlp_train.matmul_batch_norm_relu(
+        h, kernel, gamma, beta, float(bn.epsilon), weights=weights, row_splits=row_splits,
+        slabs=WEIGHT_GRAD_SLABS if current().slab_weight_grad else 0)
+    m = float(bn.momentum)
+    bn.moving_mean.assign(bn.moving_mean * m + mean * (1.0 - m))
+    bn.moving_variance.assign(bn.moving_variance * m + var * (1.0 - m))
+    return out
+
+
+def shared_mlp_train(kernels, bns, dtype, rows=None, first=None, group_size=None, row_splits=None, weights=None):
+    """The training pass of a shared MLP (1x1 convolutions, BatchNorm with batch statistics, ReLU) over rows, the
+    last layer max-pooled over groups, through every switch of the fast path.
+
+    Args:
+      kernels: float32 [C_in, C_1], [C_1, C_2], ... (the convolutions' kernels, without bias).
+      bns: the layers' ``keras.layers.BatchNormalization``.
+      dtype: the compute dtype.
+      rows: [R, C_in] input rows, or None when ``first`` is given.
+      first: [R, C_1]: the first layer's product computed by the caller (e.g. projected before grouping), or None.
+      group_size, row_splits: the groups of the max: S consecutive rows, or int32 [G+1] splits.
+      weights: None, or float32 [R] row multiplicities (:func:`unique_ball_rows`; fused kernels only).
+    Returns:
+      [G, C_last] in ``dtype``.
+    """
+    h = None
+    for i, (kernel, bn) in enumerate(zip(kernels, bns)):
+        last = i == len(kernels) - 1
+        if i == 0 and first is None and not last and folded_first_layer_on(rows.shape[-1]):
+            h = linear_batch_norm_relu_train(rows, kernel, bn, weights=weights, dtype=dtype)
+            continue
+        if i == 0 and first is not None:
+            z = tf.cast(first, dtype)
+        else:
+            h_in = tf.cast(rows, dtype) if i == 0 else h
+            if fused_product_on(dtype, h_in.shape[-1], kernel.shape[-1]):
+                splits = row_splits
+                if last and splits is None:
+                    splits = tf.range(0, tf.shape(h_in)[0] + 1, group_size, dtype=tf.int32)
+                h = matmul_batch_norm_relu_train(h_in, kernel, bn, row_splits=splits if last else None,
+                                                 weights=weights)
+                continue
+            z = rows_matmul(h_in, kernel)
+        h = batch_norm_relu_train(z, bn, group_size=group_size if last and row_splits is None else None,
+                                  row_splits=row_splits if last else None, weights=weights)
+    return h
 
 
 def unique_ball_rows(idx, num_points):
@@ -247,4 +314,5 @@ def unique_ball_rows(idx, num_points):
 
 __all__ = ["TrainingPath", "FAST", "REFERENCE", "current", "use", "kernels_on", "drop_duplicates_on",
            "batch_norm_relu_train", "rows_matmul", "unique_ball_rows", "WEIGHT_GRAD_SLABS", "FOLDED_MAX_CHANNELS",
-           "folded_first_layer_on", "linear_batch_norm_relu_train"]
+           "folded_first_layer_on", "linear_batch_norm_relu_train", "fused_product_on",
+           "matmul_batch_norm_relu_train", "shared_mlp_train"]

@@ -28,7 +28,8 @@ import tensorflow as tf
 
 from hsr_tf.ops import _checks
 
-__all__ = ["batch_norm_relu", "gather_rows_minus_centre", "kernels_available", "linear_relu"]
+__all__ = ["amx_available", "batch_norm_relu", "gather_rows_minus_centre", "kernels_available", "linear_relu",
+           "matmul_batch_norm_relu", "product_gradients"]
 
 
 @tf.RegisterGradient("HsrBatchNormRelu")
@@ -73,6 +74,29 @@ def _linear_relu_grad(op, dh):
     return du, dkernel, dbias
 
 
+@tf.RegisterGradient("HsrBatchNormReluFromMoments")
+def _batch_norm_relu_from_moments_grad(op, dh):
+    # The moments are functions of z: HsrBatchNormReluGrad's dz already holds their share (so they get none).
+    z, gamma, beta, weights, mean, variance = op.inputs
+    from hsr_tf.ops import compiled  # noqa: PLC0415
+    dz, dgamma, dbeta = compiled.load().hsr_batch_norm_relu_grad(dh, z, weights, gamma, beta, mean, variance,
+                                                                 epsilon=op.get_attr("epsilon"))
+    return dz, dgamma, dbeta, None, None, None
+
+
+@tf.RegisterGradient("HsrBatchNormReluMaxFromExtremes")
+def _batch_norm_relu_max_from_extremes_grad(op, dpooled, dargmax):
+    del dargmax
+    z, gamma, beta, weights, row_splits, mean, variance = op.inputs[:7]
+    from hsr_tf.ops import compiled  # noqa: PLC0415
+    dz, dgamma, dbeta = compiled.load().hsr_batch_norm_relu_max_grad(
+        dpooled, op.outputs[1], z, weights, row_splits, gamma, beta, mean, variance, epsilon=op.get_attr("epsilon"))
+    return (dz, dgamma, dbeta) + (None,) * 8
+
+
+tf.no_gradient("HsrMatMulMoments")  # differentiated through matmul_batch_norm_relu's custom gradient
+tf.no_gradient("HsrMatMulMomentsExtremes")
+tf.no_gradient("HsrAmxAvailable")
 tf.no_gradient("HsrLinearReluGrad")
 tf.no_gradient("HsrLinearReluInputGrad")
 tf.no_gradient("HsrGatherRowsMinusCentreGrad")
@@ -231,3 +255,81 @@ def linear_relu(u, kernel, bias, dtype=tf.float32, compiled=None):
         from hsr_tf.ops import compiled as lib  # noqa: PLC0415
         return lib.load().hsr_linear_relu(u, kernel, bias, T=dtype)
     return tf.cast(tf.nn.relu(tf.matmul(u, kernel) + bias), dtype)
+
+
+_amx = {}
+
+
+def amx_available() -> bool:
+    """Whether :func:`matmul_batch_norm_relu` can run here: the compiled kernels can (:func:`kernels_available`)
+    and the CPU has AMX-BF16 tiles that the OS grants (``HsrAmxAvailable``, asked once per process)."""
+    if not kernels_available():
+        return False
+    if "on" not in _amx:
+        from hsr_tf.ops import compiled as lib  # noqa: PLC0415
+        with tf.init_scope():  # eager even while a function is traced
+            _amx["on"] = bool(lib.load().hsr_amx_available().numpy())
+    return _amx["on"]
+
+
+def product_gradients(h, kernel, dz, slabs: int = 0):
+    """Gradients of ``z = h @ kernel`` ([R, Cin] x [Cin, C], kernel already in h's dtype) for the upstream ``dz``:
+    ``(dh = dz kernel^T, dkernel = h^T dz)``. With ``slabs`` > 0, dkernel is the float32 sum of ``slabs`` batched
+    products over slabs of whole rows plus one for the remainder (oneDNN runs the one [Cin, R] x [R, C] product
+    with a long reduction slower than the batch); otherwise one product. dkernel is float32."""
+    dh = tf.matmul(dz, kernel, transpose_b=True)
+    if not slabs:
+        return dh, tf.cast(tf.matmul(h, dz, transpose_a=True), tf.float32)
+    cut = tf.shape(h)[0] // slabs * slabs
+    parts = tf.matmul(tf.reshape(h[:cut], [slabs, -1, h.shape[-1]]), tf.reshape(dz[:cut], [slabs, -1, dz.shape[-1]]),
+                      transpose_a=True)
+    rest = tf.matmul(h[cut:], dz[cut:], transpose_a=True)
+    return dh, tf.reduce_sum(tf.cast(parts, tf.float32), axis=0) + tf.cast(rest, tf.float32)
+
+
+def matmul_batch_norm_relu(h, kernel, gamma, beta, epsilon: float, weights=None, row_splits=None, slabs: int = 0):
+    """``batch_norm_relu(h @ kernel, ...)`` with the product and the batch moments (and, with ``row_splits``, every
+    group's extremes of each channel) computed in one pass on AMX tiles (``HsrMatMulMoments[Extremes]``): the
+    [R, C] product is written once and not read again by the forward pass. Needs :func:`amx_available`.
+
+    Args:
+      h: bfloat16 [R, Cin] rows, Cin a multiple of 32.
+      kernel: float32 [Cin, C], C a multiple of 32 (rounded to bfloat16 for the product).
+      gamma, beta, epsilon, weights, row_splits: as :func:`batch_norm_relu` (compiled).
+      slabs: the kernel gradient's slabs (:func:`product_gradients`).
+    Returns:
+      (``h' [R, C]`` or ``pooled [G, C]`` bfloat16, ``mean [C]``, ``variance [C]`` float32 without gradient);
+      differentiable in h, kernel, gamma and beta, with the gradients of ``batch_norm_relu`` of the product.
+    """
+    from hsr_tf.ops import compiled as lib  # noqa: PLC0415
+    h = tf.convert_to_tensor(h)
+    if h.dtype != tf.bfloat16:
+        raise _checks.OpArgumentError(f"matmul_batch_norm_relu: h must be bfloat16, found {h.dtype.name}")
+    kernel = tf.convert_to_tensor(kernel, tf.float32)
+    gamma = tf.convert_to_tensor(gamma, tf.float32)
+    beta = tf.convert_to_tensor(beta, tf.float32)
+    weights = tf.zeros([0], tf.float32) if weights is None else tf.convert_to_tensor(weights, tf.float32)
+    ops = lib.load()
+
+    @tf.custom_gradient
+    def product(h, kernel):
+        if row_splits is None:
+            outs = ops.hsr_mat_mul_moments(h, kernel, weights)
+        else:
+            outs = ops.hsr_mat_mul_moments_extremes(h, kernel, weights, row_splits)
+
+        def grad(dz, *unused):  # the statistics carry no gradient (see the BatchNorm ops' gradients)
+            del unused
+            return product_gradients(h, tf.cast(kernel, tf.bfloat16), dz, slabs)
+
+        return tuple(outs), grad
+
+    outs = product(h, kernel)
+    z, mean, variance = outs[:3]
+    mean, variance = tf.stop_gradient(mean), tf.stop_gradient(variance)
+    if row_splits is None:
+        out = ops.hsr_batch_norm_relu_from_moments(z, gamma, beta, weights, mean, variance, epsilon=float(epsilon))
+    else:
+        out, _ = ops.hsr_batch_norm_relu_max_from_extremes(z, gamma, beta, weights, row_splits, mean, variance,
+                                                           *outs[3:], epsilon=float(epsilon))
+    return out, mean, variance

@@ -344,6 +344,59 @@ HSR_INLINE void LinearReluInputGradBlock(const T* __restrict dh, const float* __
   }
 }
 
+// Per group of rows [splits[g], splits[g+1]) of z (at least one): the largest and smallest value of every
+// channel and the first row (0-based within the group) holding it, for `groups` groups. Computed before the
+// BatchNorm constants are known: y = z * scale + shift is monotone in z, so the group's largest y is at the
+// largest z where scale > 0 and at the smallest where scale < 0 (SelectMaxBlock).
+template <typename T>
+HSR_INLINE void ExtremesBlock(const T* __restrict z, const int32_t* __restrict splits, int64_t groups, int c,
+                              float* __restrict zmax, float* __restrict zmin, int32_t* __restrict argmax,
+                              int32_t* __restrict argmin) {
+  for (int64_t g = 0; g < groups; ++g) {
+    const T* zg = z + static_cast<int64_t>(splits[g]) * c;
+    const int32_t n = splits[g + 1] - splits[g];
+    float* __restrict hi = zmax + g * c;
+    float* __restrict lo = zmin + g * c;
+    int32_t* __restrict ahi = argmax + g * c;
+    int32_t* __restrict alo = argmin + g * c;
+    for (int k = 0; k < c; ++k) {
+      hi[k] = lo[k] = ToFloat(zg[k]);
+      ahi[k] = alo[k] = 0;
+    }
+    for (int32_t r = 1; r < n; ++r) {
+      const T* zr = zg + static_cast<int64_t>(r) * c;
+      for (int k = 0; k < c; ++k) {
+        const float v = ToFloat(zr[k]);
+        const bool above = v > hi[k], below = v < lo[k];
+        hi[k] = above ? v : hi[k];
+        ahi[k] = above ? r : ahi[k];
+        lo[k] = below ? v : lo[k];
+        alo[k] = below ? r : alo[k];
+      }
+    }
+  }
+}
+
+// pooled[g, c] = max(y, 0) at the group's largest y = z * scale + shift, and argmax[g, c] its row, from the
+// group's extremes of z (ExtremesBlock): the largest z where scale > 0, the smallest where scale < 0, row 0
+// where scale == 0 (every y equal).
+template <typename T>
+HSR_INLINE void SelectMaxBlock(const float* __restrict zmax, const float* __restrict zmin,
+                               const int32_t* __restrict argmax_z, const int32_t* __restrict argmin_z, int64_t groups,
+                               int c, const float* __restrict scale, const float* __restrict shift,
+                               T* __restrict pooled, int32_t* __restrict argmax) {
+  for (int64_t g = 0; g < groups; ++g) {
+    for (int k = 0; k < c; ++k) {
+      const int64_t i = g * c + k;
+      const float s = scale[k];
+      const float v = s > 0.0f ? zmax[i] : zmin[i];
+      const float y = v * s + shift[k];
+      Store(y > 0.0f ? y : 0.0f, pooled + i);
+      argmax[i] = s > 0.0f ? argmax_z[i] : (s < 0.0f ? argmin_z[i] : 0);
+    }
+  }
+}
+
 }  // namespace hsr_ops
 
 #endif  // HSR_TF_OPS_MLP_TRAIN_CPU_H_

@@ -44,6 +44,7 @@ HSR_BLOCK_OP(MaxGradApplyBlock)
 HSR_BLOCK_OP(LinearReluBlock)
 HSR_BLOCK_OP(LinearReluGradSumsBlock)
 HSR_BLOCK_OP(LinearReluInputGradBlock)
+HSR_BLOCK_OP(ExtremesBlock)
 
 template <typename F, typename... A>
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) void RunAvx512(A... a) { F::Run(a...); }

@@ -1,0 +1,169 @@
+// AMX (Advanced Matrix Extensions) bfloat16 products of the shared MLPs' training pass, block by block
+// (matmul_moments_ops.cc). No TensorFlow.
+//
+// Legend: n rows of a block, Cin input channels, C output channels; bfloat16 values stored as uint16.
+//   z = h W     [n, C]: h [n, Cin] bfloat16 rows, W [Cin, C] bfloat16, products summed in float32 tiles and
+//                       rounded once to bfloat16.
+// AMX multiplies tiles of 16 rows x 64 bytes: C[16 x 16 f32] += A[16 x 32 bf16] B, with B in "VNNI" layout
+// (B_vnni[k/2][2j + k%2] = B[k][j]: two consecutive reduction rows interleaved). The rows of h are A tiles as
+// they are; W is packed once per call.
+#ifndef HSR_TF_OPS_AMX_MATMUL_CPU_H_
+#define HSR_TF_OPS_AMX_MATMUL_CPU_H_
+
+#include <cpuid.h>
+#include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+namespace hsr_ops {
+
+#define HSR_AMX_TARGET __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw")))
+
+// Whether this process can run AMX bfloat16 tiles: the CPU has AMX-TILE and AMX-BF16 (CPUID leaf 7), and the
+// kernel granted the tile data state (arch_prctl ARCH_REQ_XCOMP_PERM, Linux >= 5.16). Asked once.
+// HSR_TF_OPS_MLP_ISA=avx2|baseline (tests) or HSR_TF_OPS_AMX=0 turns it off.
+inline bool AmxReady() {
+  static const bool ready = [] {
+    const char* isa = std::getenv("HSR_TF_OPS_MLP_ISA");
+    const char* amx = std::getenv("HSR_TF_OPS_AMX");
+    if ((isa && std::string(isa) != "avx512") || (amx && std::string(amx) == "0")) return false;
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+    const bool avx512 = (b & (1u << 16)) && (b & (1u << 30));  // AVX512F, AVX512BW
+    if (!avx512 || !(d & (1u << 24)) || !(d & (1u << 22))) return false;  // AMX-TILE, AMX-BF16
+    constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+    return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+  }();
+  return ready;
+}
+
+// Every tile 16 rows x 64 bytes (palette 1).
+struct alignas(64) AmxTileConfig {
+  uint8_t palette = 1, start_row = 0, reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+  AmxTileConfig() {
+    for (int t = 0; t < 8; ++t) {
+      colsb[t] = 64;
+      rows[t] = 16;
+    }
+  }
+};
+
+HSR_AMX_TARGET inline void AmxConfigure() {
+  static const AmxTileConfig config;
+  _tile_loadconfig(&config);
+}
+HSR_AMX_TARGET inline void AmxRelease() { _tile_release(); }
+
+// out[k][2j + p] = rows[2k + p][j] for k < n/2 (n even), j < width (a multiple of 32); ld: elements per row.
+HSR_AMX_TARGET inline void PackVnni(const uint16_t* rows, int64_t ld, int n, int width, uint16_t* out) {
+  const __m512i lo = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8, 39, 7, 38, 6,
+                                      37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
+  const __m512i hi = _mm512_add_epi16(lo, _mm512_set1_epi16(16));
+  for (int k = 0; k < n / 2; ++k) {
+    const uint16_t* r0 = rows + (2 * k) * ld;
+    const uint16_t* r1 = r0 + ld;
+    uint16_t* o = out + static_cast<int64_t>(k) * 2 * width;
+    for (int j = 0; j < width; j += 32) {
+      const __m512i a = _mm512_loadu_si512(r0 + j);
+      const __m512i b = _mm512_loadu_si512(r1 + j);
+      _mm512_storeu_si512(o + 2 * j, _mm512_permutex2var_epi16(a, lo, b));
+      _mm512_storeu_si512(o + 2 * j + 32, _mm512_permutex2var_epi16(a, hi, b));
+    }
+  }
+}
+
+// z [n, C] (bfloat16) = h [n, Cin] W for one block of rows; wv: W in VNNI layout [Cin/2, 2 C] (PackVnni).
+// Requires Cin % 32 == 0 and C % 32 == 0. strip: 32 x C floats, pad: 32 x Cin uint16 (a last strip of fewer
+// than 32 rows is copied there, zero-padded, so no tile reads past h). Call AmxConfigure() first on this thread.
+HSR_AMX_TARGET inline void AmxMatMulBlock(const uint16_t* h, int64_t n, int cin, const uint16_t* wv, int c,
+                                          uint16_t* z, float* strip, uint16_t* pad,
+                                          void (*to_bf16)(const float*, uint16_t*, int64_t)) {
+  const int64_t ld_b = 2 * static_cast<int64_t>(c) * 2;  // bytes per VNNI row of W
+  for (int64_t r0 = 0; r0 < n; r0 += 32) {
+    const int64_t rows = n - r0 < 32 ? n - r0 : 32;
+    const uint16_t* a = h + r0 * cin;
+    if (rows < 32) {
+      std::memcpy(pad, a, sizeof(uint16_t) * rows * cin);
+      std::memset(pad + rows * cin, 0, sizeof(uint16_t) * (32 - rows) * cin);
+      a = pad;
+    }
+    for (int j0 = 0; j0 < c; j0 += 32) {
+      _tile_zero(0);
+      _tile_zero(1);
+      _tile_zero(2);
+      _tile_zero(3);
+      for (int k0 = 0; k0 < cin; k0 += 32) {
+        _tile_loadd(4, a + k0, cin * 2);
+        _tile_loadd(5, a + 16 * static_cast<int64_t>(cin) + k0, cin * 2);
+        const uint16_t* b = wv + static_cast<int64_t>(k0 / 2) * 2 * c + 2 * j0;
+        _tile_loadd(6, b, ld_b);
+        _tile_loadd(7, b + 32, ld_b);
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(1, 4, 7);
+        _tile_dpbf16ps(2, 5, 6);
+        _tile_dpbf16ps(3, 5, 7);
+      }
+      _tile_stored(0, strip + j0, c * 4);
+      _tile_stored(1, strip + j0 + 16, c * 4);
+      _tile_stored(2, strip + 16 * static_cast<int64_t>(c) + j0, c * 4);
+      _tile_stored(3, strip + 16 * static_cast<int64_t>(c) + j0 + 16, c * 4);
+    }
+    to_bf16(strip, z + r0 * c, rows * c);
+  }
+}
+
+// ExtremesBlock (mlp_train_cpu.h) for bfloat16 z with C % 64 == 0 on AVX-512, 64 channels at a time: the
+// running extremes stay in registers and four independent blocks hide the compare latency (the vectoriser
+// leaves the generic loop's data-dependent updates 3-5x slower). The same results.
+__attribute__((target("avx512f,avx512bw"))) inline __m512 LoadBf16x16(const uint16_t* p) {
+  return _mm512_castsi512_ps(
+      _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
+}
+
+__attribute__((target("avx512f,avx512bw"))) inline void ExtremesBf16Avx512(
+    const uint16_t* z, const int32_t* splits, int64_t groups, int c, float* zmax, float* zmin, int32_t* argmax,
+    int32_t* argmin) {
+  for (int64_t g = 0; g < groups; ++g) {
+    const uint16_t* zg = z + static_cast<int64_t>(splits[g]) * c;
+    const int32_t n = splits[g + 1] - splits[g];
+    for (int k0 = 0; k0 < c; k0 += 64) {
+      __m512 hi[4], lo[4];
+      __m512i ahi[4], alo[4];
+      for (int q = 0; q < 4; ++q) {
+        hi[q] = lo[q] = LoadBf16x16(zg + k0 + 16 * q);
+        ahi[q] = alo[q] = _mm512_setzero_si512();
+      }
+      for (int32_t r = 1; r < n; ++r) {
+        const uint16_t* zr = zg + static_cast<int64_t>(r) * c + k0;
+        const __m512i row = _mm512_set1_epi32(r);
+        for (int q = 0; q < 4; ++q) {
+          const __m512 v = LoadBf16x16(zr + 16 * q);
+          const __mmask16 above = _mm512_cmp_ps_mask(v, hi[q], _CMP_GT_OQ);
+          const __mmask16 below = _mm512_cmp_ps_mask(v, lo[q], _CMP_LT_OQ);
+          hi[q] = _mm512_mask_mov_ps(hi[q], above, v);
+          ahi[q] = _mm512_mask_mov_epi32(ahi[q], above, row);
+          lo[q] = _mm512_mask_mov_ps(lo[q], below, v);
+          alo[q] = _mm512_mask_mov_epi32(alo[q], below, row);
+        }
+      }
+      for (int q = 0; q < 4; ++q) {
+        const int64_t at = g * c + k0 + 16 * q;
+        _mm512_storeu_ps(zmax + at, hi[q]);
+        _mm512_storeu_ps(zmin + at, lo[q]);
+        _mm512_storeu_si512(argmax + at, ahi[q]);
+        _mm512_storeu_si512(argmin + at, alo[q]);
+      }
+    }
+  }
+}
+
+}  // namespace hsr_ops
+
+#endif  // HSR_TF_OPS_AMX_MATMUL_CPU_H_

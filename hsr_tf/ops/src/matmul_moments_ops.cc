@@ -1,0 +1,358 @@
+// A shared-MLP layer's product with its BatchNorm statistics in the same pass (AMX, bfloat16), and the
+// BatchNorm + ReLU (+ max over groups) ops that start from those statistics.
+//
+// Legend: R rows, Cin input channels, C output channels (both multiples of 32), G groups of rows given by
+// row_splits int32 [G+1]; weights float32 [R] row multiplicities or [0] (all 1), as in mlp_train_ops.cc.
+//   HsrMatMulMoments(h bf16 [R,Cin], kernel float32 [Cin,C], weights) -> z bf16 [R,C], mean [C], variance [C]
+//   HsrMatMulMomentsExtremes(h, kernel, weights, row_splits)
+//     -> z, mean, variance, zmax [G,C], zmin [G,C], argmax_z int32 [G,C], argmin_z int32 [G,C]
+//   HsrBatchNormReluFromMoments(z T, gamma, beta, weights, mean, variance) -> h [R,C]
+//   HsrBatchNormReluMaxFromExtremes(z, gamma, beta, weights, row_splits, mean, variance, zmax, zmin, argmax_z,
+//     argmin_z) -> pooled [G,C], argmax [G,C]
+// The product runs on AMX tiles block by block (amx_matmul_cpu.h); while a block's z is still in cache its
+// weighted moments (and, per group, the extremes of every channel) are taken from the bfloat16 values written,
+// so the [R, C] result is written once and never read back by the forward pass: the moments pass of
+// HsrBatchNormRelu and both passes of HsrBatchNormReluMax over z go away. The BatchNorm ops here produce what
+// HsrBatchNormRelu / HsrBatchNormReluMax produce from the same moments (their gradients are those ops' gradient
+// kernels; the max picks the group's largest y from the extremes of z, since y = z * scale + shift is monotone).
+// The products need a CPU with AMX-BF16 (HsrAmxAvailable); partial sums are reduced in block order.
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/shape_inference.h"
+#include "tensorflow/core/util/work_sharder.h"
+
+#pragma GCC optimize("O3")
+#include "amx_matmul_cpu.h"
+#include "mlp_train_support.h"
+
+namespace hsr_ops {
+namespace {
+
+using ::tensorflow::DEVICE_CPU;
+using ::tensorflow::OpKernel;
+using ::tensorflow::OpKernelConstruction;
+using ::tensorflow::OpKernelContext;
+using ::tensorflow::Tensor;
+using ::tensorflow::TensorShape;
+using ::tensorflow::shape_inference::DimensionHandle;
+using ::tensorflow::shape_inference::InferenceContext;
+using ::tensorflow::shape_inference::ShapeHandle;
+namespace errors = ::tensorflow::errors;
+using namespace mlp_train;  // NOLINT: the kernels below use its plumbing throughout
+using Bf16 = ::tensorflow::bfloat16;
+
+// z [R, C] from h [R, Cin] and kernel [Cin, C], then [C] mean and variance; `extremes`: four [G, C] more.
+static absl::Status ProductShapes(InferenceContext* c, bool extremes) {
+  ShapeHandle h, kernel;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &h));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 2, &kernel));
+  const DimensionHandle channels = c->Dim(kernel, 1);
+  c->set_output(0, c->Matrix(c->Dim(h, 0), channels));
+  c->set_output(1, c->Vector(channels));
+  c->set_output(2, c->Vector(channels));
+  if (extremes) {
+    DimensionHandle g;
+    TF_RETURN_IF_ERROR(c->Subtract(c->Dim(c->input(3), 0), 1, &g));
+    for (int i = 3; i < 7; ++i) c->set_output(i, c->Matrix(g, channels));
+  }
+  return absl::OkStatus();
+}
+
+REGISTER_OP("HsrAmxAvailable").Output("available: bool").SetShapeFn([](InferenceContext* c) {
+  c->set_output(0, c->Scalar());
+  return absl::OkStatus();
+});
+
+REGISTER_OP("HsrMatMulMoments")
+    .Input("h: bfloat16")
+    .Input("kernel: float32")
+    .Input("weights: float32")
+    .Output("z: bfloat16")
+    .Output("mean: float32")
+    .Output("variance: float32")
+    .SetShapeFn([](InferenceContext* c) { return ProductShapes(c, false); });
+
+REGISTER_OP("HsrMatMulMomentsExtremes")
+    .Input("h: bfloat16")
+    .Input("kernel: float32")
+    .Input("weights: float32")
+    .Input("row_splits: int32")
+    .Output("z: bfloat16")
+    .Output("mean: float32")
+    .Output("variance: float32")
+    .Output("zmax: float32")
+    .Output("zmin: float32")
+    .Output("argmax_z: int32")
+    .Output("argmin_z: int32")
+    .SetShapeFn([](InferenceContext* c) { return ProductShapes(c, true); });
+
+REGISTER_OP("HsrBatchNormReluFromMoments")
+    .Input("z: T")
+    .Input("gamma: float32")
+    .Input("beta: float32")
+    .Input("weights: float32")
+    .Input("mean: float32")
+    .Input("variance: float32")
+    .Output("h: T")
+    .Attr("T: {float, bfloat16}")
+    .Attr("epsilon: float")
+    .SetShapeFn([](InferenceContext* c) {
+      c->set_output(0, c->input(0));
+      return absl::OkStatus();
+    });
+
+REGISTER_OP("HsrBatchNormReluMaxFromExtremes")
+    .Input("z: T")
+    .Input("gamma: float32")
+    .Input("beta: float32")
+    .Input("weights: float32")
+    .Input("row_splits: int32")
+    .Input("mean: float32")
+    .Input("variance: float32")
+    .Input("zmax: float32")
+    .Input("zmin: float32")
+    .Input("argmax_z: int32")
+    .Input("argmin_z: int32")
+    .Output("pooled: T")
+    .Output("argmax: int32")
+    .Attr("T: {float, bfloat16}")
+    .Attr("epsilon: float")
+    .SetShapeFn([](InferenceContext* c) {
+      c->set_output(0, c->input(7));
+      c->set_output(1, c->input(7));
+      return absl::OkStatus();
+    });
+
+class AmxAvailableCpu : public OpKernel {
+ public:
+  using OpKernel::OpKernel;
+  void Compute(OpKernelContext* ctx) override {
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({}), &out));
+    out->scalar<bool>()() = AmxReady() && IsaLevel() == 2;
+  }
+};
+
+// One call of a product op: h, kernel, weights (and row_splits) checked; the kernel packed for the tiles.
+struct Product {
+  int64_t r_ = 0, cin_ = 0, c_ = 0, g_ = 0, largest_ = 0;
+  double total_ = 0.0;
+  std::vector<uint16_t> wv_;  // the kernel in bfloat16, VNNI layout [Cin/2, 2C]
+
+  absl::Status Prepare(OpKernelContext* ctx, const char* op, bool grouped) {
+    if (!(AmxReady() && IsaLevel() == 2)) {
+      return errors::FailedPrecondition(op, ": needs a CPU with AMX-BF16 (HsrAmxAvailable is false here)");
+    }
+    const Tensor &h = ctx->input(0), &kernel = ctx->input(1);
+    if (h.dims() != 2 || h.dim_size(1) % 32 != 0 || h.dim_size(1) == 0) {
+      return errors::InvalidArgument(op, ": h must have shape [R, Cin] with Cin a positive multiple of 32, found ",
+                                     h.shape().DebugString());
+    }
+    r_ = h.dim_size(0);
+    cin_ = h.dim_size(1);
+    if (kernel.dims() != 2 || kernel.dim_size(0) != cin_ || kernel.dim_size(1) % 32 != 0 ||
+        kernel.dim_size(1) == 0) {
+      return errors::InvalidArgument(op, ": kernel must have shape [", cin_, ", C] (the channels of h) with C a "
+                                     "positive multiple of 32, found ", kernel.shape().DebugString());
+    }
+    c_ = kernel.dim_size(1);
+    // The weights are checked against rows of an [R, C] tensor: that of h has R rows.
+    TF_RETURN_IF_ERROR(CheckZAndWeights(op, h, ctx->input(2), &total_));
+    if (grouped) {
+      TF_RETURN_IF_ERROR(CheckRowSplits(op, ctx->input(3), r_, &largest_));
+      g_ = ctx->input(3).dim_size(0) - 1;
+    }
+    std::vector<uint16_t> w(cin_ * c_);
+    const float* kp = kernel.flat<float>().data();
+    for (int64_t i = 0; i < cin_ * c_; ++i) Store(kp[i], &w[i]);
+    wv_.assign(cin_ * c_, 0);
+    PackVnni(w.data(), c_, static_cast<int>(cin_), static_cast<int>(c_), wv_.data());
+    return absl::OkStatus();
+  }
+
+  // Runs block(i, first_row, rows, z_block) over num_blocks blocks after computing each block's z on the tiles;
+  // the blocks' moments are summed in block order into mean / variance.
+  template <typename RowsOf, typename Extra>
+  void RunBlocks(OpKernelContext* ctx, int64_t num_blocks, RowsOf rows_of, Extra extra, Tensor* z, float* mean,
+           float* var) {
+    const uint16_t* hp = In<Bf16>(ctx->input(0));
+    uint16_t* zp = Out<Bf16>(z);
+    const float* w = WeightsOrNull(ctx->input(2));
+    const int cin = static_cast<int>(cin_), c = static_cast<int>(c_);
+    // Scratch per block: moments (2C floats), a 32-row strip of float results, a zero-padded 32-row strip of h.
+    const int64_t scratch = 2 * c_ + 32 * c_ + 16 * cin_;
+    std::vector<double> sums(2 * c_);
+    BlockOrderedSumsN(ctx, num_blocks, 2 * kBlockRows * cin_ * c_ / 16, 2 * c_, scratch,
+                      [&](int64_t i, double* partial, float* acc) {
+                        int64_t first = 0, rows = 0;
+                        rows_of(i, &first, &rows);
+                        AmxConfigure();
+                        AmxMatMulBlock(hp + first * cin, rows, cin, wv_.data(), c, zp + first * c, acc + 2 * c_,
+                                       reinterpret_cast<uint16_t*>(acc + 34 * c_), StoreBf16Rows());
+                        AmxRelease();
+                        mlp_train::Run<MomentsBlockOp>(zp + first * c, w ? w + first : nullptr, rows, c, partial,
+                                                       partial + c_, acc);
+                        extra(i, zp);
+                      },
+                      sums.data());
+    for (int64_t k = 0; k < c_; ++k) {
+      const double m = total_ > 0 ? sums[k] / total_ : 0.0;
+      const double v = total_ > 0 ? sums[c_ + k] / total_ - m * m : 0.0;
+      mean[k] = static_cast<float>(m);
+      var[k] = static_cast<float>(v > 0.0 ? v : 0.0);
+    }
+  }
+
+  absl::Status AllocateProduct(OpKernelContext* ctx, Tensor** z, Tensor** mean, Tensor** var) {
+    TF_RETURN_IF_ERROR(ctx->allocate_output(0, TensorShape({r_, c_}), z));
+    TF_RETURN_IF_ERROR(ctx->allocate_output(1, TensorShape({c_}), mean));
+    return ctx->allocate_output(2, TensorShape({c_}), var);
+  }
+};
+
+class MatMulMomentsCpu : public OpKernel {
+ public:
+  using OpKernel::OpKernel;
+  void Compute(OpKernelContext* ctx) override {
+    Product p;
+    OP_REQUIRES_OK(ctx, p.Prepare(ctx, "matmul_moments", false));
+    Tensor *z = nullptr, *mean = nullptr, *var = nullptr;
+    OP_REQUIRES_OK(ctx, p.AllocateProduct(ctx, &z, &mean, &var));
+    const int64_t r = p.r_;
+    p.RunBlocks(ctx, (r + kBlockRows - 1) / kBlockRows,
+        [&](int64_t i, int64_t* first, int64_t* rows) {
+          *first = i * kBlockRows;
+          *rows = std::min(kBlockRows, r - *first);
+        },
+        [](int64_t, const uint16_t*) {}, z, mean->flat<float>().data(), var->flat<float>().data());
+  }
+};
+
+class MatMulMomentsExtremesCpu : public OpKernel {
+ public:
+  using OpKernel::OpKernel;
+  void Compute(OpKernelContext* ctx) override {
+    Product p;
+    OP_REQUIRES_OK(ctx, p.Prepare(ctx, "matmul_moments_extremes", true));
+    Tensor *z = nullptr, *mean = nullptr, *var = nullptr, *out[4] = {};
+    OP_REQUIRES_OK(ctx, p.AllocateProduct(ctx, &z, &mean, &var));
+    const int64_t g = p.g_, c = p.c_, per_block = GroupsPerBlock(p.r_, p.g_);
+    for (int i = 0; i < 4; ++i) OP_REQUIRES_OK(ctx, ctx->allocate_output(3 + i, TensorShape({g, c}), &out[i]));
+    const int32_t* sp = ctx->input(3).flat<int32_t>().data();
+    float *hi = out[0]->flat<float>().data(), *lo = out[1]->flat<float>().data();
+    int32_t *ahi = out[2]->flat<int32_t>().data(), *alo = out[3]->flat<int32_t>().data();
+    p.RunBlocks(ctx, (g + per_block - 1) / per_block,
+        [&](int64_t i, int64_t* first, int64_t* rows) {
+          const int64_t g0 = i * per_block, g1 = std::min(g, g0 + per_block);
+          *first = sp[g0];
+          *rows = sp[g1] - sp[g0];
+        },
+        [&](int64_t i, const uint16_t* zp) {
+          const int64_t g0 = i * per_block, groups = std::min(per_block, g - g0);
+          if (c % 64 == 0) {  // AMX implies AVX-512
+            ExtremesBf16Avx512(zp, sp + g0, groups, static_cast<int>(c), hi + g0 * c, lo + g0 * c, ahi + g0 * c,
+                               alo + g0 * c);
+          } else {
+            mlp_train::Run<ExtremesBlockOp>(zp, sp + g0, groups, static_cast<int>(c), hi + g0 * c, lo + g0 * c,
+                                            ahi + g0 * c, alo + g0 * c);
+          }
+        },
+        z, mean->flat<float>().data(), var->flat<float>().data());
+  }
+};
+
+// Base of the two BatchNorm ops: the epsilon attribute and the constants from the given moments.
+class FromMomentsBase : public OpKernel {
+ public:
+  explicit FromMomentsBase(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("epsilon", &epsilon_));
+  }
+
+ protected:
+  float epsilon_ = 0.0f;
+
+  absl::Status Constants(OpKernelContext* ctx, const char* op, int mean_input, std::unique_ptr<Affine>* af) {
+    const Tensor& z = ctx->input(0);
+    double total = 0.0;
+    TF_RETURN_IF_ERROR(CheckZAndWeights(op, z, ctx->input(3), &total));
+    const int64_t c = z.dim_size(1);
+    TF_RETURN_IF_ERROR(CheckChannels(op, "gamma", ctx->input(1), c));
+    TF_RETURN_IF_ERROR(CheckChannels(op, "beta", ctx->input(2), c));
+    TF_RETURN_IF_ERROR(CheckChannels(op, "mean", ctx->input(mean_input), c));
+    TF_RETURN_IF_ERROR(CheckChannels(op, "variance", ctx->input(mean_input + 1), c));
+    af->reset(new Affine(ctx->input(mean_input).flat<float>().data(),
+                         ctx->input(mean_input + 1).flat<float>().data(), ctx->input(1).flat<float>().data(),
+                         ctx->input(2).flat<float>().data(), c, epsilon_));
+    return absl::OkStatus();
+  }
+};
+
+template <typename T>
+class BatchNormReluFromMomentsCpu : public FromMomentsBase {
+ public:
+  using FromMomentsBase::FromMomentsBase;
+  void Compute(OpKernelContext* ctx) override {
+    std::unique_ptr<Affine> af;
+    OP_REQUIRES_OK(ctx, Constants(ctx, "batch_norm_relu_from_moments", 4, &af));
+    const Tensor& z = ctx->input(0);
+    const int64_t r = z.dim_size(0), c = z.dim_size(1);
+    Tensor* h = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, z.shape(), &h));
+    const auto* zp = In<T>(z);
+    auto* hp = Out<T>(h);
+    ParallelBlocks(ctx, (r + kBlockRows - 1) / kBlockRows, 4 * kBlockRows * c, [&](int64_t begin, int64_t end) {
+      std::vector<float> scratch(c);
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t r0 = i * kBlockRows, rows = std::min(kBlockRows, r - r0);
+        mlp_train::Run<ApplyBlockOp>(zp + r0 * c, rows, static_cast<int>(c), af->scale.data(), af->shift.data(),
+                                     hp + r0 * c, scratch.data());
+      }
+    });
+  }
+};
+
+template <typename T>
+class BatchNormReluMaxFromExtremesCpu : public FromMomentsBase {
+ public:
+  using FromMomentsBase::FromMomentsBase;
+  void Compute(OpKernelContext* ctx) override {
+    static const char* kOp = "batch_norm_relu_max_from_extremes";
+    std::unique_ptr<Affine> af;
+    OP_REQUIRES_OK(ctx, Constants(ctx, kOp, 5, &af));
+    int64_t largest = 0;
+    OP_REQUIRES_OK(ctx, CheckRowSplits(kOp, ctx->input(4), ctx->input(0).dim_size(0), &largest));
+    const int64_t g = ctx->input(4).dim_size(0) - 1, c = ctx->input(0).dim_size(1);
+    const TensorShape shape({g, c});
+    static const char* kNames[] = {"zmax", "zmin", "argmax_z", "argmin_z"};
+    for (int i = 0; i < 4; ++i) {
+      OP_REQUIRES(ctx, ctx->input(7 + i).shape() == shape,
+                  errors::InvalidArgument(kOp, ": ", kNames[i], " must have shape ", shape.DebugString(), ", found ",
+                                          ctx->input(7 + i).shape().DebugString()));
+    }
+    Tensor *pooled = nullptr, *argmax = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, shape, &pooled));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, shape, &argmax));
+    SelectMaxBlock(ctx->input(7).flat<float>().data(), ctx->input(8).flat<float>().data(),
+                   ctx->input(9).flat<int32_t>().data(), ctx->input(10).flat<int32_t>().data(), g,
+                   static_cast<int>(c), af->scale.data(), af->shift.data(), Out<T>(pooled),
+                   argmax->flat<int32_t>().data());
+  }
+};
+
+REGISTER_KERNEL_BUILDER(Name("HsrAmxAvailable").Device(DEVICE_CPU), AmxAvailableCpu);
+REGISTER_KERNEL_BUILDER(Name("HsrMatMulMoments").Device(DEVICE_CPU), MatMulMomentsCpu);
+REGISTER_KERNEL_BUILDER(Name("HsrMatMulMomentsExtremes").Device(DEVICE_CPU), MatMulMomentsExtremesCpu);
+#define HSR_REGISTER_FROM_MOMENTS(T)                                                                        \
+  REGISTER_KERNEL_BUILDER(Name("HsrBatchNormReluFromMoments").Device(DEVICE_CPU).TypeConstraint<T>("T"),    \
+                          BatchNormReluFromMomentsCpu<T>);                                                  \
+  REGISTER_KERNEL_BUILDER(Name("HsrBatchNormReluMaxFromExtremes").Device(DEVICE_CPU).TypeConstraint<T>("T"), \
+                          BatchNormReluMaxFromExtremesCpu<T>);
+HSR_REGISTER_FROM_MOMENTS(float)
+HSR_REGISTER_FROM_MOMENTS(Bf16)
+
+}  // namespace
+}  // namespace hsr_ops

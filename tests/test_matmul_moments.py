@@ -1,0 +1,149 @@
+"""A layer's AMX product with its BatchNorm statistics in the same pass (``mlp_train.matmul_batch_norm_relu``).
+
+Compared with the two-step path it replaces (``tf.matmul`` in bfloat16, then the fused BatchNorm + ReLU (+ max)
+kernels): outputs, moments, gradients of h, kernel, gamma and beta; ragged weighted groups, negative and zero
+gammas (the max is taken at the group's smallest z, or the first row), row counts that are not multiples of the
+32-row tile strips, channel counts with and without the AVX-512 extremes loop; and the set-abstraction levels
+with the switch on and off.
+"""
+import dataclasses
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from hsr_tf.layers import training_path
+from hsr_tf.ops import mlp_train
+
+pytestmark = pytest.mark.skipif(not mlp_train.amx_available(),
+                                reason="needs the compiled ops and a CPU with AMX-BF16")
+
+
+def _inputs(rng, rows, cin, c, groups=None):
+    h = tf.cast(np.maximum(rng.normal(size=(rows, cin)), 0).astype(np.float32), tf.bfloat16)
+    kernel = tf.constant((rng.normal(size=(cin, c)) * 0.2).astype(np.float32))
+    gamma = (rng.uniform(0.5, 1.5, c) * rng.choice([-1.0, 1.0], c)).astype(np.float32)
+    gamma[0] = 0.0  # every y of channel 0 equal: the max is the group's first row
+    beta = (rng.normal(size=c) * 0.3).astype(np.float32)
+    weights = tf.constant(rng.integers(1, 4, size=rows).astype(np.float32))
+    splits = None
+    if groups:
+        cuts = np.sort(rng.choice(np.arange(1, rows), size=groups - 1, replace=False))
+        splits = tf.constant(np.concatenate([[0], cuts, [rows]]).astype(np.int32))
+    return h, kernel, tf.constant(gamma), tf.constant(beta), weights, splits
+
+
+def _run(fused, h, kernel, gamma, beta, weights, splits, upstream, slabs=0):
+    with tf.GradientTape() as tape:
+        tape.watch([h, kernel, gamma, beta])
+        if fused:
+            out, mean, var = mlp_train.matmul_batch_norm_relu(h, kernel, gamma, beta, 1e-3, weights=weights,
+                                                              row_splits=splits, slabs=slabs)
+        else:
+            z = tf.matmul(h, tf.cast(kernel, tf.bfloat16))
+            out, mean, var = mlp_train.batch_norm_relu(z, gamma, beta, 1e-3, row_splits=splits, weights=weights,
+                                                       compiled=True)
+        loss = tf.reduce_sum(tf.cast(out, tf.float32) * upstream)
+    grads = tape.gradient(loss, [h, kernel, gamma, beta])
+    return [tf.cast(t, tf.float32).numpy() for t in [out, mean, var] + grads]
+
+
+@pytest.mark.parametrize("rows,cin,c,groups", [(1000, 64, 128, 40), (77, 32, 96, 5), (1000, 64, 64, None),
+                                               (531, 128, 32, None), (600, 32, 64, 600)])
+def test_equals_the_two_step_path(rows, cin, c, groups, rng):
+    h, kernel, gamma, beta, weights, splits = _inputs(rng, rows, cin, c, groups)
+    upstream = tf.constant(rng.normal(size=(groups or rows, c)).astype(np.float32))
+    got = _run(True, h, kernel, gamma, beta, weights, splits, upstream)
+    ref = _run(False, h, kernel, gamma, beta, weights, splits, upstream)
+    names = ["out", "mean", "variance", "dh", "dkernel", "dgamma", "dbeta"]
+    # The products agree to the last bit (float32 sums of exact bfloat16 products, rounded once). Without groups
+    # the moments are summed over the same blocks, so everything downstream agrees too; group-aligned blocks
+    # add the moments in another order (the last float32 bit of a variance), which can move a bfloat16 result
+    # by one rounding step.
+    for name, g, r in zip(names, got, ref):
+        if groups is None:
+            np.testing.assert_array_equal(g, r, err_msg=name)
+        else:
+            np.testing.assert_allclose(g, r, rtol=8e-3, atol=1e-6 * np.abs(r).max(), err_msg=name)
+            if g.size > 1000:  # most bfloat16 results do not move
+                assert np.mean(g == r) > 0.9, name
+    assert np.abs(got[0]).max() > 0
+    # The kernel gradient summed over slabs in float32: within one bfloat16 rounding of the one product.
+    slabbed = _run(True, h, kernel, gamma, beta, weights, splits, upstream, slabs=4)
+    np.testing.assert_allclose(slabbed[4], ref[4], rtol=0, atol=8e-3 * np.abs(ref[4]).max())
+
+
+def test_max_of_a_negative_scale_is_at_the_smallest_row():
+    """With gamma < 0 the largest BatchNorm output of a group is at its smallest pre-activation (by hand)."""
+    h = tf.cast([[1.0] * 32, [3.0] * 32, [2.0] * 32, [0.5] * 32], tf.bfloat16)  # z = h @ kernel: rows 1, 3, 2, .5
+    kernel = tf.constant(np.full((32, 32), 1.0 / 32, np.float32))
+    gamma = tf.constant(np.r_[-np.ones(16), np.ones(16)].astype(np.float32))
+    beta = tf.zeros([32])
+    splits = tf.constant([0, 3, 4], tf.int32)
+    out, mean, var = mlp_train.matmul_batch_norm_relu(h, kernel, gamma, beta, 0.0, row_splits=splits)
+    z = np.array([1.0, 3.0, 2.0, 0.5])
+    np.testing.assert_allclose(mean, np.full(32, z.mean()), rtol=1e-6)
+    np.testing.assert_allclose(var, np.full(32, z.var()), rtol=1e-5)
+    xhat = (z - z.mean()) / np.sqrt(z.var())
+    expected = np.stack([np.r_[np.full(16, max(-xhat[:3].min(), 0)), np.full(16, max(xhat[:3].max(), 0))],
+                         np.r_[np.full(16, max(-xhat[3], 0)), np.full(16, max(xhat[3], 0))]])
+    np.testing.assert_allclose(tf.cast(out, tf.float32), expected, rtol=1e-2, atol=1e-2)
+
+
+def test_bad_arguments(rng):
+    h, kernel, gamma, beta, _, _ = _inputs(rng, 40, 32, 32)
+    with pytest.raises(ValueError, match="h must be bfloat16"):
+        mlp_train.matmul_batch_norm_relu(tf.cast(h, tf.float32), kernel, gamma, beta, 1e-3)
+    from hsr_tf.ops import compiled
+    lib = compiled.load()
+    with pytest.raises(tf.errors.InvalidArgumentError, match="Cin a positive multiple of 32"):
+        lib.hsr_mat_mul_moments(tf.zeros([4, 20], tf.bfloat16), tf.zeros([20, 32]), tf.zeros([0]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"kernel must have shape \[32, C\]"):
+        lib.hsr_mat_mul_moments(h, tf.zeros([32, 40]), tf.zeros([0]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="row_splits must start at 0"):
+        lib.hsr_mat_mul_moments_extremes(h, kernel, tf.zeros([0]), tf.constant([0, 39], tf.int32))
+
+
+def test_set_abstraction_levels_train_the_same_with_and_without_the_fused_products(rng):
+    """Under mixed_bfloat16 the levels use the fused products (layers of 32-multiple widths) and give the
+    two-step path's outputs, gradients and moving statistics bit for bit."""
+    from hsr_tf.layers.set_abstraction import GlobalSetAbstraction, SetAbstraction
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        xyz = tf.constant(rng.normal(size=(3, 200, 3)).astype(np.float32))
+        sa1 = SetAbstraction(48, 0.5, 16, [32, 32, 64])
+        sa2 = SetAbstraction(12, 1.0, 10, [32, 64])
+        glob = GlobalSetAbstraction([32, 64])
+        p1, f1 = sa1(xyz, training=False)
+        p2, f2 = sa2(p1, f1, training=False)
+        glob(p2, f2, training=False)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    layers = [sa1, sa2, glob]
+    variables = [v for layer in layers for v in layer.variables]
+    state = [v.numpy() for v in variables]
+    weights = [w for layer in layers for w in layer.trainable_variables]
+
+    def run(path):
+        for v, s in zip(variables, state):
+            v.assign(s)
+        with training_path.use(path):
+            @tf.function
+            def step():
+                with tf.GradientTape() as tape:
+                    q1, g1 = sa1(xyz, training=True)
+                    q2, g2 = sa2(q1, g1, training=True)
+                    out = glob(q2, g2, training=True)
+                    loss = tf.reduce_sum(tf.square(out - 0.3))
+                return out, tape.gradient(loss, weights)
+            out, grads = step()
+            types = {op.type for op in step.get_concrete_function().graph.get_operations()}
+        return [out.numpy()] + [g.numpy() for g in grads] + [v.numpy() for v in variables], types
+
+    fused, fused_types = run(training_path.FAST)
+    plain, plain_types = run(dataclasses.replace(training_path.FAST, fused_products=False))
+    assert {"HsrMatMulMoments", "HsrMatMulMomentsExtremes"} <= fused_types
+    assert "HsrMatMulMoments" not in plain_types
+    for a, b in zip(fused, plain):
+        np.testing.assert_array_equal(a, b)
