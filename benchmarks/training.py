@@ -21,7 +21,7 @@ Variants:
 * ``fast_bfloat16_no_projection``, ``fast_bfloat16_no_maxpool``, ``fast_bfloat16_no_kernels`` (TensorFlow's
   fused ops instead of the compiled kernels, hence also no ``drop_duplicates``),
   ``fast_bfloat16_with_duplicates``, ``fast_bfloat16_no_slabs``, ``fast_bfloat16_no_folded``,
-  ``fast_bfloat16_no_fused_products``: the fast bfloat16 path with one optimisation switched off (what each one
+  ``fast_bfloat16_no_fused_products``, ``fast_bfloat16_no_fused_grads``: the fast bfloat16 path with one optimisation switched off (what each one
   is worth).
 
 Timing: after one call that traces, ``--steps`` rounds; each round times one step of every variant in turn,
@@ -59,6 +59,7 @@ VARIANTS = {
     "fast_bfloat16_no_slabs": ("mixed_bfloat16", {"slab_weight_grad": False}),
     "fast_bfloat16_no_folded": ("mixed_bfloat16", {"folded_first_layer": False}),
     "fast_bfloat16_no_fused_products": ("mixed_bfloat16", {"fused_products": False}),
+    "fast_bfloat16_no_fused_grads": ("mixed_bfloat16", {"fused_product_grads": False}),
 }
 
 FLAGS = flags.FLAGS

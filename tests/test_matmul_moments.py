@@ -34,18 +34,22 @@ def _inputs(rng, rows, cin, c, groups=None):
     return h, kernel, tf.constant(gamma), tf.constant(beta), weights, splits
 
 
-def _run(fused, h, kernel, gamma, beta, weights, splits, upstream, slabs=0):
+def _run(fused, h, kernel, gamma, beta, weights, splits, upstream, slabs=0, product_grad=False):
+    """[out, mean, variance, dh, dkernel, dgamma, dbeta] (and, for the two-step path, dz)."""
+    z = None
     with tf.GradientTape() as tape:
         tape.watch([h, kernel, gamma, beta])
         if fused:
             out, mean, var = mlp_train.matmul_batch_norm_relu(h, kernel, gamma, beta, 1e-3, weights=weights,
-                                                              row_splits=splits, slabs=slabs)
+                                                              row_splits=splits, slabs=slabs,
+                                                              product_grad=product_grad)
         else:
             z = tf.matmul(h, tf.cast(kernel, tf.bfloat16))
+            tape.watch(z)
             out, mean, var = mlp_train.batch_norm_relu(z, gamma, beta, 1e-3, row_splits=splits, weights=weights,
                                                        compiled=True)
         loss = tf.reduce_sum(tf.cast(out, tf.float32) * upstream)
-    grads = tape.gradient(loss, [h, kernel, gamma, beta])
+    grads = tape.gradient(loss, [h, kernel, gamma, beta] + ([z] if z is not None else []))
     return [tf.cast(t, tf.float32).numpy() for t in [out, mean, var] + grads]
 
 
@@ -72,6 +76,15 @@ def test_equals_the_two_step_path(rows, cin, c, groups, rng):
     # The kernel gradient summed over slabs in float32: within one bfloat16 rounding of the one product.
     slabbed = _run(True, h, kernel, gamma, beta, weights, splits, upstream, slabs=4)
     np.testing.assert_allclose(slabbed[4], ref[4], rtol=0, atol=8e-3 * np.abs(ref[4]).max())
+    # The fused backward pass: dh as the two-step path's (the same dz, rounded to bfloat16, times the same
+    # kernel); dkernel summed in float32 over all rows, against h^T dz in float64 (tighter than the bfloat16
+    # product of the two-step path).
+    fused = _run(True, h, kernel, gamma, beta, weights, splits, upstream, product_grad=True)
+    for name, g, r in zip(names, fused, ref):
+        if name != "dkernel":
+            np.testing.assert_allclose(g, r, rtol=8e-3, atol=1e-6 * np.abs(r).max(), err_msg=name)
+    exact = tf.cast(h, tf.float32).numpy().astype(np.float64).T @ ref[7].astype(np.float64)
+    np.testing.assert_allclose(fused[4], exact, rtol=0, atol=2e-5 * np.abs(exact).max())
 
 
 def test_max_of_a_negative_scale_is_at_the_smallest_row():
@@ -141,9 +154,15 @@ def test_set_abstraction_levels_train_the_same_with_and_without_the_fused_produc
             types = {op.type for op in step.get_concrete_function().graph.get_operations()}
         return [out.numpy()] + [g.numpy() for g in grads] + [v.numpy() for v in variables], types
 
-    fused, fused_types = run(training_path.FAST)
+    fused, fused_types = run(dataclasses.replace(training_path.FAST, fused_product_grads=False))
     plain, plain_types = run(dataclasses.replace(training_path.FAST, fused_products=False))
     assert {"HsrMatMulMoments", "HsrMatMulMomentsExtremes"} <= fused_types
     assert "HsrMatMulMoments" not in plain_types
     for a, b in zip(fused, plain):
         np.testing.assert_array_equal(a, b)
+    # With the fused backward pass too: the kernel gradients of the fused layers are float32 sums (within a
+    # bfloat16 rounding of TensorFlow's bfloat16 products), and what flows on through dh stays within it.
+    both, both_types = run(training_path.FAST)
+    assert {"HsrBatchNormReluGradProduct", "HsrBatchNormReluMaxGradProduct"} <= both_types, both_types
+    for a, b in zip(both, plain):
+        np.testing.assert_allclose(a, b, rtol=2e-2, atol=2e-2 * max(1e-6, np.abs(b).max()))

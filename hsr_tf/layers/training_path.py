@@ -52,7 +52,10 @@ The fast path computes the same function with fewer passes:
   layer) every group's largest and smallest value per channel are taken (:func:`matmul_batch_norm_relu_train`):
   the moments pass of the BatchNorm kernel and both passes of the max kernel over the [R, C] product go away
   (the group's largest y = z * scale + shift is at its largest or smallest z, by the sign of scale). Same values
-  as the two-step path (tests/test_matmul_moments.py); gradients through the same kernels.
+  as the two-step path (tests/test_matmul_moments.py). ``fused_product_grads``: the backward pass of such a
+  layer forms the BatchNorm + ReLU (+ max) gradient dz block by block and multiplies it on AMX tiles at once
+  (dh = dz W^T, dW += h^T dz summed in float32): dz is never written and the products need no pass of their
+  own; otherwise the gradient kernels, then TensorFlow's products.
 * ``nearest_vertex_scan`` (compiled ops): the chamfer loss's nearest vertex of every input point by the
   compiled k = 1 scan instead of a [B, N, V] distance matrix and ``argmin`` (``hsr_tf.losses``).
 
@@ -84,12 +87,13 @@ class TrainingPath:
     slab_weight_grad: bool = True
     folded_first_layer: bool = True
     fused_products: bool = True
+    fused_product_grads: bool = True
 
 
 FAST = TrainingPath()
 REFERENCE = TrainingPath(fused_batch_norm=False, max_pool=False, project_then_group=False, fused_kernels=False,
                          drop_duplicates=False, nearest_vertex_scan=False, slab_weight_grad=False,
-                         folded_first_layer=False, fused_products=False)
+                         folded_first_layer=False, fused_products=False, fused_product_grads=False)
 _state = {"path": FAST}
 
 
@@ -240,7 +244,7 @@ def matmul_batch_norm_relu_train(h, kernel, bn, row_splits=None, weights=None):
     beta = tf.cast(bn.beta, tf.float32) if bn.center else tf.zeros([c], tf.float32)
     out, mean, var = mlp_train.matmul_batch_norm_relu(
         h, kernel, gamma, beta, float(bn.epsilon), weights=weights, row_splits=row_splits,
-        slabs=WEIGHT_GRAD_SLABS if current().slab_weight_grad else 0)
+        slabs=WEIGHT_GRAD_SLABS if current().slab_weight_grad else 0, product_grad=current().fused_product_grads)
     m = float(bn.momentum)
     bn.moving_mean.assign(bn.moving_mean * m + mean * (1.0 - m))
     bn.moving_variance.assign(bn.moving_variance * m + var * (1.0 - m))

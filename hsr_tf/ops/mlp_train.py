@@ -76,25 +76,39 @@ def _linear_relu_grad(op, dh):
 
 @tf.RegisterGradient("HsrBatchNormReluFromMoments")
 def _batch_norm_relu_from_moments_grad(op, dh):
-    # The moments are functions of z: HsrBatchNormReluGrad's dz already holds their share (so they get none).
-    z, gamma, beta, weights, mean, variance = op.inputs
+    # The moments are functions of z: the BatchNorm gradient's dz already holds their share (they get none).
+    z, gamma, beta, weights, mean, variance, h_prev, kernel = op.inputs
     from hsr_tf.ops import compiled  # noqa: PLC0415
+    eps = op.get_attr("epsilon")
+    if op.get_attr("product_grad"):
+        dh_prev, dkernel, dgamma, dbeta = compiled.load().hsr_batch_norm_relu_grad_product(
+            dh, z, weights, gamma, beta, mean, variance, h_prev, kernel, epsilon=eps)
+        return None, dgamma, dbeta, None, None, None, dh_prev, dkernel
     dz, dgamma, dbeta = compiled.load().hsr_batch_norm_relu_grad(dh, z, weights, gamma, beta, mean, variance,
-                                                                 epsilon=op.get_attr("epsilon"))
-    return dz, dgamma, dbeta, None, None, None
+                                                                 epsilon=eps)
+    return dz, dgamma, dbeta, None, None, None, None, None
 
 
 @tf.RegisterGradient("HsrBatchNormReluMaxFromExtremes")
-def _batch_norm_relu_max_from_extremes_grad(op, dpooled, dargmax):
-    del dargmax
+def _batch_norm_relu_max_from_extremes_grad(op, dpooled, dargmax, dzsel):
+    del dargmax, dzsel
     z, gamma, beta, weights, row_splits, mean, variance = op.inputs[:7]
+    h_prev, kernel = op.inputs[11:]
     from hsr_tf.ops import compiled  # noqa: PLC0415
+    eps = op.get_attr("epsilon")
+    if op.get_attr("product_grad"):
+        dh_prev, dkernel, dgamma, dbeta = compiled.load().hsr_batch_norm_relu_max_grad_product(
+            dpooled, op.outputs[1], op.outputs[2], z, weights, row_splits, gamma, beta, mean, variance, h_prev,
+            kernel, epsilon=eps)
+        return (None, dgamma, dbeta) + (None,) * 8 + (dh_prev, dkernel)
     dz, dgamma, dbeta = compiled.load().hsr_batch_norm_relu_max_grad(
-        dpooled, op.outputs[1], z, weights, row_splits, gamma, beta, mean, variance, epsilon=op.get_attr("epsilon"))
-    return (dz, dgamma, dbeta) + (None,) * 8
+        dpooled, op.outputs[1], z, weights, row_splits, gamma, beta, mean, variance, epsilon=eps)
+    return (dz, dgamma, dbeta) + (None,) * 10
 
 
-tf.no_gradient("HsrMatMulMoments")  # differentiated through matmul_batch_norm_relu's custom gradient
+tf.no_gradient("HsrMatMulMoments")  # differentiated through the BatchNorm op or a custom gradient
+tf.no_gradient("HsrBatchNormReluGradProduct")
+tf.no_gradient("HsrBatchNormReluMaxGradProduct")
 tf.no_gradient("HsrMatMulMomentsExtremes")
 tf.no_gradient("HsrAmxAvailable")
 tf.no_gradient("HsrLinearReluGrad")
@@ -287,7 +301,8 @@ def product_gradients(h, kernel, dz, slabs: int = 0):
     return dh, tf.reduce_sum(tf.cast(parts, tf.float32), axis=0) + tf.cast(rest, tf.float32)
 
 
-def matmul_batch_norm_relu(h, kernel, gamma, beta, epsilon: float, weights=None, row_splits=None, slabs: int = 0):
+def matmul_batch_norm_relu(h, kernel, gamma, beta, epsilon: float, weights=None, row_splits=None, slabs: int = 0,
+                           product_grad: bool = True):
     """``batch_norm_relu(h @ kernel, ...)`` with the product and the batch moments (and, with ``row_splits``, every
     group's extremes of each channel) computed in one pass on AMX tiles (``HsrMatMulMoments[Extremes]``): the
     [R, C] product is written once and not read again by the forward pass. Needs :func:`amx_available`.
@@ -296,7 +311,10 @@ def matmul_batch_norm_relu(h, kernel, gamma, beta, epsilon: float, weights=None,
       h: bfloat16 [R, Cin] rows, Cin a multiple of 32.
       kernel: float32 [Cin, C], C a multiple of 32 (rounded to bfloat16 for the product).
       gamma, beta, epsilon, weights, row_splits: as :func:`batch_norm_relu` (compiled).
-      slabs: the kernel gradient's slabs (:func:`product_gradients`).
+      slabs: the kernel gradient's slabs (:func:`product_gradients`) when ``product_grad`` is off.
+      product_grad: the backward pass fused as well (``HsrBatchNormRelu[Max]GradProduct``: the gradient dz is
+        formed block by block and multiplied on AMX tiles at once, never written; dkernel summed in float32);
+        otherwise the BatchNorm gradient kernels, then the two products by TensorFlow.
     Returns:
       (``h' [R, C]`` or ``pooled [G, C]`` bfloat16, ``mean [C]``, ``variance [C]`` float32 without gradient);
       differentiable in h, kernel, gamma and beta, with the gradients of ``batch_norm_relu`` of the product.
@@ -311,25 +329,30 @@ def matmul_batch_norm_relu(h, kernel, gamma, beta, epsilon: float, weights=None,
     weights = tf.zeros([0], tf.float32) if weights is None else tf.convert_to_tensor(weights, tf.float32)
     ops = lib.load()
 
-    @tf.custom_gradient
     def product(h, kernel):
         if row_splits is None:
-            outs = ops.hsr_mat_mul_moments(h, kernel, weights)
-        else:
-            outs = ops.hsr_mat_mul_moments_extremes(h, kernel, weights, row_splits)
+            return tuple(ops.hsr_mat_mul_moments(h, kernel, weights))
+        return tuple(ops.hsr_mat_mul_moments_extremes(h, kernel, weights, row_splits))
 
-        def grad(dz, *unused):  # the statistics carry no gradient (see the BatchNorm ops' gradients)
-            del unused
-            return product_gradients(h, tf.cast(kernel, tf.bfloat16), dz, slabs)
+    if not product_grad:
+        @tf.custom_gradient
+        def differentiable_product(h, kernel):
+            def grad(dz, *unused):  # the statistics carry no gradient (see the BatchNorm ops' gradients)
+                del unused
+                return product_gradients(h, tf.cast(kernel, tf.bfloat16), dz, slabs)
 
-        return tuple(outs), grad
+            return product(h, kernel), grad
 
-    outs = product(h, kernel)
+        outs = differentiable_product(h, kernel)
+    else:
+        outs = product(h, kernel)  # differentiated by the BatchNorm op's fused gradient
     z, mean, variance = outs[:3]
     mean, variance = tf.stop_gradient(mean), tf.stop_gradient(variance)
     if row_splits is None:
-        out = ops.hsr_batch_norm_relu_from_moments(z, gamma, beta, weights, mean, variance, epsilon=float(epsilon))
+        out = ops.hsr_batch_norm_relu_from_moments(z, gamma, beta, weights, mean, variance, h, kernel,
+                                                   epsilon=float(epsilon), product_grad=product_grad)
     else:
-        out, _ = ops.hsr_batch_norm_relu_max_from_extremes(z, gamma, beta, weights, row_splits, mean, variance,
-                                                           *outs[3:], epsilon=float(epsilon))
+        out, _, _ = ops.hsr_batch_norm_relu_max_from_extremes(z, gamma, beta, weights, row_splits, mean, variance,
+                                                           *outs[3:], h, kernel, epsilon=float(epsilon),
+                                                           product_grad=product_grad)
     return out, mean, variance

@@ -3,7 +3,8 @@
 //
 // Legend: n rows of a block, Cin input channels, C output channels; bfloat16 values stored as uint16.
 //   z = h W     [n, C]: h [n, Cin] bfloat16 rows, W [Cin, C] bfloat16, products summed in float32 tiles and
-//                       rounded once to bfloat16.
+//                       rounded once to bfloat16 (the backward pass's dh = dz W^T is the same product);
+//   dW += h^T dz [Cin, C] float32 accumulators (the reduction over rows: transposed tiles of h).
 // AMX multiplies tiles of 16 rows x 64 bytes: C[16 x 16 f32] += A[16 x 32 bf16] B, with B in "VNNI" layout
 // (B_vnni[k/2][2j + k%2] = B[k][j]: two consecutive reduction rows interleaved). The rows of h are A tiles as
 // they are; W is packed once per call.
@@ -116,6 +117,97 @@ HSR_AMX_TARGET inline void AmxMatMulBlock(const uint16_t* h, int64_t n, int cin,
       _tile_stored(3, strip + 16 * static_cast<int64_t>(c) + j0 + 16, c * 4);
     }
     to_bf16(strip, z + r0 * c, rows * c);
+  }
+}
+
+// PackVnni of `rows` rows followed by zero rows up to n_pad (even): the rows are read where they are.
+HSR_AMX_TARGET inline void PackVnniPadded(const uint16_t* src, int64_t ld, int rows, int n_pad, int width,
+                                          uint16_t* out) {
+  const int pairs = rows / 2;
+  PackVnni(src, ld, 2 * pairs, width, out);
+  uint16_t* rest = out + static_cast<int64_t>(pairs) * 2 * width;
+  std::memset(rest, 0, sizeof(uint16_t) * (n_pad - 2 * pairs) * width);
+  if (rows % 2) {  // the last row with a zero partner
+    const uint16_t* last = src + static_cast<int64_t>(rows - 1) * ld;
+    for (int j = 0; j < width; ++j) rest[2 * j] = last[j];
+  }
+}
+
+// Transpose of a 16 x 16 matrix of 32-bit values: out row i = column i of in (strides in 32-bit elements).
+HSR_AMX_TARGET inline void Transpose16x16(const uint32_t* in, int64_t ld_in, uint32_t* out) {
+  __m512i r[16], t[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_si512(in + i * ld_in);
+  for (int i = 0; i < 8; ++i) {  // pairs of rows: 32-bit interleave
+    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {  // pairs of pairs: 64-bit interleave
+    r[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+    r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+    r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+    r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+  }
+  // Now r[4q + s] holds, in each 128-bit lane L, the 4 values of column 4L + s of rows 4q..4q+3.
+  const __m512i idx_lo = _mm512_set_epi64(11, 10, 3, 2, 9, 8, 1, 0);
+  const __m512i idx_hi = _mm512_set_epi64(15, 14, 7, 6, 13, 12, 5, 4);
+  for (int s = 0; s < 4; ++s) {
+    // Rows 0-7 and 8-15 of column blocks: gather lane L of r[s], r[4+s], r[8+s], r[12+s].
+    const __m512i a = _mm512_permutex2var_epi64(r[s], idx_lo, r[4 + s]);      // lanes 0,1 of r[s] | r[4+s]
+    const __m512i b = _mm512_permutex2var_epi64(r[8 + s], idx_lo, r[12 + s]);
+    const __m512i c = _mm512_permutex2var_epi64(r[s], idx_hi, r[4 + s]);      // lanes 2,3
+    const __m512i d = _mm512_permutex2var_epi64(r[8 + s], idx_hi, r[12 + s]);
+    // a = [r[s].L0, r[4+s].L0, r[s].L1, r[4+s].L1]; column s takes the L0 halves, column 4 + s the L1 halves.
+    _mm512_storeu_si512(out + (0 + s) * 16, _mm512_shuffle_i64x2(a, b, 0x44));
+    _mm512_storeu_si512(out + (4 + s) * 16, _mm512_shuffle_i64x2(a, b, 0xEE));
+    _mm512_storeu_si512(out + (8 + s) * 16, _mm512_shuffle_i64x2(c, d, 0x44));
+    _mm512_storeu_si512(out + (12 + s) * 16, _mm512_shuffle_i64x2(c, d, 0xEE));
+  }
+}
+
+// dw [Cin, C] (float32, accumulated in place) += hp^T dz over one block of n_pad rows (a multiple of 32; rows
+// past the block's zero in both): hp in VNNI layout (hpv, PackVnniPadded) and dz [n_pad, C] bfloat16 rows. The
+// reduction runs over rows, so hp^T's A tiles are 16 x 16 transposes of hp's VNNI pairs and dz is packed to
+// VNNI for the B tiles. Scratch: hpt [n_pad * Cin], dzv [n_pad * C] uint16. Requires Cin % 16 == 0, C % 32 == 0; call
+// AmxConfigure() first on this thread.
+HSR_AMX_TARGET inline void AmxWeightGradBlock(const uint16_t* hpv, const uint16_t* dz, int n_pad, int cin, int c,
+                                              float* dw, uint16_t* hpt, uint16_t* dzv) {
+  PackVnni(dz, c, n_pad, c, dzv);
+  const int ksteps = n_pad / 32;
+  for (int i = 0; i < cin / 16; ++i)
+    for (int k = 0; k < ksteps; ++k)
+      Transpose16x16(reinterpret_cast<const uint32_t*>(hpv) + static_cast<int64_t>(16 * k) * cin + 16 * i, cin,
+                     reinterpret_cast<uint32_t*>(hpt + (static_cast<int64_t>(i) * ksteps + k) * 512));
+  for (int i = 0; i < cin / 16; ++i) {
+    for (int j0 = 0; j0 < c / 16; j0 += 4) {  // C % 32 == 0: 2 or 4 tiles of 16 columns
+      const bool four = c / 16 - j0 >= 4;
+      float* acc = dw + static_cast<int64_t>(16 * i) * c + 16 * j0;
+      _tile_loadd(0, acc, c * 4);
+      _tile_loadd(1, acc + 16, c * 4);
+      if (four) {
+        _tile_loadd(2, acc + 32, c * 4);
+        _tile_loadd(3, acc + 48, c * 4);
+      }
+      for (int k = 0; k < ksteps; ++k) {
+        _tile_loadd(4, hpt + (static_cast<int64_t>(i) * ksteps + k) * 512, 64);
+        const uint16_t* b = dzv + static_cast<int64_t>(16 * k) * 2 * c + 32 * j0;
+        _tile_loadd(5, b, c * 4);
+        _tile_dpbf16ps(0, 4, 5);
+        _tile_loadd(6, b + 32, c * 4);
+        _tile_dpbf16ps(1, 4, 6);
+        if (four) {
+          _tile_loadd(7, b + 64, c * 4);
+          _tile_dpbf16ps(2, 4, 7);
+          _tile_loadd(5, b + 96, c * 4);
+          _tile_dpbf16ps(3, 4, 5);
+        }
+      }
+      _tile_stored(0, acc, c * 4);
+      _tile_stored(1, acc + 16, c * 4);
+      if (four) {
+        _tile_stored(2, acc + 32, c * 4);
+        _tile_stored(3, acc + 48, c * 4);
+      }
+    }
   }
 }
 

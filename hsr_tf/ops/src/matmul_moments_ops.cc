@@ -6,9 +6,12 @@
 //   HsrMatMulMoments(h bf16 [R,Cin], kernel float32 [Cin,C], weights) -> z bf16 [R,C], mean [C], variance [C]
 //   HsrMatMulMomentsExtremes(h, kernel, weights, row_splits)
 //     -> z, mean, variance, zmax [G,C], zmin [G,C], argmax_z int32 [G,C], argmin_z int32 [G,C]
-//   HsrBatchNormReluFromMoments(z T, gamma, beta, weights, mean, variance) -> h [R,C]
+//   HsrBatchNormReluFromMoments(z T, gamma, beta, weights, mean, variance, h_prev, kernel) -> h [R,C]
 //   HsrBatchNormReluMaxFromExtremes(z, gamma, beta, weights, row_splits, mean, variance, zmax, zmin, argmax_z,
-//     argmin_z) -> pooled [G,C], argmax [G,C]
+//     argmin_z, h_prev, kernel) -> pooled [G,C], argmax [G,C], zsel [G,C] (z at argmax where scale != 0)
+// (h_prev and kernel, the product's operands, are not read: they are there for the gradient, which with
+// product_grad = true is the fused backward pass of product_grad_ops.cc and otherwise the gradient kernels of
+// mlp_train_ops.cc followed by the product's own gradient.)
 // The product runs on AMX tiles block by block (amx_matmul_cpu.h); while a block's z is still in cache its
 // weighted moments (and, per group, the extremes of every channel) are taken from the bfloat16 values written,
 // so the [R, C] result is written once and never read back by the forward pass: the moments pass of
@@ -97,9 +100,12 @@ REGISTER_OP("HsrBatchNormReluFromMoments")
     .Input("weights: float32")
     .Input("mean: float32")
     .Input("variance: float32")
+    .Input("h_prev: bfloat16")
+    .Input("kernel: float32")
     .Output("h: T")
     .Attr("T: {float, bfloat16}")
     .Attr("epsilon: float")
+    .Attr("product_grad: bool = false")
     .SetShapeFn([](InferenceContext* c) {
       c->set_output(0, c->input(0));
       return absl::OkStatus();
@@ -117,13 +123,16 @@ REGISTER_OP("HsrBatchNormReluMaxFromExtremes")
     .Input("zmin: float32")
     .Input("argmax_z: int32")
     .Input("argmin_z: int32")
+    .Input("h_prev: bfloat16")
+    .Input("kernel: float32")
     .Output("pooled: T")
     .Output("argmax: int32")
+    .Output("zsel: float32")
     .Attr("T: {float, bfloat16}")
     .Attr("epsilon: float")
+    .Attr("product_grad: bool = false")
     .SetShapeFn([](InferenceContext* c) {
-      c->set_output(0, c->input(7));
-      c->set_output(1, c->input(7));
+      for (int i = 0; i < 3; ++i) c->set_output(i, c->input(7));
       return absl::OkStatus();
     });
 
@@ -333,13 +342,14 @@ class BatchNormReluMaxFromExtremesCpu : public FromMomentsBase {
                   errors::InvalidArgument(kOp, ": ", kNames[i], " must have shape ", shape.DebugString(), ", found ",
                                           ctx->input(7 + i).shape().DebugString()));
     }
-    Tensor *pooled = nullptr, *argmax = nullptr;
+    Tensor *pooled = nullptr, *argmax = nullptr, *zsel = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, shape, &pooled));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, shape, &argmax));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, shape, &zsel));
     SelectMaxBlock(ctx->input(7).flat<float>().data(), ctx->input(8).flat<float>().data(),
                    ctx->input(9).flat<int32_t>().data(), ctx->input(10).flat<int32_t>().data(), g,
                    static_cast<int>(c), af->scale.data(), af->shift.data(), Out<T>(pooled),
-                   argmax->flat<int32_t>().data());
+                   argmax->flat<int32_t>().data(), zsel->flat<float>().data());
   }
 };
 

@@ -380,19 +380,43 @@ HSR_INLINE void ExtremesBlock(const T* __restrict z, const int32_t* __restrict s
 // pooled[g, c] = max(y, 0) at the group's largest y = z * scale + shift, and argmax[g, c] its row, from the
 // group's extremes of z (ExtremesBlock): the largest z where scale > 0, the smallest where scale < 0, row 0
 // where scale == 0 (every y equal).
+// zsel[g, c]: z at that row where scale != 0 (the backward sums need only it: MaxGradSumsSelectedBlock).
 template <typename T>
 HSR_INLINE void SelectMaxBlock(const float* __restrict zmax, const float* __restrict zmin,
                                const int32_t* __restrict argmax_z, const int32_t* __restrict argmin_z, int64_t groups,
                                int c, const float* __restrict scale, const float* __restrict shift,
-                               T* __restrict pooled, int32_t* __restrict argmax) {
+                               T* __restrict pooled, int32_t* __restrict argmax, float* __restrict zsel) {
   for (int64_t g = 0; g < groups; ++g) {
     for (int k = 0; k < c; ++k) {
       const int64_t i = g * c + k;
       const float s = scale[k];
+      const int32_t row = s > 0.0f ? argmax_z[i] : (s < 0.0f ? argmin_z[i] : 0);
       const float v = s > 0.0f ? zmax[i] : zmin[i];
       const float y = v * s + shift[k];
       Store(y > 0.0f ? y : 0.0f, pooled + i);
-      argmax[i] = s > 0.0f ? argmax_z[i] : (s < 0.0f ? argmin_z[i] : 0);
+      argmax[i] = row;
+      zsel[i] = v;
+    }
+  }
+}
+
+// MaxGradSumsBlock from the z of every group's argmax rows (zsel [G, C], SelectMaxBlock) instead of a gather from
+// z: the same sums, without a pass of random reads over the [R, C] product. Channels with scale == 0 (argmax: the
+// group's first row) read z there.
+HSR_INLINE void MaxGradSumsSelectedBlock(const uint16_t* __restrict dpooled, const float* __restrict zsel,
+                                         const uint16_t* __restrict z, const int32_t* __restrict splits,
+                                         int64_t groups, int c, const float* __restrict scale,
+                                         const float* __restrict shift, const float* __restrict mean,
+                                         const float* __restrict inv, double* __restrict dbeta,
+                                         double* __restrict dgamma) {
+  for (int64_t g = 0; g < groups; ++g) {
+    for (int k = 0; k < c; ++k) {
+      const float zv = scale[k] != 0.0f ? zsel[g * c + k] : ToFloat(z[static_cast<int64_t>(splits[g]) * c + k]);
+      if (zv * scale[k] + shift[k] > 0.0f) {
+        const float dy = ToFloat(dpooled[g * c + k]);
+        dbeta[k] += dy;
+        dgamma[k] += dy * ((zv - mean[k]) * inv[k]);
+      }
     }
   }
 }

@@ -236,13 +236,7 @@ class BatchNormReluGradCpu : public EpsilonKernel {
     const int ci = static_cast<int>(c);
     const int64_t num_blocks = (r + kBlockRows - 1) / kBlockRows;
     std::vector<double> sb(c), sg(c);
-    BlockOrderedSums(ctx, num_blocks, 8 * kBlockRows * c, c,
-                     [&](int64_t i, double* db, double* dg, float* acc) {
-                       const int64_t r0 = i * kBlockRows, rows = std::min(kBlockRows, r - r0);
-                       Run<GradSumsBlockOp>(gp + r0 * c, zp + r0 * c, rows, ci, af->scale.data(), af->shift.data(),
-                                            af->mean.data(), af->inv.data(), db, dg, acc);
-                     },
-                     sb.data(), sg.data());
+    GradSums(ctx, gp, zp, r, c, *af, sb.data(), sg.data());
     const GradConstants gc(*af, ctx->input(3).flat<float>().data(), sb.data(), sg.data(), total, c,
                            dbeta->flat<float>().data(), dgamma->flat<float>().data());
     auto* out = Out<T>(dz);
@@ -313,26 +307,9 @@ class BatchNormReluMaxGradCpu : public EpsilonKernel {
     OP_REQUIRES_OK(ctx, in.Check(kOp, z, weights, &splits));
     const int64_t r = in.r, c = in.c, g = in.g, largest = in.largest;
     const double total = in.total;
-    const TensorShape pooled_shape({g, c});
-    OP_REQUIRES(ctx, dpooled.shape() == pooled_shape,
-                errors::InvalidArgument(kOp, ": the incoming gradient must have shape ", pooled_shape.DebugString(),
-                                        ", found ", dpooled.shape().DebugString()));
-    OP_REQUIRES(ctx, argmax.shape() == pooled_shape,
-                errors::InvalidArgument(kOp, ": argmax must have shape ", pooled_shape.DebugString(), ", found ",
-                                        argmax.shape().DebugString()));
+    OP_REQUIRES_OK(ctx, CheckPooledGrad(kOp, dpooled, argmax, splits, g, c));
     const int32_t* ap = argmax.flat<int32_t>().data();
     const int32_t* sp = splits.flat<int32_t>().data();
-    for (int64_t gi = 0; gi < g; ++gi) {
-      const int32_t size = sp[gi + 1] - sp[gi];
-      const int32_t* row = ap + gi * c;
-      bool ok = true;
-      for (int64_t k = 0; k < c; ++k) ok &= row[k] >= 0 && row[k] < size;
-      if (!ok) {
-        const int64_t k = std::find_if(row, row + c, [&](int32_t a) { return a < 0 || a >= size; }) - row;
-        OP_REQUIRES(ctx, false, errors::InvalidArgument(kOp, ": argmax ", row[k], " at flat position ", gi * c + k,
-                                                        " is out of range for its group of ", size, " rows"));
-      }
-    }
     std::unique_ptr<Affine> af;
     OP_REQUIRES_OK(ctx, GradAffine(ctx, kOp, 5, c, epsilon_, &af));
     Tensor *dz = nullptr, *dgamma = nullptr, *dbeta = nullptr;
@@ -344,13 +321,7 @@ class BatchNormReluMaxGradCpu : public EpsilonKernel {
     const int64_t per_block = GroupsPerBlock(r, g);
     const int64_t num_blocks = (g + per_block - 1) / per_block;
     std::vector<double> sb(c), sg(c);
-    BlockOrderedSums(ctx, num_blocks, 8 * per_block * c, c,
-                     [&](int64_t i, double* db, double* dg, float*) {
-                       const int64_t g0 = i * per_block, groups = std::min(per_block, g - g0);
-                       Run<MaxGradSumsBlockOp>(gp + g0 * c, ap + g0 * c, zp, sp + g0, groups, ci, af->scale.data(),
-                                               af->shift.data(), af->mean.data(), af->inv.data(), db, dg);
-                     },
-                     sb.data(), sg.data());
+    MaxGradSums(ctx, gp, ap, zp, sp, r, g, c, *af, sb.data(), sg.data());
     const GradConstants gc(*af, ctx->input(5).flat<float>().data(), sb.data(), sg.data(), total, c,
                            dbeta->flat<float>().data(), dgamma->flat<float>().data());
     auto* out = Out<T>(dz);

@@ -45,6 +45,7 @@ HSR_BLOCK_OP(LinearReluBlock)
 HSR_BLOCK_OP(LinearReluGradSumsBlock)
 HSR_BLOCK_OP(LinearReluInputGradBlock)
 HSR_BLOCK_OP(ExtremesBlock)
+HSR_BLOCK_OP(MaxGradSumsSelectedBlock)
 
 template <typename F, typename... A>
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) void RunAvx512(A... a) { F::Run(a...); }
@@ -265,6 +266,63 @@ static absl::Status AllocateGradOutputs(OpKernelContext* ctx, const Tensor& z, T
   TF_RETURN_IF_ERROR(ctx->allocate_output(0, z.shape(), dz));
   TF_RETURN_IF_ERROR(ctx->allocate_output(1, TensorShape({c}), dgamma));
   return ctx->allocate_output(2, TensorShape({c}), dbeta);
+}
+
+// dpooled and argmax [G, C], each argmax a row inside its group (row_splits already checked).
+static absl::Status CheckPooledGrad(const char* op, const Tensor& dpooled, const Tensor& argmax,
+                                    const Tensor& splits, int64_t g, int64_t c) {
+  const TensorShape pooled_shape({g, c});
+  if (dpooled.shape() != pooled_shape) {
+    return errors::InvalidArgument(op, ": the incoming gradient must have shape ", pooled_shape.DebugString(),
+                                   ", found ", dpooled.shape().DebugString());
+  }
+  if (argmax.shape() != pooled_shape) {
+    return errors::InvalidArgument(op, ": argmax must have shape ", pooled_shape.DebugString(), ", found ",
+                                   argmax.shape().DebugString());
+  }
+  const int32_t* ap = argmax.flat<int32_t>().data();
+  const int32_t* sp = splits.flat<int32_t>().data();
+  for (int64_t gi = 0; gi < g; ++gi) {
+    const int32_t size = sp[gi + 1] - sp[gi];
+    const int32_t* row = ap + gi * c;
+    bool ok = true;
+    for (int64_t k = 0; k < c; ++k) ok &= row[k] >= 0 && row[k] < size;
+    if (!ok) {
+      const int64_t k = std::find_if(row, row + c, [&](int32_t a) { return a < 0 || a >= size; }) - row;
+      return errors::InvalidArgument(op, ": argmax ", row[k], " at flat position ", gi * c + k,
+                                     " is out of range for its group of ", size, " rows");
+    }
+  }
+  return absl::OkStatus();
+}
+
+// The backward sums of the BatchNorm + ReLU gradient over every row: dbeta = sum dy, dgamma = sum dy * xhat.
+template <typename S>
+static void GradSums(OpKernelContext* ctx, const S* dh, const S* z, int64_t r, int64_t c, const Affine& af,
+                     double* dbeta, double* dgamma) {
+  BlockOrderedSums(ctx, (r + kBlockRows - 1) / kBlockRows, 8 * kBlockRows * c, c,
+                   [&](int64_t i, double* db, double* dg, float* acc) {
+                     const int64_t r0 = i * kBlockRows, rows = std::min(kBlockRows, r - r0);
+                     Run<GradSumsBlockOp>(dh + r0 * c, z + r0 * c, rows, static_cast<int>(c), af.scale.data(),
+                                          af.shift.data(), af.mean.data(), af.inv.data(), db, dg, acc);
+                   },
+                   dbeta, dgamma);
+}
+
+// The same sums of the max variant: only the argmax rows of every group carry dy.
+template <typename S>
+static void MaxGradSums(OpKernelContext* ctx, const S* dpooled, const int32_t* argmax, const S* z,
+                        const int32_t* splits, int64_t r, int64_t g, int64_t c, const Affine& af, double* dbeta,
+                        double* dgamma) {
+  const int64_t per_block = GroupsPerBlock(r, g);
+  BlockOrderedSums(ctx, (g + per_block - 1) / per_block, 8 * per_block * c, c,
+                   [&](int64_t i, double* db, double* dg, float*) {
+                     const int64_t g0 = i * per_block, groups = std::min(per_block, g - g0);
+                     Run<MaxGradSumsBlockOp>(dpooled + g0 * c, argmax + g0 * c, z, splits + g0, groups,
+                                             static_cast<int>(c), af.scale.data(), af.shift.data(), af.mean.data(),
+                                             af.inv.data(), db, dg);
+                   },
+                   dbeta, dgamma);
 }
 
 }  // namespace mlp_train

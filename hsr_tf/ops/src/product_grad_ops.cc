@@ -1,0 +1,282 @@
+// Gradients of the fused products (matmul_moments_ops.cc): BatchNorm + ReLU (+ max) backward and the layer's
+// two products in one pass over blocks of rows, on AMX tiles.
+//
+// Legend as in matmul_moments_ops.cc: h_prev bfloat16 [R, Cin] (the layer's input rows), kernel float32 [Cin, C],
+// z bfloat16 [R, C] = h_prev kernel (the product), weights, row_splits.
+//   HsrBatchNormReluGradProduct(dh [R,C], z, weights, gamma, beta, mean, variance, h_prev, kernel)
+//     -> dh_prev bf16 [R,Cin], dkernel float32 [Cin,C], dgamma [C], dbeta [C]
+//   HsrBatchNormReluMaxGradProduct(dpooled [G,C], argmax [G,C], zsel [G,C], z, weights, row_splits, gamma, beta,
+//     mean, variance, h_prev, kernel) -> the same (zsel: z at argmax, from HsrBatchNormReluMaxFromExtremes)
+// After the backward sums (one pass over (dh, z), or over zsel only), every block's dz is formed in
+// cache exactly as HsrBatchNormRelu[Max]Grad writes it (bfloat16) and used at once: dh_prev = dz kernel^T
+// (rounded once to bfloat16) and dkernel += h_prev^T dz (float32 tiles). The [R, C] gradient dz is never written
+// and the two products need no pass of their own. dkernel is summed per chunk of consecutive blocks and the
+// chunks are added in order, so results do not depend on the number of threads.
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/shape_inference.h"
+#include "tensorflow/core/util/work_sharder.h"
+
+#pragma GCC optimize("O3")
+#include "amx_matmul_cpu.h"
+#include "mlp_train_support.h"
+
+namespace hsr_ops {
+namespace {
+
+using ::tensorflow::DEVICE_CPU;
+using ::tensorflow::OpKernel;
+using ::tensorflow::OpKernelConstruction;
+using ::tensorflow::OpKernelContext;
+using ::tensorflow::Tensor;
+using ::tensorflow::TensorShape;
+using ::tensorflow::shape_inference::InferenceContext;
+namespace errors = ::tensorflow::errors;
+using namespace mlp_train;  // NOLINT: the kernels below use its plumbing throughout
+using Bf16 = ::tensorflow::bfloat16;
+
+// dh_prev like h_prev, dkernel like kernel, then two [C] vectors.
+static absl::Status GradShapes(InferenceContext* c, int h_prev_input) {
+  c->set_output(0, c->input(h_prev_input));
+  c->set_output(1, c->input(h_prev_input + 1));
+  c->set_output(2, c->Vector(c->Dim(c->input(h_prev_input + 1), 1)));
+  c->set_output(3, c->Vector(c->Dim(c->input(h_prev_input + 1), 1)));
+  return absl::OkStatus();
+}
+
+REGISTER_OP("HsrBatchNormReluGradProduct")
+    .Input("dh: bfloat16")
+    .Input("z: bfloat16")
+    .Input("weights: float32")
+    .Input("gamma: float32")
+    .Input("beta: float32")
+    .Input("mean: float32")
+    .Input("variance: float32")
+    .Input("h_prev: bfloat16")
+    .Input("kernel: float32")
+    .Output("dh_prev: bfloat16")
+    .Output("dkernel: float32")
+    .Output("dgamma: float32")
+    .Output("dbeta: float32")
+    .Attr("epsilon: float")
+    .SetShapeFn([](InferenceContext* c) { return GradShapes(c, 7); });
+
+REGISTER_OP("HsrBatchNormReluMaxGradProduct")
+    .Input("dpooled: bfloat16")
+    .Input("argmax: int32")
+    .Input("zsel: float32")
+    .Input("z: bfloat16")
+    .Input("weights: float32")
+    .Input("row_splits: int32")
+    .Input("gamma: float32")
+    .Input("beta: float32")
+    .Input("mean: float32")
+    .Input("variance: float32")
+    .Input("h_prev: bfloat16")
+    .Input("kernel: float32")
+    .Output("dh_prev: bfloat16")
+    .Output("dkernel: float32")
+    .Output("dgamma: float32")
+    .Output("dbeta: float32")
+    .Attr("epsilon: float")
+    .SetShapeFn([](InferenceContext* c) { return GradShapes(c, 10); });
+
+constexpr int64_t kChunks = 32;
+
+class ProductGradBase : public OpKernel {
+ public:
+  explicit ProductGradBase(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("epsilon", &epsilon_));
+  }
+
+ protected:
+  float epsilon_ = 0.0f;
+
+  // z [R, C] and its weights (and row splits), h_prev [R, Cin] and kernel [Cin, C] with Cin, C multiples of 32.
+  absl::Status CheckInputs(OpKernelContext* ctx, const char* op, int z_input, int h_prev_input,
+                           const Tensor* splits, double* total, int64_t* largest) {
+    if (!(AmxReady() && IsaLevel() == 2)) {
+      return errors::FailedPrecondition(op, ": needs a CPU with AMX-BF16 (HsrAmxAvailable is false here)");
+    }
+    const Tensor &z = ctx->input(z_input), &h = ctx->input(h_prev_input), &kernel = ctx->input(h_prev_input + 1);
+    TF_RETURN_IF_ERROR(CheckZAndWeights(op, z, ctx->input(z_input + 1), total));
+    const int64_t r = z.dim_size(0), c = z.dim_size(1);
+    if (splits != nullptr) TF_RETURN_IF_ERROR(CheckRowSplits(op, *splits, r, largest));
+    if (h.dims() != 2 || h.dim_size(0) != r || h.dim_size(1) % 32 != 0 || h.dim_size(1) == 0) {
+      return errors::InvalidArgument(op, ": h_prev must have shape [", r, ", Cin] (the rows of z) with Cin a "
+                                     "positive multiple of 32, found ", h.shape().DebugString());
+    }
+    if (kernel.dims() != 2 || kernel.dim_size(0) != h.dim_size(1) || kernel.dim_size(1) != c || c % 32 != 0) {
+      return errors::InvalidArgument(op, ": kernel must have shape [", h.dim_size(1), ", ", c,
+                                     "] (the channels of h_prev and z; C a multiple of 32), found ",
+                                     kernel.shape().DebugString());
+    }
+    return absl::OkStatus();
+  }
+
+  static absl::Status Allocate(OpKernelContext* ctx, const Tensor& h, const Tensor& kernel, Tensor** dh_prev,
+                               Tensor** dkernel, Tensor** dgamma, Tensor** dbeta) {
+    const int64_t c = kernel.dim_size(1);
+    TF_RETURN_IF_ERROR(ctx->allocate_output(0, h.shape(), dh_prev));
+    TF_RETURN_IF_ERROR(ctx->allocate_output(1, kernel.shape(), dkernel));
+    TF_RETURN_IF_ERROR(ctx->allocate_output(2, TensorShape({c}), dgamma));
+    return ctx->allocate_output(3, TensorShape({c}), dbeta);
+  }
+
+  // For num_blocks blocks in kChunks ordered chunks: dz_block(b, dz scratch, &first, &rows) forms block b's dz
+  // rows; then dh_prev's rows = dz kernel^T and the chunk's dkernel += h_prev^T dz.
+  template <typename DzBlock>
+  static void Products(OpKernelContext* ctx, const Tensor& h, const Tensor& kernel, int64_t num_blocks,
+                       int64_t max_rows, DzBlock dz_block, Tensor* dh_prev, Tensor* dkernel) {
+    const int64_t cin = h.dim_size(1), c = kernel.dim_size(1);
+    // kernel^T in bfloat16, VNNI layout: the B tiles of dz kernel^T.
+    const float* kp = kernel.flat<float>().data();
+    std::vector<uint16_t> wt(c * cin), wtv(c * cin);
+    for (int64_t i = 0; i < cin; ++i)
+      for (int64_t k = 0; k < c; ++k) Store(kp[i * c + k], &wt[k * cin + i]);
+    PackVnni(wt.data(), cin, static_cast<int>(c), static_cast<int>(cin), wtv.data());
+    const uint16_t* hp = In<Bf16>(h);
+    uint16_t* out = Out<Bf16>(dh_prev);
+    const int64_t pad_rows = (max_rows + 31) / 32 * 32;
+    const int64_t num_chunks = std::max<int64_t>(1, std::min(kChunks, num_blocks));
+    const int64_t per_chunk = (num_blocks + num_chunks - 1) / num_chunks;
+    std::vector<float> partial(num_chunks * cin * c, 0.0f);
+    const int ci = static_cast<int>(c), cini = static_cast<int>(cin);
+    ParallelBlocks(ctx, num_chunks, 16 * per_chunk * max_rows * (cin + c), [&](int64_t begin, int64_t end) {
+      std::vector<uint16_t> dz(pad_rows * c), hpv(pad_rows * cin), hpt(pad_rows * cin), dzv(pad_rows * c),
+          pad(32 * c);
+      std::vector<float> strip(32 * cin);
+      AmxConfigure();
+      for (int64_t chunk = begin; chunk < end; ++chunk) {
+        for (int64_t b = chunk * per_chunk; b < std::min(num_blocks, (chunk + 1) * per_chunk); ++b) {
+          int64_t first = 0, rows = 0;
+          dz_block(b, dz.data(), &first, &rows);
+          const int64_t n_pad = (rows + 31) / 32 * 32;
+          std::fill(dz.begin() + rows * c, dz.begin() + n_pad * c, uint16_t{0});
+          AmxMatMulBlock(dz.data(), rows, ci, wtv.data(), cini, out + first * cin, strip.data(), pad.data(),
+                         StoreBf16Rows());
+          PackVnniPadded(hp + first * cin, cin, static_cast<int>(rows), static_cast<int>(n_pad), cini, hpv.data());
+          AmxWeightGradBlock(hpv.data(), dz.data(), static_cast<int>(n_pad), cini, ci,
+                             partial.data() + chunk * cin * c, hpt.data(), dzv.data());
+        }
+      }
+      AmxRelease();
+    });
+    float* dk = dkernel->flat<float>().data();
+    for (int64_t i = 0; i < cin * c; ++i) {
+      double sum = 0.0;
+      for (int64_t chunk = 0; chunk < num_chunks; ++chunk) sum += partial[chunk * cin * c + i];
+      dk[i] = static_cast<float>(sum);
+    }
+  }
+};
+
+class BatchNormReluGradProductCpu : public ProductGradBase {
+ public:
+  using ProductGradBase::ProductGradBase;
+  void Compute(OpKernelContext* ctx) override {
+    static const char* kOp = "batch_norm_relu_grad_product";
+    const Tensor &dh = ctx->input(0), &z = ctx->input(1);
+    double total = 0.0;
+    int64_t unused = 0;
+    OP_REQUIRES_OK(ctx, CheckInputs(ctx, kOp, 1, 7, nullptr, &total, &unused));
+    OP_REQUIRES(ctx, dh.shape() == z.shape(),
+                errors::InvalidArgument(kOp, ": the incoming gradient must have shape ", z.shape().DebugString(),
+                                        ", found ", dh.shape().DebugString()));
+    const int64_t r = z.dim_size(0), c = z.dim_size(1);
+    std::unique_ptr<Affine> af;
+    OP_REQUIRES_OK(ctx, GradAffine(ctx, kOp, 3, c, epsilon_, &af));
+    Tensor *dh_prev = nullptr, *dkernel = nullptr, *dgamma = nullptr, *dbeta = nullptr;
+    OP_REQUIRES_OK(ctx, Allocate(ctx, ctx->input(7), ctx->input(8), &dh_prev, &dkernel, &dgamma, &dbeta));
+    const uint16_t* gp = In<Bf16>(dh);
+    const uint16_t* zp = In<Bf16>(z);
+    const float* w = WeightsOrNull(ctx->input(2));
+    std::vector<double> sb(c), sg(c);
+    GradSums(ctx, gp, zp, r, c, *af, sb.data(), sg.data());
+    const GradConstants gc(*af, ctx->input(3).flat<float>().data(), sb.data(), sg.data(), total, c,
+                           dbeta->flat<float>().data(), dgamma->flat<float>().data());
+    const int ci = static_cast<int>(c);
+    auto dz_block = [&](int64_t b, uint16_t* dz, int64_t* first, int64_t* rows) {
+      *first = b * kBlockRows;
+      *rows = std::min(kBlockRows, r - *first);
+      std::vector<float> scratch(c);
+      Run<GradApplyBlockOp>(gp + *first * c, zp + *first * c, w ? w + *first : nullptr, *rows, ci,
+                            af->scale.data(), af->shift.data(), af->mean.data(), af->inv.data(), gc.k1.data(),
+                            gc.a.data(), gc.b.data(), dz, scratch.data());
+    };
+    Products(ctx, ctx->input(7), ctx->input(8), (r + kBlockRows - 1) / kBlockRows, kBlockRows, dz_block, dh_prev,
+             dkernel);
+  }
+};
+
+class BatchNormReluMaxGradProductCpu : public ProductGradBase {
+ public:
+  using ProductGradBase::ProductGradBase;
+  void Compute(OpKernelContext* ctx) override {
+    static const char* kOp = "batch_norm_relu_max_grad_product";
+    const Tensor &dpooled = ctx->input(0), &argmax = ctx->input(1), &zsel = ctx->input(2), &z = ctx->input(3),
+                 &splits = ctx->input(5);
+    double total = 0.0;
+    int64_t largest = 0;
+    OP_REQUIRES_OK(ctx, CheckInputs(ctx, kOp, 3, 10, &splits, &total, &largest));
+    const int64_t r = z.dim_size(0), c = z.dim_size(1), g = splits.dim_size(0) - 1;
+    OP_REQUIRES_OK(ctx, CheckPooledGrad(kOp, dpooled, argmax, splits, g, c));
+    OP_REQUIRES(ctx, zsel.shape() == dpooled.shape(),
+                errors::InvalidArgument(kOp, ": zsel must have shape ", dpooled.shape().DebugString(), ", found ",
+                                        zsel.shape().DebugString()));
+    std::unique_ptr<Affine> af;
+    OP_REQUIRES_OK(ctx, GradAffine(ctx, kOp, 6, c, epsilon_, &af));
+    Tensor *dh_prev = nullptr, *dkernel = nullptr, *dgamma = nullptr, *dbeta = nullptr;
+    OP_REQUIRES_OK(ctx, Allocate(ctx, ctx->input(10), ctx->input(11), &dh_prev, &dkernel, &dgamma, &dbeta));
+    const uint16_t* gp = In<Bf16>(dpooled);
+    const uint16_t* zp = In<Bf16>(z);
+    const int32_t* ap = argmax.flat<int32_t>().data();
+    const float* zs = zsel.flat<float>().data();
+    const int32_t* sp = splits.flat<int32_t>().data();
+    const float* w = WeightsOrNull(ctx->input(4));
+    const int64_t per_block = GroupsPerBlock(r, g);
+    const int64_t num_blocks = (g + per_block - 1) / per_block;
+    std::vector<double> sb(c), sg(c);
+    BlockOrderedSums(ctx, num_blocks, 4 * per_block * c, c,
+                     [&](int64_t i, double* db, double* dg, float*) {
+                       const int64_t g0 = i * per_block, groups = std::min(per_block, g - g0);
+                       Run<MaxGradSumsSelectedBlockOp>(gp + g0 * c, zs + g0 * c, zp, sp + g0, groups,
+                                                       static_cast<int>(c), af->scale.data(), af->shift.data(),
+                                                       af->mean.data(), af->inv.data(), db, dg);
+                     },
+                     sb.data(), sg.data());
+    const GradConstants gc(*af, ctx->input(6).flat<float>().data(), sb.data(), sg.data(), total, c,
+                           dbeta->flat<float>().data(), dgamma->flat<float>().data());
+    int64_t max_rows = 1;
+    for (int64_t b = 0; b < num_blocks; ++b) {
+      max_rows = std::max<int64_t>(max_rows, sp[std::min(g, (b + 1) * per_block)] - sp[b * per_block]);
+    }
+    const int ci = static_cast<int>(c);
+    auto dz_block = [&](int64_t b, uint16_t* dz, int64_t* first, int64_t* rows) {
+      const int64_t g0 = b * per_block, groups = std::min(per_block, g - g0);
+      *first = sp[g0];
+      *rows = sp[g0 + groups] - *first;
+      // The block's row splits relative to its first row: the group pass writes into the scratch.
+      std::vector<int32_t> local(groups + 1);
+      for (int64_t i = 0; i <= groups; ++i) local[i] = sp[g0 + i] - sp[g0];
+      std::vector<float> buf(largest * c);
+      Run<MaxGradApplyBlockOp>(gp + g0 * c, ap + g0 * c, zp + *first * c, w ? w + *first : nullptr, local.data(),
+                               groups, ci, af->scale.data(), af->shift.data(), af->mean.data(), af->inv.data(),
+                               gc.k1.data(), gc.a.data(), gc.b.data(), dz, buf.data());
+    };
+    Products(ctx, ctx->input(10), ctx->input(11), num_blocks, max_rows, dz_block, dh_prev, dkernel);
+  }
+};
+
+REGISTER_KERNEL_BUILDER(Name("HsrBatchNormReluGradProduct").Device(DEVICE_CPU), BatchNormReluGradProductCpu);
+REGISTER_KERNEL_BUILDER(Name("HsrBatchNormReluMaxGradProduct").Device(DEVICE_CPU),
+                        BatchNormReluMaxGradProductCpu);
+
+}  // namespace
+}  // namespace hsr_ops
