@@ -46,9 +46,10 @@ def _inputs(rng, rows, k, c):
     return u, kernel, bias, upstream
 
 
-@pytest.mark.parametrize("rows,k,c", [(7, 3, 64), (1500, 3, 20), (600, 5, 33), (3, 1, 16)])
+@pytest.mark.parametrize("rows,k,c", [(7, 3, 64), (1500, 3, 128), (1500, 3, 20), (600, 5, 33), (600, 5, 64), (3, 1, 16)])
 def test_float32_matches_numpy(rows, k, c, rng):
-    """Every output channel count (multiple of the 16 dot-product lanes or not), blocks of rows, K = 1..5."""
+    """Every output channel count (multiples of 64 take the AVX-512 loops where the CPU has them; multiple of the
+    16 dot-product lanes or not), blocks of rows, K = 1..5 (K > 4: the generic loops)."""
     u, kernel, bias, up = _inputs(rng, rows, k, c)
     got = _run(u, kernel, bias, up, tf.float32, True)
     for name, g, e in zip(["h", "du", "dkernel", "dbias"], got, _numpy(u, kernel, bias, up)):

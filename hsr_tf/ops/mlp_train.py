@@ -93,17 +93,17 @@ def _batch_norm_relu_from_moments_grad(op, dh):
 def _batch_norm_relu_max_from_extremes_grad(op, dpooled, dargmax, dzsel):
     del dargmax, dzsel
     z, gamma, beta, weights, row_splits, mean, variance = op.inputs[:7]
-    h_prev, kernel = op.inputs[11:]
+    h_prev, kernel = op.inputs[12:]
     from hsr_tf.ops import compiled  # noqa: PLC0415
     eps = op.get_attr("epsilon")
     if op.get_attr("product_grad"):
         dh_prev, dkernel, dgamma, dbeta = compiled.load().hsr_batch_norm_relu_max_grad_product(
-            dpooled, op.outputs[1], op.outputs[2], z, weights, row_splits, gamma, beta, mean, variance, h_prev,
-            kernel, epsilon=eps)
-        return (None, dgamma, dbeta) + (None,) * 8 + (dh_prev, dkernel)
+            dpooled, op.outputs[1], op.outputs[2], weights, row_splits, gamma, beta, mean, variance, h_prev, kernel,
+            epsilon=eps)
+        return (None, dgamma, dbeta) + (None,) * 9 + (dh_prev, dkernel)
     dz, dgamma, dbeta = compiled.load().hsr_batch_norm_relu_max_grad(
         dpooled, op.outputs[1], z, weights, row_splits, gamma, beta, mean, variance, epsilon=eps)
-    return (dz, dgamma, dbeta) + (None,) * 10
+    return (dz, dgamma, dbeta) + (None,) * 11
 
 
 tf.no_gradient("HsrMatMulMoments")  # differentiated through the BatchNorm op or a custom gradient
@@ -332,7 +332,8 @@ def matmul_batch_norm_relu(h, kernel, gamma, beta, epsilon: float, weights=None,
     def product(h, kernel):
         if row_splits is None:
             return tuple(ops.hsr_mat_mul_moments(h, kernel, weights))
-        return tuple(ops.hsr_mat_mul_moments_extremes(h, kernel, weights, row_splits))
+        # With the fused backward pass the max layer's product is recomputed there: not written here.
+        return tuple(ops.hsr_mat_mul_moments_extremes(h, kernel, weights, row_splits, keep_product=not product_grad))
 
     if not product_grad:
         @tf.custom_gradient

@@ -221,7 +221,7 @@ __attribute__((target("avx512f,avx512bw"))) inline __m512 LoadBf16x16(const uint
 
 __attribute__((target("avx512f,avx512bw"))) inline void ExtremesBf16Avx512(
     const uint16_t* z, const int32_t* splits, int64_t groups, int c, float* zmax, float* zmin, int32_t* argmax,
-    int32_t* argmin) {
+    int32_t* argmin, float* zfirst) {
   for (int64_t g = 0; g < groups; ++g) {
     const uint16_t* zg = z + static_cast<int64_t>(splits[g]) * c;
     const int32_t n = splits[g + 1] - splits[g];
@@ -230,6 +230,7 @@ __attribute__((target("avx512f,avx512bw"))) inline void ExtremesBf16Avx512(
       __m512i ahi[4], alo[4];
       for (int q = 0; q < 4; ++q) {
         hi[q] = lo[q] = LoadBf16x16(zg + k0 + 16 * q);
+        _mm512_storeu_ps(zfirst + g * c + k0 + 16 * q, hi[q]);
         ahi[q] = alo[q] = _mm512_setzero_si512();
       }
       for (int32_t r = 1; r < n; ++r) {

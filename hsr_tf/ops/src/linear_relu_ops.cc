@@ -109,6 +109,101 @@ struct LinearArgs {
   int64_t BlockCost() const { return 4 * kBlockRows * c * (k + 1); }
 };
 
+// The AVX-512 loops of the forward pass and the gradient sums for K <= 4 and C % 64 == 0: 64 channels at a
+// time with the row's pre-activations and (gradient) the K + 1 sums in registers. The products are added in
+// the order of LinearRow, without fused multiply-adds, so the values are those of the generic loops.
+constexpr int kWideMaxK = 4;
+
+inline bool WideLoops(int64_t k, int64_t c) {
+  static const bool cpu = IsaLevel() == 2 && __builtin_cpu_supports("avx512bf16");
+  return cpu && k <= kWideMaxK && c % 64 == 0;
+}
+
+#define HSR_WIDE_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
+
+// pre[q] for the 4 x 16 channels from k0 of one row u [K].
+HSR_WIDE_TARGET HSR_INLINE void WidePre(const float* u, int k_in, const float* kernel, const float* bias, int c,
+                                        int k0, __m512 pre[4]) {
+  for (int q = 0; q < 4; ++q) pre[q] = _mm512_loadu_ps(bias + k0 + 16 * q);
+  for (int j = 0; j < k_in; ++j) {
+    const __m512 uj = _mm512_set1_ps(u[j]);
+    const float* kr = kernel + static_cast<int64_t>(j) * c + k0;
+    for (int q = 0; q < 4; ++q) pre[q] = _mm512_add_ps(pre[q], _mm512_mul_ps(uj, _mm512_loadu_ps(kr + 16 * q)));
+  }
+}
+
+HSR_WIDE_TARGET void WideLinearRelu(const float* u, int64_t rows, int k_in, const float* kernel, const float* bias,
+                                    int c, uint16_t* h) {
+  const __m512 zero = _mm512_setzero_ps();
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int k0 = 0; k0 < c; k0 += 64) {
+      __m512 pre[4];
+      WidePre(u + r * k_in, k_in, kernel, bias, c, k0, pre);
+      uint16_t* out = h + r * c + k0;
+      for (int q = 0; q < 4; q += 2) {
+        const __m512bh v = _mm512_cvtne2ps_pbh(_mm512_max_ps(pre[q + 1], zero), _mm512_max_ps(pre[q], zero));
+        _mm512_storeu_si512(out + 16 * q, reinterpret_cast<const __m512i&>(v));
+      }
+    }
+  }
+}
+
+HSR_WIDE_TARGET void WideLinearRelu(const float* u, int64_t rows, int k_in, const float* kernel, const float* bias,
+                                    int c, float* h) {
+  const __m512 zero = _mm512_setzero_ps();
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int k0 = 0; k0 < c; k0 += 64) {
+      __m512 pre[4];
+      WidePre(u + r * k_in, k_in, kernel, bias, c, k0, pre);
+      for (int q = 0; q < 4; ++q) _mm512_storeu_ps(h + r * c + k0 + 16 * q, _mm512_max_ps(pre[q], zero));
+    }
+  }
+}
+
+HSR_WIDE_TARGET HSR_INLINE __m512 WideLoad(const uint16_t* p) {
+  return _mm512_castsi512_ps(
+      _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
+}
+HSR_WIDE_TARGET HSR_INLINE __m512 WideLoad(const float* p) { return _mm512_loadu_ps(p); }
+
+// LinearReluGradSumsBlock: sums [(K+1) * C] += (dbias, dkernel rows) over rows [0, rows), float sums of
+// kRowsPerFloatSum rows added to the doubles as there.
+template <typename S>
+HSR_WIDE_TARGET void WideLinearReluGradSums(const S* dh, const float* u, int64_t rows, int k_in, const float* kernel,
+                                            const float* bias, int c, double* sums) {
+  const __m512 zero = _mm512_setzero_ps();
+  for (int k0 = 0; k0 < c; k0 += 64) {
+    for (int64_t r0 = 0; r0 < rows; r0 += kRowsPerFloatSum) {
+      const int64_t r1 = r0 + kRowsPerFloatSum < rows ? r0 + kRowsPerFloatSum : rows;
+      __m512 acc[kWideMaxK + 1][4];
+      for (int j = 0; j <= k_in; ++j)
+        for (int q = 0; q < 4; ++q) acc[j][q] = zero;
+      for (int64_t r = r0; r < r1; ++r) {
+        const float* ur = u + r * k_in;
+        __m512 dy[4];
+        WidePre(ur, k_in, kernel, bias, c, k0, dy);
+        for (int q = 0; q < 4; ++q) {
+          const __mmask16 on = _mm512_cmp_ps_mask(dy[q], zero, _CMP_GT_OQ);
+          dy[q] = _mm512_maskz_mov_ps(on, WideLoad(dh + r * c + k0 + 16 * q));
+          acc[0][q] = _mm512_add_ps(acc[0][q], dy[q]);
+        }
+        for (int j = 0; j < k_in; ++j) {
+          const __m512 uj = _mm512_set1_ps(ur[j]);
+          for (int q = 0; q < 4; ++q) acc[j + 1][q] = _mm512_add_ps(acc[j + 1][q], _mm512_mul_ps(uj, dy[q]));
+        }
+      }
+      for (int j = 0; j <= k_in; ++j) {
+        for (int q = 0; q < 4; ++q) {
+          alignas(64) float lanes[16];
+          _mm512_store_ps(lanes, acc[j][q]);
+          double* out = sums + static_cast<int64_t>(j) * c + k0 + 16 * q;
+          for (int l = 0; l < 16; ++l) out[l] += lanes[l];
+        }
+      }
+    }
+  }
+}
+
 template <typename T>
 class LinearReluCpu : public OpKernel {
  public:
@@ -122,11 +217,16 @@ class LinearReluCpu : public OpKernel {
     const float *up = u.flat<float>().data(), *kp = kernel.flat<float>().data(), *bp = bias.flat<float>().data();
     auto* hp = Out<T>(h);
     const int ki = static_cast<int>(a.k), ci = static_cast<int>(a.c);
+    const bool wide = WideLoops(a.k, a.c);
     ParallelBlocks(ctx, a.Blocks(), a.BlockCost(), [&](int64_t begin, int64_t end) {
       std::vector<float> scratch(a.c);
       for (int64_t i = begin; i < end; ++i) {
         const int64_t r0 = i * kBlockRows, rows = std::min(kBlockRows, a.r - r0);
-        Run<LinearReluBlockOp>(up + r0 * a.k, rows, ki, kp, bp, ci, hp + r0 * a.c, scratch.data());
+        if (wide) {
+          WideLinearRelu(up + r0 * a.k, rows, ki, kp, bp, ci, hp + r0 * a.c);
+        } else {
+          Run<LinearReluBlockOp>(up + r0 * a.k, rows, ki, kp, bp, ci, hp + r0 * a.c, scratch.data());
+        }
       }
     });
   }
@@ -149,11 +249,16 @@ class LinearReluGradCpu : public OpKernel {
     const int64_t width = (a.k + 1) * a.c;
     std::vector<double> sums(width);
     // The block's scratch: (K+1)*C float sums, then C floats of dy.
+    const bool wide = WideLoops(a.k, a.c);
     BlockOrderedSumsN(ctx, a.Blocks(), a.BlockCost(), width, width + a.c,
                       [&](int64_t i, double* partial, float* acc) {
                         const int64_t r0 = i * kBlockRows, rows = std::min(kBlockRows, a.r - r0);
-                        Run<LinearReluGradSumsBlockOp>(gp + r0 * a.c, up + r0 * a.k, rows, ki, kp, bp, ci, partial,
-                                                       acc, acc + width);
+                        if (wide) {
+                          WideLinearReluGradSums(gp + r0 * a.c, up + r0 * a.k, rows, ki, kp, bp, ci, partial);
+                        } else {
+                          Run<LinearReluGradSumsBlockOp>(gp + r0 * a.c, up + r0 * a.k, rows, ki, kp, bp, ci,
+                                                         partial, acc, acc + width);
+                        }
                       },
                       sums.data());
     float* db = dbias->flat<float>().data();

@@ -5,10 +5,12 @@
 // row_splits int32 [G+1]; weights float32 [R] row multiplicities or [0] (all 1), as in mlp_train_ops.cc.
 //   HsrMatMulMoments(h bf16 [R,Cin], kernel float32 [Cin,C], weights) -> z bf16 [R,C], mean [C], variance [C]
 //   HsrMatMulMomentsExtremes(h, kernel, weights, row_splits)
-//     -> z, mean, variance, zmax [G,C], zmin [G,C], argmax_z int32 [G,C], argmin_z int32 [G,C]
+//     -> z, mean, variance, zmax [G,C], zmin [G,C], argmax_z int32 [G,C], argmin_z int32 [G,C], zfirst [G,C]
+//     (zfirst: every group's first row; keep_product = false: z is [0, C], not written at all, for a backward
+//     pass that recomputes it, HsrBatchNormReluMaxGradProduct)
 //   HsrBatchNormReluFromMoments(z T, gamma, beta, weights, mean, variance, h_prev, kernel) -> h [R,C]
 //   HsrBatchNormReluMaxFromExtremes(z, gamma, beta, weights, row_splits, mean, variance, zmax, zmin, argmax_z,
-//     argmin_z, h_prev, kernel) -> pooled [G,C], argmax [G,C], zsel [G,C] (z at argmax where scale != 0)
+//     argmin_z, zfirst, h_prev, kernel) -> pooled [G,C], argmax [G,C], zsel [G,C] (z at argmax)
 // (h_prev and kernel, the product's operands, are not read: they are there for the gradient, which with
 // product_grad = true is the fused backward pass of product_grad_ops.cc and otherwise the gradient kernels of
 // mlp_train_ops.cc followed by the product's own gradient.)
@@ -48,7 +50,7 @@ namespace errors = ::tensorflow::errors;
 using namespace mlp_train;  // NOLINT: the kernels below use its plumbing throughout
 using Bf16 = ::tensorflow::bfloat16;
 
-// z [R, C] from h [R, Cin] and kernel [Cin, C], then [C] mean and variance; `extremes`: four [G, C] more.
+// z [R, C] from h [R, Cin] and kernel [Cin, C], then [C] mean and variance; `extremes`: five [G, C] more.
 static absl::Status ProductShapes(InferenceContext* c, bool extremes) {
   ShapeHandle h, kernel;
   TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &h));
@@ -60,7 +62,9 @@ static absl::Status ProductShapes(InferenceContext* c, bool extremes) {
   if (extremes) {
     DimensionHandle g;
     TF_RETURN_IF_ERROR(c->Subtract(c->Dim(c->input(3), 0), 1, &g));
-    for (int i = 3; i < 7; ++i) c->set_output(i, c->Matrix(g, channels));
+    for (int i = 3; i < 8; ++i) c->set_output(i, c->Matrix(g, channels));
+    // Without keep_product the product has no rows.
+    c->set_output(0, c->Matrix(c->UnknownDim(), channels));
   }
   return absl::OkStatus();
 }
@@ -91,6 +95,8 @@ REGISTER_OP("HsrMatMulMomentsExtremes")
     .Output("zmin: float32")
     .Output("argmax_z: int32")
     .Output("argmin_z: int32")
+    .Output("zfirst: float32")
+    .Attr("keep_product: bool = true")
     .SetShapeFn([](InferenceContext* c) { return ProductShapes(c, true); });
 
 REGISTER_OP("HsrBatchNormReluFromMoments")
@@ -123,6 +129,7 @@ REGISTER_OP("HsrBatchNormReluMaxFromExtremes")
     .Input("zmin: float32")
     .Input("argmax_z: int32")
     .Input("argmin_z: int32")
+    .Input("zfirst: float32")
     .Input("h_prev: bfloat16")
     .Input("kernel: float32")
     .Output("pooled: T")
@@ -183,29 +190,34 @@ struct Product {
     return absl::OkStatus();
   }
 
-  // Runs block(i, first_row, rows, z_block) over num_blocks blocks after computing each block's z on the tiles;
-  // the blocks' moments are summed in block order into mean / variance.
+  // Computes each of num_blocks blocks' z on the tiles (rows_of(i, &first, &rows)), into z when it is kept (z
+  // non-null), else into the thread's scratch (max_rows rows); then extra(i, z of the block, first row) while the
+  // block is in cache. The blocks' moments are summed in block order into mean / variance.
   template <typename RowsOf, typename Extra>
-  void RunBlocks(OpKernelContext* ctx, int64_t num_blocks, RowsOf rows_of, Extra extra, Tensor* z, float* mean,
-           float* var) {
+  void RunBlocks(OpKernelContext* ctx, int64_t num_blocks, int64_t max_rows, RowsOf rows_of, Extra extra, Tensor* z,
+                 float* mean, float* var) {
     const uint16_t* hp = In<Bf16>(ctx->input(0));
-    uint16_t* zp = Out<Bf16>(z);
+    uint16_t* zp = z != nullptr ? Out<Bf16>(z) : nullptr;
     const float* w = WeightsOrNull(ctx->input(2));
     const int cin = static_cast<int>(cin_), c = static_cast<int>(c_);
-    // Scratch per block: moments (2C floats), a 32-row strip of float results, a zero-padded 32-row strip of h.
-    const int64_t scratch = 2 * c_ + 32 * c_ + 16 * cin_;
+    // Scratch per block: moments (2C floats), a 32-row strip of float results, a zero-padded 32-row strip of h,
+    // and (product not kept) the block's z.
+    const int64_t zblock = zp != nullptr ? 0 : (max_rows * c_ + 1) / 2;
+    const int64_t scratch = 2 * c_ + 32 * c_ + 16 * cin_ + zblock;
     std::vector<double> sums(2 * c_);
     BlockOrderedSumsN(ctx, num_blocks, 2 * kBlockRows * cin_ * c_ / 16, 2 * c_, scratch,
                       [&](int64_t i, double* partial, float* acc) {
                         int64_t first = 0, rows = 0;
                         rows_of(i, &first, &rows);
+                        uint16_t* zb = zp != nullptr ? zp + first * c
+                                                     : reinterpret_cast<uint16_t*>(acc + 34 * c_ + 16 * cin_);
                         AmxConfigure();
-                        AmxMatMulBlock(hp + first * cin, rows, cin, wv_.data(), c, zp + first * c, acc + 2 * c_,
+                        AmxMatMulBlock(hp + first * cin, rows, cin, wv_.data(), c, zb, acc + 2 * c_,
                                        reinterpret_cast<uint16_t*>(acc + 34 * c_), StoreBf16Rows());
                         AmxRelease();
-                        mlp_train::Run<MomentsBlockOp>(zp + first * c, w ? w + first : nullptr, rows, c, partial,
-                                                       partial + c_, acc);
-                        extra(i, zp);
+                        mlp_train::Run<MomentsBlockOp>(zb, w ? w + first : nullptr, rows, c, partial, partial + c_,
+                                                       acc);
+                        extra(i, zb, first);
                       },
                       sums.data());
     for (int64_t k = 0; k < c_; ++k) {
@@ -216,8 +228,8 @@ struct Product {
     }
   }
 
-  absl::Status AllocateProduct(OpKernelContext* ctx, Tensor** z, Tensor** mean, Tensor** var) {
-    TF_RETURN_IF_ERROR(ctx->allocate_output(0, TensorShape({r_, c_}), z));
+  absl::Status AllocateProduct(OpKernelContext* ctx, Tensor** z, Tensor** mean, Tensor** var, bool keep = true) {
+    TF_RETURN_IF_ERROR(ctx->allocate_output(0, TensorShape({keep ? r_ : 0, c_}), z));
     TF_RETURN_IF_ERROR(ctx->allocate_output(1, TensorShape({c_}), mean));
     return ctx->allocate_output(2, TensorShape({c_}), var);
   }
@@ -232,46 +244,59 @@ class MatMulMomentsCpu : public OpKernel {
     Tensor *z = nullptr, *mean = nullptr, *var = nullptr;
     OP_REQUIRES_OK(ctx, p.AllocateProduct(ctx, &z, &mean, &var));
     const int64_t r = p.r_;
-    p.RunBlocks(ctx, (r + kBlockRows - 1) / kBlockRows,
+    p.RunBlocks(ctx, (r + kBlockRows - 1) / kBlockRows, kBlockRows,
         [&](int64_t i, int64_t* first, int64_t* rows) {
           *first = i * kBlockRows;
           *rows = std::min(kBlockRows, r - *first);
         },
-        [](int64_t, const uint16_t*) {}, z, mean->flat<float>().data(), var->flat<float>().data());
+        [](int64_t, const uint16_t*, int64_t) {}, z, mean->flat<float>().data(), var->flat<float>().data());
   }
 };
 
 class MatMulMomentsExtremesCpu : public OpKernel {
  public:
-  using OpKernel::OpKernel;
+  explicit MatMulMomentsExtremesCpu(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("keep_product", &keep_product_));
+  }
   void Compute(OpKernelContext* ctx) override {
     Product p;
     OP_REQUIRES_OK(ctx, p.Prepare(ctx, "matmul_moments_extremes", true));
-    Tensor *z = nullptr, *mean = nullptr, *var = nullptr, *out[4] = {};
-    OP_REQUIRES_OK(ctx, p.AllocateProduct(ctx, &z, &mean, &var));
+    Tensor *z = nullptr, *mean = nullptr, *var = nullptr, *out[5] = {};
+    OP_REQUIRES_OK(ctx, p.AllocateProduct(ctx, &z, &mean, &var, keep_product_));
     const int64_t g = p.g_, c = p.c_, per_block = GroupsPerBlock(p.r_, p.g_);
-    for (int i = 0; i < 4; ++i) OP_REQUIRES_OK(ctx, ctx->allocate_output(3 + i, TensorShape({g, c}), &out[i]));
+    for (int i = 0; i < 5; ++i) OP_REQUIRES_OK(ctx, ctx->allocate_output(3 + i, TensorShape({g, c}), &out[i]));
     const int32_t* sp = ctx->input(3).flat<int32_t>().data();
     float *hi = out[0]->flat<float>().data(), *lo = out[1]->flat<float>().data();
     int32_t *ahi = out[2]->flat<int32_t>().data(), *alo = out[3]->flat<int32_t>().data();
-    p.RunBlocks(ctx, (g + per_block - 1) / per_block,
+    float* z0 = out[4]->flat<float>().data();
+    const int64_t num_blocks = (g + per_block - 1) / per_block;
+    int64_t max_rows = 1;
+    for (int64_t b = 0; b < num_blocks; ++b) {
+      max_rows = std::max<int64_t>(max_rows, sp[std::min(g, (b + 1) * per_block)] - sp[b * per_block]);
+    }
+    p.RunBlocks(ctx, num_blocks, max_rows,
         [&](int64_t i, int64_t* first, int64_t* rows) {
           const int64_t g0 = i * per_block, g1 = std::min(g, g0 + per_block);
           *first = sp[g0];
           *rows = sp[g1] - sp[g0];
         },
-        [&](int64_t i, const uint16_t* zp) {
+        [&](int64_t i, const uint16_t* zb, int64_t first) {
           const int64_t g0 = i * per_block, groups = std::min(per_block, g - g0);
+          std::vector<int32_t> local(groups + 1);  // the block's splits from its first row
+          for (int64_t j = 0; j <= groups; ++j) local[j] = sp[g0 + j] - static_cast<int32_t>(first);
           if (c % 64 == 0) {  // AMX implies AVX-512
-            ExtremesBf16Avx512(zp, sp + g0, groups, static_cast<int>(c), hi + g0 * c, lo + g0 * c, ahi + g0 * c,
-                               alo + g0 * c);
+            ExtremesBf16Avx512(zb, local.data(), groups, static_cast<int>(c), hi + g0 * c, lo + g0 * c,
+                               ahi + g0 * c, alo + g0 * c, z0 + g0 * c);
           } else {
-            mlp_train::Run<ExtremesBlockOp>(zp, sp + g0, groups, static_cast<int>(c), hi + g0 * c, lo + g0 * c,
-                                            ahi + g0 * c, alo + g0 * c);
+            mlp_train::Run<ExtremesBlockOp>(zb, local.data(), groups, static_cast<int>(c), hi + g0 * c, lo + g0 * c,
+                                            ahi + g0 * c, alo + g0 * c, z0 + g0 * c);
           }
         },
-        z, mean->flat<float>().data(), var->flat<float>().data());
+        keep_product_ ? z : nullptr, mean->flat<float>().data(), var->flat<float>().data());
   }
+
+ private:
+  bool keep_product_ = true;
 };
 
 // Base of the two BatchNorm ops: the epsilon attribute and the constants from the given moments.
@@ -284,10 +309,12 @@ class FromMomentsBase : public OpKernel {
  protected:
   float epsilon_ = 0.0f;
 
-  absl::Status Constants(OpKernelContext* ctx, const char* op, int mean_input, std::unique_ptr<Affine>* af) {
+  // rows_input: a tensor with the R rows of the weights (z, or h_prev where z is not kept).
+  absl::Status Constants(OpKernelContext* ctx, const char* op, int mean_input, int rows_input,
+                         std::unique_ptr<Affine>* af) {
     const Tensor& z = ctx->input(0);
     double total = 0.0;
-    TF_RETURN_IF_ERROR(CheckZAndWeights(op, z, ctx->input(3), &total));
+    TF_RETURN_IF_ERROR(CheckZAndWeights(op, ctx->input(rows_input), ctx->input(3), &total));
     const int64_t c = z.dim_size(1);
     TF_RETURN_IF_ERROR(CheckChannels(op, "gamma", ctx->input(1), c));
     TF_RETURN_IF_ERROR(CheckChannels(op, "beta", ctx->input(2), c));
@@ -306,7 +333,7 @@ class BatchNormReluFromMomentsCpu : public FromMomentsBase {
   using FromMomentsBase::FromMomentsBase;
   void Compute(OpKernelContext* ctx) override {
     std::unique_ptr<Affine> af;
-    OP_REQUIRES_OK(ctx, Constants(ctx, "batch_norm_relu_from_moments", 4, &af));
+    OP_REQUIRES_OK(ctx, Constants(ctx, "batch_norm_relu_from_moments", 4, 0, &af));
     const Tensor& z = ctx->input(0);
     const int64_t r = z.dim_size(0), c = z.dim_size(1);
     Tensor* h = nullptr;
@@ -331,13 +358,13 @@ class BatchNormReluMaxFromExtremesCpu : public FromMomentsBase {
   void Compute(OpKernelContext* ctx) override {
     static const char* kOp = "batch_norm_relu_max_from_extremes";
     std::unique_ptr<Affine> af;
-    OP_REQUIRES_OK(ctx, Constants(ctx, kOp, 5, &af));
+    OP_REQUIRES_OK(ctx, Constants(ctx, kOp, 5, 12, &af));
     int64_t largest = 0;
-    OP_REQUIRES_OK(ctx, CheckRowSplits(kOp, ctx->input(4), ctx->input(0).dim_size(0), &largest));
+    OP_REQUIRES_OK(ctx, CheckRowSplits(kOp, ctx->input(4), ctx->input(12).dim_size(0), &largest));
     const int64_t g = ctx->input(4).dim_size(0) - 1, c = ctx->input(0).dim_size(1);
     const TensorShape shape({g, c});
-    static const char* kNames[] = {"zmax", "zmin", "argmax_z", "argmin_z"};
-    for (int i = 0; i < 4; ++i) {
+    static const char* kNames[] = {"zmax", "zmin", "argmax_z", "argmin_z", "zfirst"};
+    for (int i = 0; i < 5; ++i) {
       OP_REQUIRES(ctx, ctx->input(7 + i).shape() == shape,
                   errors::InvalidArgument(kOp, ": ", kNames[i], " must have shape ", shape.DebugString(), ", found ",
                                           ctx->input(7 + i).shape().DebugString()));
@@ -347,7 +374,8 @@ class BatchNormReluMaxFromExtremesCpu : public FromMomentsBase {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, shape, &argmax));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(2, shape, &zsel));
     SelectMaxBlock(ctx->input(7).flat<float>().data(), ctx->input(8).flat<float>().data(),
-                   ctx->input(9).flat<int32_t>().data(), ctx->input(10).flat<int32_t>().data(), g,
+                   ctx->input(9).flat<int32_t>().data(), ctx->input(10).flat<int32_t>().data(),
+                   ctx->input(11).flat<float>().data(), g,
                    static_cast<int>(c), af->scale.data(), af->shift.data(), Out<T>(pooled),
                    argmax->flat<int32_t>().data(), zsel->flat<float>().data());
   }

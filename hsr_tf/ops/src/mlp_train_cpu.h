@@ -345,13 +345,13 @@ HSR_INLINE void LinearReluInputGradBlock(const T* __restrict dh, const float* __
 }
 
 // Per group of rows [splits[g], splits[g+1]) of z (at least one): the largest and smallest value of every
-// channel and the first row (0-based within the group) holding it, for `groups` groups. Computed before the
+// channel and the first row (0-based within the group) holding it, and the first row's value, for `groups` groups. Computed before the
 // BatchNorm constants are known: y = z * scale + shift is monotone in z, so the group's largest y is at the
 // largest z where scale > 0 and at the smallest where scale < 0 (SelectMaxBlock).
 template <typename T>
 HSR_INLINE void ExtremesBlock(const T* __restrict z, const int32_t* __restrict splits, int64_t groups, int c,
                               float* __restrict zmax, float* __restrict zmin, int32_t* __restrict argmax,
-                              int32_t* __restrict argmin) {
+                              int32_t* __restrict argmin, float* __restrict zfirst) {
   for (int64_t g = 0; g < groups; ++g) {
     const T* zg = z + static_cast<int64_t>(splits[g]) * c;
     const int32_t n = splits[g + 1] - splits[g];
@@ -360,7 +360,7 @@ HSR_INLINE void ExtremesBlock(const T* __restrict z, const int32_t* __restrict s
     int32_t* __restrict ahi = argmax + g * c;
     int32_t* __restrict alo = argmin + g * c;
     for (int k = 0; k < c; ++k) {
-      hi[k] = lo[k] = ToFloat(zg[k]);
+      hi[k] = lo[k] = zfirst[g * c + k] = ToFloat(zg[k]);
       ahi[k] = alo[k] = 0;
     }
     for (int32_t r = 1; r < n; ++r) {
@@ -380,18 +380,19 @@ HSR_INLINE void ExtremesBlock(const T* __restrict z, const int32_t* __restrict s
 // pooled[g, c] = max(y, 0) at the group's largest y = z * scale + shift, and argmax[g, c] its row, from the
 // group's extremes of z (ExtremesBlock): the largest z where scale > 0, the smallest where scale < 0, row 0
 // where scale == 0 (every y equal).
-// zsel[g, c]: z at that row where scale != 0 (the backward sums need only it: MaxGradSumsSelectedBlock).
+// zsel[g, c]: z at that row.
 template <typename T>
 HSR_INLINE void SelectMaxBlock(const float* __restrict zmax, const float* __restrict zmin,
-                               const int32_t* __restrict argmax_z, const int32_t* __restrict argmin_z, int64_t groups,
-                               int c, const float* __restrict scale, const float* __restrict shift,
-                               T* __restrict pooled, int32_t* __restrict argmax, float* __restrict zsel) {
+                               const int32_t* __restrict argmax_z, const int32_t* __restrict argmin_z,
+                               const float* __restrict zfirst, int64_t groups, int c, const float* __restrict scale,
+                               const float* __restrict shift, T* __restrict pooled, int32_t* __restrict argmax,
+                               float* __restrict zsel) {
   for (int64_t g = 0; g < groups; ++g) {
     for (int k = 0; k < c; ++k) {
       const int64_t i = g * c + k;
       const float s = scale[k];
       const int32_t row = s > 0.0f ? argmax_z[i] : (s < 0.0f ? argmin_z[i] : 0);
-      const float v = s > 0.0f ? zmax[i] : zmin[i];
+      const float v = s > 0.0f ? zmax[i] : (s < 0.0f ? zmin[i] : zfirst[i]);
       const float y = v * s + shift[k];
       Store(y > 0.0f ? y : 0.0f, pooled + i);
       argmax[i] = row;
@@ -401,17 +402,15 @@ HSR_INLINE void SelectMaxBlock(const float* __restrict zmax, const float* __rest
 }
 
 // MaxGradSumsBlock from the z of every group's argmax rows (zsel [G, C], SelectMaxBlock) instead of a gather from
-// z: the same sums, without a pass of random reads over the [R, C] product. Channels with scale == 0 (argmax: the
-// group's first row) read z there.
+// z: the same sums, without reading the [R, C] product.
 HSR_INLINE void MaxGradSumsSelectedBlock(const uint16_t* __restrict dpooled, const float* __restrict zsel,
-                                         const uint16_t* __restrict z, const int32_t* __restrict splits,
                                          int64_t groups, int c, const float* __restrict scale,
                                          const float* __restrict shift, const float* __restrict mean,
                                          const float* __restrict inv, double* __restrict dbeta,
                                          double* __restrict dgamma) {
   for (int64_t g = 0; g < groups; ++g) {
     for (int k = 0; k < c; ++k) {
-      const float zv = scale[k] != 0.0f ? zsel[g * c + k] : ToFloat(z[static_cast<int64_t>(splits[g]) * c + k]);
+      const float zv = zsel[g * c + k];
       if (zv * scale[k] + shift[k] > 0.0f) {
         const float dy = ToFloat(dpooled[g * c + k]);
         dbeta[k] += dy;

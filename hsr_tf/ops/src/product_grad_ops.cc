@@ -5,8 +5,11 @@
 // z bfloat16 [R, C] = h_prev kernel (the product), weights, row_splits.
 //   HsrBatchNormReluGradProduct(dh [R,C], z, weights, gamma, beta, mean, variance, h_prev, kernel)
 //     -> dh_prev bf16 [R,Cin], dkernel float32 [Cin,C], dgamma [C], dbeta [C]
-//   HsrBatchNormReluMaxGradProduct(dpooled [G,C], argmax [G,C], zsel [G,C], z, weights, row_splits, gamma, beta,
+//   HsrBatchNormReluMaxGradProduct(dpooled [G,C], argmax [G,C], zsel [G,C], weights, row_splits, gamma, beta,
 //     mean, variance, h_prev, kernel) -> the same (zsel: z at argmax, from HsrBatchNormReluMaxFromExtremes)
+// The max variant does not read z at all: its sums need only zsel, and every block's z is recomputed on the
+// tiles from h_prev (which the weight gradient reads anyway), rounded to bfloat16 as the forward pass rounded
+// it, so its forward pass need not write the [R, C] product (HsrMatMulMomentsExtremes, keep_product = false).
 // After the backward sums (one pass over (dh, z), or over zsel only), every block's dz is formed in
 // cache exactly as HsrBatchNormRelu[Max]Grad writes it (bfloat16) and used at once: dh_prev = dz kernel^T
 // (rounded once to bfloat16) and dkernel += h_prev^T dz (float32 tiles). The [R, C] gradient dz is never written
@@ -71,7 +74,6 @@ REGISTER_OP("HsrBatchNormReluMaxGradProduct")
     .Input("dpooled: bfloat16")
     .Input("argmax: int32")
     .Input("zsel: float32")
-    .Input("z: bfloat16")
     .Input("weights: float32")
     .Input("row_splits: int32")
     .Input("gamma: float32")
@@ -85,7 +87,7 @@ REGISTER_OP("HsrBatchNormReluMaxGradProduct")
     .Output("dgamma: float32")
     .Output("dbeta: float32")
     .Attr("epsilon: float")
-    .SetShapeFn([](InferenceContext* c) { return GradShapes(c, 10); });
+    .SetShapeFn([](InferenceContext* c) { return GradShapes(c, 9); });
 
 constexpr int64_t kChunks = 32;
 
@@ -98,25 +100,33 @@ class ProductGradBase : public OpKernel {
  protected:
   float epsilon_ = 0.0f;
 
-  // z [R, C] and its weights (and row splits), h_prev [R, Cin] and kernel [Cin, C] with Cin, C multiples of 32.
-  absl::Status CheckInputs(OpKernelContext* ctx, const char* op, int z_input, int h_prev_input,
+  // h_prev [R, Cin] and kernel [Cin, C] with Cin, C multiples of 32; the weights (input weights_input) of the R
+  // rows; row splits; and, for z_input >= 0, z [R, C].
+  absl::Status CheckInputs(OpKernelContext* ctx, const char* op, int z_input, int weights_input, int h_prev_input,
                            const Tensor* splits, double* total, int64_t* largest) {
     if (!(AmxReady() && IsaLevel() == 2)) {
       return errors::FailedPrecondition(op, ": needs a CPU with AMX-BF16 (HsrAmxAvailable is false here)");
     }
-    const Tensor &z = ctx->input(z_input), &h = ctx->input(h_prev_input), &kernel = ctx->input(h_prev_input + 1);
-    TF_RETURN_IF_ERROR(CheckZAndWeights(op, z, ctx->input(z_input + 1), total));
-    const int64_t r = z.dim_size(0), c = z.dim_size(1);
+    const Tensor &h = ctx->input(h_prev_input), &kernel = ctx->input(h_prev_input + 1);
+    if (h.dims() != 2 || h.dim_size(1) % 32 != 0 || h.dim_size(1) == 0) {
+      return errors::InvalidArgument(op, ": h_prev must have shape [R, Cin] with Cin a positive multiple of 32, "
+                                     "found ", h.shape().DebugString());
+    }
+    if (kernel.dims() != 2 || kernel.dim_size(0) != h.dim_size(1) || kernel.dim_size(1) % 32 != 0 ||
+        kernel.dim_size(1) == 0) {
+      return errors::InvalidArgument(op, ": kernel must have shape [", h.dim_size(1), ", C] (the channels of "
+                                     "h_prev; C a positive multiple of 32), found ", kernel.shape().DebugString());
+    }
+    const int64_t r = h.dim_size(0), c = kernel.dim_size(1);
+    if (z_input >= 0) {
+      const Tensor& z = ctx->input(z_input);
+      if (z.dims() != 2 || z.dim_size(0) != r || z.dim_size(1) != c) {
+        return errors::InvalidArgument(op, ": z must have shape [", r, ", ", c, "] (h_prev kernel), found ",
+                                       z.shape().DebugString());
+      }
+    }
+    TF_RETURN_IF_ERROR(CheckZAndWeights(op, h, ctx->input(weights_input), total));
     if (splits != nullptr) TF_RETURN_IF_ERROR(CheckRowSplits(op, *splits, r, largest));
-    if (h.dims() != 2 || h.dim_size(0) != r || h.dim_size(1) % 32 != 0 || h.dim_size(1) == 0) {
-      return errors::InvalidArgument(op, ": h_prev must have shape [", r, ", Cin] (the rows of z) with Cin a "
-                                     "positive multiple of 32, found ", h.shape().DebugString());
-    }
-    if (kernel.dims() != 2 || kernel.dim_size(0) != h.dim_size(1) || kernel.dim_size(1) != c || c % 32 != 0) {
-      return errors::InvalidArgument(op, ": kernel must have shape [", h.dim_size(1), ", ", c,
-                                     "] (the channels of h_prev and z; C a multiple of 32), found ",
-                                     kernel.shape().DebugString());
-    }
     return absl::OkStatus();
   }
 
@@ -185,7 +195,7 @@ class BatchNormReluGradProductCpu : public ProductGradBase {
     const Tensor &dh = ctx->input(0), &z = ctx->input(1);
     double total = 0.0;
     int64_t unused = 0;
-    OP_REQUIRES_OK(ctx, CheckInputs(ctx, kOp, 1, 7, nullptr, &total, &unused));
+    OP_REQUIRES_OK(ctx, CheckInputs(ctx, kOp, 1, 2, 7, nullptr, &total, &unused));
     OP_REQUIRES(ctx, dh.shape() == z.shape(),
                 errors::InvalidArgument(kOp, ": the incoming gradient must have shape ", z.shape().DebugString(),
                                         ", found ", dh.shape().DebugString()));
@@ -220,57 +230,71 @@ class BatchNormReluMaxGradProductCpu : public ProductGradBase {
   using ProductGradBase::ProductGradBase;
   void Compute(OpKernelContext* ctx) override {
     static const char* kOp = "batch_norm_relu_max_grad_product";
-    const Tensor &dpooled = ctx->input(0), &argmax = ctx->input(1), &zsel = ctx->input(2), &z = ctx->input(3),
-                 &splits = ctx->input(5);
+    const Tensor &dpooled = ctx->input(0), &argmax = ctx->input(1), &zsel = ctx->input(2), &splits = ctx->input(4);
+    const Tensor &h = ctx->input(9), &kernel = ctx->input(10);
     double total = 0.0;
     int64_t largest = 0;
-    OP_REQUIRES_OK(ctx, CheckInputs(ctx, kOp, 3, 10, &splits, &total, &largest));
-    const int64_t r = z.dim_size(0), c = z.dim_size(1), g = splits.dim_size(0) - 1;
+    OP_REQUIRES_OK(ctx, CheckInputs(ctx, kOp, -1, 3, 9, &splits, &total, &largest));
+    const int64_t r = h.dim_size(0), cin = h.dim_size(1), c = kernel.dim_size(1), g = splits.dim_size(0) - 1;
     OP_REQUIRES_OK(ctx, CheckPooledGrad(kOp, dpooled, argmax, splits, g, c));
     OP_REQUIRES(ctx, zsel.shape() == dpooled.shape(),
                 errors::InvalidArgument(kOp, ": zsel must have shape ", dpooled.shape().DebugString(), ", found ",
                                         zsel.shape().DebugString()));
     std::unique_ptr<Affine> af;
-    OP_REQUIRES_OK(ctx, GradAffine(ctx, kOp, 6, c, epsilon_, &af));
+    OP_REQUIRES_OK(ctx, GradAffine(ctx, kOp, 5, c, epsilon_, &af));
     Tensor *dh_prev = nullptr, *dkernel = nullptr, *dgamma = nullptr, *dbeta = nullptr;
-    OP_REQUIRES_OK(ctx, Allocate(ctx, ctx->input(10), ctx->input(11), &dh_prev, &dkernel, &dgamma, &dbeta));
+    OP_REQUIRES_OK(ctx, Allocate(ctx, h, kernel, &dh_prev, &dkernel, &dgamma, &dbeta));
     const uint16_t* gp = In<Bf16>(dpooled);
-    const uint16_t* zp = In<Bf16>(z);
     const int32_t* ap = argmax.flat<int32_t>().data();
     const float* zs = zsel.flat<float>().data();
     const int32_t* sp = splits.flat<int32_t>().data();
-    const float* w = WeightsOrNull(ctx->input(4));
+    const float* w = WeightsOrNull(ctx->input(3));
     const int64_t per_block = GroupsPerBlock(r, g);
     const int64_t num_blocks = (g + per_block - 1) / per_block;
     std::vector<double> sb(c), sg(c);
     BlockOrderedSums(ctx, num_blocks, 4 * per_block * c, c,
                      [&](int64_t i, double* db, double* dg, float*) {
                        const int64_t g0 = i * per_block, groups = std::min(per_block, g - g0);
-                       Run<MaxGradSumsSelectedBlockOp>(gp + g0 * c, zs + g0 * c, zp, sp + g0, groups,
-                                                       static_cast<int>(c), af->scale.data(), af->shift.data(),
-                                                       af->mean.data(), af->inv.data(), db, dg);
+                       Run<MaxGradSumsSelectedBlockOp>(gp + g0 * c, zs + g0 * c, groups, static_cast<int>(c),
+                                                       af->scale.data(), af->shift.data(), af->mean.data(),
+                                                       af->inv.data(), db, dg);
                      },
                      sb.data(), sg.data());
-    const GradConstants gc(*af, ctx->input(6).flat<float>().data(), sb.data(), sg.data(), total, c,
+    const GradConstants gc(*af, ctx->input(5).flat<float>().data(), sb.data(), sg.data(), total, c,
                            dbeta->flat<float>().data(), dgamma->flat<float>().data());
     int64_t max_rows = 1;
     for (int64_t b = 0; b < num_blocks; ++b) {
       max_rows = std::max<int64_t>(max_rows, sp[std::min(g, (b + 1) * per_block)] - sp[b * per_block]);
     }
-    const int ci = static_cast<int>(c);
+    // The kernel in VNNI layout: the block's z is recomputed as in the forward pass.
+    const float* kp = kernel.flat<float>().data();
+    std::vector<uint16_t> wk(cin * c), wv(cin * c);
+    for (int64_t i = 0; i < cin * c; ++i) Store(kp[i], &wk[i]);
+    PackVnni(wk.data(), c, static_cast<int>(cin), static_cast<int>(c), wv.data());
+    const uint16_t* hp = In<Bf16>(h);
+    const int ci = static_cast<int>(c), cini = static_cast<int>(cin);
     auto dz_block = [&](int64_t b, uint16_t* dz, int64_t* first, int64_t* rows) {
       const int64_t g0 = b * per_block, groups = std::min(per_block, g - g0);
       *first = sp[g0];
       *rows = sp[g0 + groups] - *first;
+      // Per thread, reused across blocks (the tiles are configured by Products).
+      thread_local std::vector<uint16_t> zb, pad;
+      thread_local std::vector<float> strip, buf;
+      thread_local std::vector<int32_t> local;
+      zb.resize(max_rows * c);
+      pad.resize(32 * cin);
+      strip.resize(32 * c);
+      buf.resize(largest * c);
+      local.resize(groups + 1);
+      AmxMatMulBlock(hp + *first * cin, *rows, cini, wv.data(), ci, zb.data(), strip.data(), pad.data(),
+                     StoreBf16Rows());
       // The block's row splits relative to its first row: the group pass writes into the scratch.
-      std::vector<int32_t> local(groups + 1);
       for (int64_t i = 0; i <= groups; ++i) local[i] = sp[g0 + i] - sp[g0];
-      std::vector<float> buf(largest * c);
-      Run<MaxGradApplyBlockOp>(gp + g0 * c, ap + g0 * c, zp + *first * c, w ? w + *first : nullptr, local.data(),
-                               groups, ci, af->scale.data(), af->shift.data(), af->mean.data(), af->inv.data(),
+      Run<MaxGradApplyBlockOp>(gp + g0 * c, ap + g0 * c, zb.data(), w ? w + *first : nullptr, local.data(), groups,
+                               ci, af->scale.data(), af->shift.data(), af->mean.data(), af->inv.data(),
                                gc.k1.data(), gc.a.data(), gc.b.data(), dz, buf.data());
     };
-    Products(ctx, ctx->input(10), ctx->input(11), num_blocks, max_rows, dz_block, dh_prev, dkernel);
+    Products(ctx, h, kernel, num_blocks, max_rows, dz_block, dh_prev, dkernel);
   }
 };
 
