@@ -132,30 +132,27 @@ HSR_WIDE_TARGET HSR_INLINE void WidePre(const float* u, int k_in, const float* k
   }
 }
 
-HSR_WIDE_TARGET void WideLinearRelu(const float* u, int64_t rows, int k_in, const float* kernel, const float* bias,
-                                    int c, uint16_t* h) {
-  const __m512 zero = _mm512_setzero_ps();
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int k0 = 0; k0 < c; k0 += 64) {
-      __m512 pre[4];
-      WidePre(u + r * k_in, k_in, kernel, bias, c, k0, pre);
-      uint16_t* out = h + r * c + k0;
-      for (int q = 0; q < 4; q += 2) {
-        const __m512bh v = _mm512_cvtne2ps_pbh(_mm512_max_ps(pre[q + 1], zero), _mm512_max_ps(pre[q], zero));
-        _mm512_storeu_si512(out + 16 * q, reinterpret_cast<const __m512i&>(v));
-      }
-    }
+// The 64 results of a row from k0, after the ReLU.
+HSR_WIDE_TARGET HSR_INLINE void WideStore(const __m512 pre[4], uint16_t* out) {
+  for (int q = 0; q < 4; q += 2) {
+    const __m512bh v = _mm512_cvtne2ps_pbh(pre[q + 1], pre[q]);  // low half: pre[q]
+    _mm512_storeu_si512(out + 16 * q, reinterpret_cast<const __m512i&>(v));
   }
 }
+HSR_WIDE_TARGET HSR_INLINE void WideStore(const __m512 pre[4], float* out) {
+  for (int q = 0; q < 4; ++q) _mm512_storeu_ps(out + 16 * q, pre[q]);
+}
 
+template <typename S>
 HSR_WIDE_TARGET void WideLinearRelu(const float* u, int64_t rows, int k_in, const float* kernel, const float* bias,
-                                    int c, float* h) {
+                                    int c, S* h) {
   const __m512 zero = _mm512_setzero_ps();
   for (int64_t r = 0; r < rows; ++r) {
     for (int k0 = 0; k0 < c; k0 += 64) {
       __m512 pre[4];
       WidePre(u + r * k_in, k_in, kernel, bias, c, k0, pre);
-      for (int q = 0; q < 4; ++q) _mm512_storeu_ps(h + r * c + k0 + 16 * q, _mm512_max_ps(pre[q], zero));
+      for (int q = 0; q < 4; ++q) pre[q] = _mm512_max_ps(pre[q], zero);
+      WideStore(pre, h + r * c + k0);
     }
   }
 }

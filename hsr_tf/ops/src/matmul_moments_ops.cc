@@ -338,16 +338,7 @@ class BatchNormReluFromMomentsCpu : public FromMomentsBase {
     const int64_t r = z.dim_size(0), c = z.dim_size(1);
     Tensor* h = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, z.shape(), &h));
-    const auto* zp = In<T>(z);
-    auto* hp = Out<T>(h);
-    ParallelBlocks(ctx, (r + kBlockRows - 1) / kBlockRows, 4 * kBlockRows * c, [&](int64_t begin, int64_t end) {
-      std::vector<float> scratch(c);
-      for (int64_t i = begin; i < end; ++i) {
-        const int64_t r0 = i * kBlockRows, rows = std::min(kBlockRows, r - r0);
-        mlp_train::Run<ApplyBlockOp>(zp + r0 * c, rows, static_cast<int>(c), af->scale.data(), af->shift.data(),
-                                     hp + r0 * c, scratch.data());
-      }
-    });
+    ApplyRows(ctx, In<T>(z), r, c, *af, Out<T>(h));
   }
 };
 

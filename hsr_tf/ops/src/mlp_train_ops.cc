@@ -198,15 +198,7 @@ class BatchNormReluCpu : public EpsilonKernel {
     float* vp = var->flat<float>().data();
     Moments(ctx, zp, WeightsOrNull(weights), total, r, c, mp, vp);
     const Affine af(mp, vp, ctx->input(1).flat<float>().data(), ctx->input(2).flat<float>().data(), c, epsilon_);
-    auto* hp = Out<T>(h);
-    ParallelBlocks(ctx, (r + kBlockRows - 1) / kBlockRows, 4 * kBlockRows * c, [&](int64_t begin, int64_t end) {
-      std::vector<float> scratch(c);
-      for (int64_t i = begin; i < end; ++i) {
-        const int64_t r0 = i * kBlockRows, rows = std::min(kBlockRows, r - r0);
-        Run<ApplyBlockOp>(zp + r0 * c, rows, static_cast<int>(c), af.scale.data(), af.shift.data(), hp + r0 * c,
-                          scratch.data());
-      }
-    });
+    ApplyRows(ctx, zp, r, c, af, Out<T>(h));
   }
 };
 

@@ -15,6 +15,7 @@
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/util/work_sharder.h"
 
+#include "linear_relu_cpu.h"
 #include "mlp_train_cpu.h"
 
 namespace hsr_ops {
@@ -232,6 +233,19 @@ static void Moments(OpKernelContext* ctx, const S* z, const float* w, double tot
     mean[k] = static_cast<float>(m);
     var[k] = static_cast<float>(v > 0.0 ? v : 0.0);
   }
+}
+
+// h = max(z * scale + shift, 0) over the R rows of z [R, C], in blocks over the worker threads.
+template <typename S>
+static void ApplyRows(OpKernelContext* ctx, const S* z, int64_t r, int64_t c, const Affine& af, S* h) {
+  ParallelBlocks(ctx, (r + kBlockRows - 1) / kBlockRows, 4 * kBlockRows * c, [&](int64_t begin, int64_t end) {
+    std::vector<float> scratch(c);
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t r0 = i * kBlockRows, rows = std::min(kBlockRows, r - r0);
+      Run<ApplyBlockOp>(z + r0 * c, rows, static_cast<int>(c), af.scale.data(), af.shift.data(), h + r0 * c,
+                        scratch.data());
+    }
+  });
 }
 
 // dgamma/dbeta outputs and the constants of dz = k1 * (dy - w * (a + xhat * b)).
