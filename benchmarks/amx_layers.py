@@ -1,0 +1,105 @@
+"""A shared-MLP layer's training pass with the AMX products against the two-step path, in one run.
+
+    python -m benchmarks.amx_layers [--scale=1.0] [--repeats=5]
+
+For the four layer shapes of the paper-size network's first two levels at B = 32 (rows after the ball query's
+padding copies are dropped: ~690K and ~218K; groups of 42 rows; row weights 1-3), times one forward + backward
+pass (gradients of h, kernel, gamma and beta for a fixed upstream gradient) of
+
+* ``two-step``: ``tf.matmul`` in bfloat16, then the fused BatchNorm + ReLU (+ max) kernels, the kernel gradient
+  summed over 16 slabs (the fast path without ``fused_products``);
+* ``amx``: ``mlp_train.matmul_batch_norm_relu`` with the TensorFlow backward products (``fused_product_grads``
+  off);
+* ``amx+grads``: the same with the fused backward pass (the default).
+
+Prints the best of ``--repeats`` per case and each one's speed-up over ``two-step`` measured in the same run
+(cases interleaved per repeat). Needs the compiled ops and a CPU with AMX-BF16.
+"""
+import os
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_float("scale", 1.0, "Fraction of the paper-size rows (smaller for a quick look).", lower_bound=1e-3)
+flags.DEFINE_integer("repeats", 5, "Timed rounds (the best per case is reported).", lower_bound=1)
+
+#: (name, rows, input channels, output channels, max over groups)
+SHAPES = (("level 1, hidden 64 -> 64", 690_000, 64, 64, False),
+          ("level 1, max 64 -> 128", 690_000, 64, 128, True),
+          ("level 2, hidden 128 -> 128", 218_000, 128, 128, False),
+          ("level 2, max 128 -> 256", 218_000, 128, 256, True))
+GROUP = 42
+
+
+def build_cases(rows, cin, c, pooled, seed):
+    """{case: traced forward + backward function} for one layer shape."""
+    from hsr_tf.ops import mlp_train
+
+    rng = np.random.default_rng(seed)
+    rows = rows // GROUP * GROUP
+    h = tf.constant(np.maximum(rng.normal(size=(rows, cin)), 0).astype(np.float32), tf.bfloat16)
+    kernel = tf.constant((rng.normal(size=(cin, c)) * 0.2).astype(np.float32))
+    gamma = tf.constant(rng.uniform(0.5, 1.5, c).astype(np.float32))
+    beta = tf.constant((rng.normal(size=c) * 0.3).astype(np.float32))
+    weights = tf.constant(rng.integers(1, 4, size=rows).astype(np.float32))
+    splits = tf.range(0, rows + 1, GROUP, dtype=tf.int32) if pooled else None
+    upstream = tf.cast(tf.random.stateless_normal([rows // GROUP if pooled else rows, c], seed=[1, 2]), tf.bfloat16)
+
+    def two_step():
+        kernel_c = tf.cast(kernel, tf.bfloat16)
+
+        @tf.custom_gradient
+        def product(h, kernel):
+            return tf.matmul(h, kernel_c), lambda dz: mlp_train.product_gradients(h, kernel_c, dz, 16)
+
+        return mlp_train.batch_norm_relu(product(h, kernel), gamma, beta, 1e-3, row_splits=splits, weights=weights,
+                                         compiled=True)[0]
+
+    def fused(product_grad):
+        return lambda: mlp_train.matmul_batch_norm_relu(h, kernel, gamma, beta, 1e-3, weights=weights,
+                                                        row_splits=splits, slabs=16, product_grad=product_grad)[0]
+
+    def traced(forward):
+        @tf.function
+        def step():
+            with tf.GradientTape() as tape:
+                tape.watch([h, kernel, gamma, beta])
+                out = forward()
+            # The upstream gradient fed in directly: no [R, C] loss of its own in the timing.
+            grads = tape.gradient(out, [h, kernel, gamma, beta], output_gradients=upstream)
+            return tf.add_n([tf.reduce_sum(tf.cast(g[:1], tf.float32)) for g in grads])
+        return step
+
+    return {"two-step": traced(two_step), "amx": traced(fused(False)), "amx+grads": traced(fused(True))}
+
+
+def main(argv):
+    del argv
+    from hsr_tf.ops import mlp_train
+
+    if not mlp_train.amx_available():
+        raise app.UsageError("needs the compiled ops and a CPU with AMX-BF16 (mlp_train.amx_available() is False)")
+    print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; "
+          f"rows x {FLAGS.scale}", flush=True)
+    for name, rows, cin, c, pooled in SHAPES:
+        cases = build_cases(max(GROUP, int(rows * FLAGS.scale)), cin, c, pooled, seed=0)
+        for fn in cases.values():
+            fn().numpy()  # trace and warm up
+        best = {k: np.inf for k in cases}
+        for _ in range(FLAGS.repeats):
+            for k, fn in cases.items():
+                t0 = time.perf_counter()
+                fn().numpy()
+                best[k] = min(best[k], time.perf_counter() - t0)
+        base = best["two-step"]
+        print(f"{name:28s} " + " | ".join(f"{k} {1e3 * t:6.1f} ms ({base / t:4.2f}x)" for k, t in best.items()),
+              flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)
