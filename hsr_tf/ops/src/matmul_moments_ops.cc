@@ -300,15 +300,11 @@ class MatMulMomentsExtremesCpu : public OpKernel {
 };
 
 // Base of the two BatchNorm ops: the epsilon attribute and the constants from the given moments.
-class FromMomentsBase : public OpKernel {
+class FromMomentsBase : public EpsilonKernel {
  public:
-  explicit FromMomentsBase(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("epsilon", &epsilon_));
-  }
+  using EpsilonKernel::EpsilonKernel;
 
  protected:
-  float epsilon_ = 0.0f;
-
   // rows_input: a tensor with the R rows of the weights (z, or h_prev where z is not kept).
   absl::Status Constants(OpKernelContext* ctx, const char* op, int mean_input, int rows_input,
                          std::unique_ptr<Affine>* af) {

@@ -164,17 +164,6 @@ struct Rows {
   }
 };
 
-// Base of the four kernels: the epsilon attribute.
-class EpsilonKernel : public OpKernel {
- public:
-  explicit EpsilonKernel(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("epsilon", &epsilon_));
-  }
-
- protected:
-  float epsilon_ = 0.0f;
-};
-
 template <typename T>
 class BatchNormReluCpu : public EpsilonKernel {
  public:

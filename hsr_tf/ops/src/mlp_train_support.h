@@ -86,6 +86,17 @@ void Run(A... a) {
 // ---------------------------------------------------------------------------------------------------
 // Shared plumbing.
 
+// Base of the BatchNorm kernels: the epsilon attribute.
+class EpsilonKernel : public ::tensorflow::OpKernel {
+ public:
+  explicit EpsilonKernel(::tensorflow::OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("epsilon", &epsilon_));
+  }
+
+ protected:
+  float epsilon_ = 0.0f;
+};
+
 template <typename T> struct Storage;
 template <> struct Storage<float> { using type = float; };
 template <> struct Storage<::tensorflow::bfloat16> { using type = uint16_t; };

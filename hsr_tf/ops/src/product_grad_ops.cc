@@ -91,15 +91,11 @@ REGISTER_OP("HsrBatchNormReluMaxGradProduct")
 
 constexpr int64_t kChunks = 32;
 
-class ProductGradBase : public OpKernel {
+class ProductGradBase : public EpsilonKernel {
  public:
-  explicit ProductGradBase(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("epsilon", &epsilon_));
-  }
+  using EpsilonKernel::EpsilonKernel;
 
  protected:
-  float epsilon_ = 0.0f;
-
   // h_prev [R, Cin] and kernel [Cin, C] with Cin, C multiples of 32; the weights (input weights_input) of the R
   // rows; row splits; and, for z_input >= 0, z [R, C].
   absl::Status CheckInputs(OpKernelContext* ctx, const char* op, int z_input, int weights_input, int h_prev_input,
