@@ -84,7 +84,8 @@ def ball_query(points: tf.Tensor, centroids: tf.Tensor, radius: float, nsample: 
         points = tf.identity(points)
     n = tf.shape(points)[1]
     d2 = squared_distances(centroids, points)  # [B,M,N]
-    r2 = np.float32(radius) * np.float32(radius)
+    with np.errstate(over="ignore"):  # radius > ~1.8e19: r^2 is inf in float32 (every finite d2 inside), as compiled
+        r2 = np.float32(radius) * np.float32(radius)
     iota = tf.range(n, dtype=tf.int32)
     cand = tf.where(d2 < r2, iota, n)  # index if inside, N otherwise
     pad = tf.fill(tf.concat([tf.shape(cand)[:2], [nsample]], 0), n)
