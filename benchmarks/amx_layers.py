@@ -38,6 +38,7 @@ GROUP = 42
 
 def build_cases(rows, cin, c, pooled, seed):
     """{case: traced forward + backward function} for one layer shape."""
+    from hsr_tf.layers import training_path
     from hsr_tf.ops import mlp_train
 
     rng = np.random.default_rng(seed)
@@ -50,19 +51,14 @@ def build_cases(rows, cin, c, pooled, seed):
     splits = tf.range(0, rows + 1, GROUP, dtype=tf.int32) if pooled else None
     upstream = tf.cast(tf.random.stateless_normal([rows // GROUP if pooled else rows, c], seed=[1, 2]), tf.bfloat16)
 
-    def two_step():
-        kernel_c = tf.cast(kernel, tf.bfloat16)
-
-        @tf.custom_gradient
-        def product(h, kernel):
-            return tf.matmul(h, kernel_c), lambda dz: mlp_train.product_gradients(h, kernel_c, dz, 16)
-
-        return mlp_train.batch_norm_relu(product(h, kernel), gamma, beta, 1e-3, row_splits=splits, weights=weights,
-                                         compiled=True)[0]
+    def two_step():  # the training path's product (16 slabs for the kernel gradient), then the kernels
+        return mlp_train.batch_norm_relu(training_path.rows_matmul(h, kernel), gamma, beta, 1e-3, row_splits=splits,
+                                         weights=weights, compiled=True)[0]
 
     def fused(product_grad):
         return lambda: mlp_train.matmul_batch_norm_relu(h, kernel, gamma, beta, 1e-3, weights=weights,
-                                                        row_splits=splits, slabs=16, product_grad=product_grad)[0]
+                                                        row_splits=splits, slabs=training_path.WEIGHT_GRAD_SLABS,
+                                                        product_grad=product_grad)[0]
 
     def traced(forward):
         @tf.function
@@ -80,6 +76,7 @@ def build_cases(rows, cin, c, pooled, seed):
 
 def main(argv):
     del argv
+    tf.get_logger().setLevel("ERROR")  # one tf.function per case: the retracing warning does not apply
     from hsr_tf.ops import mlp_train
 
     if not mlp_train.amx_available():

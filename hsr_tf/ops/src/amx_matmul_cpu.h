@@ -21,6 +21,8 @@
 #include <cstring>
 #include <string>
 
+#include "mlp_train_cpu.h"
+
 namespace hsr_ops {
 
 #define HSR_AMX_TARGET __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw")))
@@ -214,11 +216,6 @@ HSR_AMX_TARGET inline void AmxWeightGradBlock(const uint16_t* hpv, const uint16_
 // ExtremesBlock (mlp_train_cpu.h) for bfloat16 z with C % 64 == 0 on AVX-512, 64 channels at a time: the
 // running extremes stay in registers and four independent blocks hide the compare latency (the vectoriser
 // leaves the generic loop's data-dependent updates 3-5x slower). The same results.
-__attribute__((target("avx512f,avx512bw"))) inline __m512 LoadBf16x16(const uint16_t* p) {
-  return _mm512_castsi512_ps(
-      _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
-}
-
 __attribute__((target("avx512f,avx512bw"))) inline void ExtremesBf16Avx512(
     const uint16_t* z, const int32_t* splits, int64_t groups, int c, float* zmax, float* zmin, int32_t* argmax,
     int32_t* argmin, float* zfirst) {

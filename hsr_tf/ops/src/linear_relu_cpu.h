@@ -95,6 +95,91 @@ HSR_INLINE void LinearReluInputGradBlock(const T* __restrict dh, const float* __
   }
 }
 
+// The AVX-512 loops of the forward pass and the gradient sums for K <= kWideMaxK and C % 64 == 0 (the ops pick
+// them where the CPU has AVX-512 with BF16): 64 channels at a time with the row's pre-activations and (gradient)
+// the K + 1 sums in registers. The products are added in the order of LinearRow, without fused multiply-adds,
+// so the values are those of the generic loops.
+constexpr int kWideMaxK = 4;
+
+#define HSR_WIDE_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
+
+// pre[q] for the 4 x 16 channels from k0 of one row u [K].
+HSR_WIDE_TARGET HSR_INLINE void WidePre(const float* u, int k_in, const float* kernel, const float* bias, int c,
+                                        int k0, __m512 pre[4]) {
+  for (int q = 0; q < 4; ++q) pre[q] = _mm512_loadu_ps(bias + k0 + 16 * q);
+  for (int j = 0; j < k_in; ++j) {
+    const __m512 uj = _mm512_set1_ps(u[j]);
+    const float* kr = kernel + static_cast<int64_t>(j) * c + k0;
+    for (int q = 0; q < 4; ++q) pre[q] = _mm512_add_ps(pre[q], _mm512_mul_ps(uj, _mm512_loadu_ps(kr + 16 * q)));
+  }
+}
+
+// The 64 results of a row from k0, after the ReLU.
+HSR_WIDE_TARGET HSR_INLINE void WideStore(const __m512 pre[4], uint16_t* out) {
+  for (int q = 0; q < 4; q += 2) {
+    const __m512bh v = _mm512_cvtne2ps_pbh(pre[q + 1], pre[q]);  // low half: pre[q]
+    _mm512_storeu_si512(out + 16 * q, reinterpret_cast<const __m512i&>(v));
+  }
+}
+HSR_WIDE_TARGET HSR_INLINE void WideStore(const __m512 pre[4], float* out) {
+  for (int q = 0; q < 4; ++q) _mm512_storeu_ps(out + 16 * q, pre[q]);
+}
+
+template <typename S>
+HSR_WIDE_TARGET void WideLinearRelu(const float* u, int64_t rows, int k_in, const float* kernel, const float* bias,
+                                    int c, S* h) {
+  const __m512 zero = _mm512_setzero_ps();
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int k0 = 0; k0 < c; k0 += 64) {
+      __m512 pre[4];
+      WidePre(u + r * k_in, k_in, kernel, bias, c, k0, pre);
+      for (int q = 0; q < 4; ++q) pre[q] = _mm512_max_ps(pre[q], zero);
+      WideStore(pre, h + r * c + k0);
+    }
+  }
+}
+
+HSR_WIDE_TARGET HSR_INLINE __m512 WideLoad(const uint16_t* p) { return LoadBf16x16(p); }
+HSR_WIDE_TARGET HSR_INLINE __m512 WideLoad(const float* p) { return _mm512_loadu_ps(p); }
+
+// LinearReluGradSumsBlock: sums [(K+1) * C] += (dbias, dkernel rows) over rows [0, rows), float sums of
+// kRowsPerFloatSum rows added to the doubles as there.
+template <typename S>
+HSR_WIDE_TARGET void WideLinearReluGradSums(const S* dh, const float* u, int64_t rows, int k_in, const float* kernel,
+                                            const float* bias, int c, double* sums) {
+  const __m512 zero = _mm512_setzero_ps();
+  for (int k0 = 0; k0 < c; k0 += 64) {
+    for (int64_t r0 = 0; r0 < rows; r0 += kRowsPerFloatSum) {
+      const int64_t r1 = r0 + kRowsPerFloatSum < rows ? r0 + kRowsPerFloatSum : rows;
+      __m512 acc[kWideMaxK + 1][4];
+      for (int j = 0; j <= k_in; ++j)
+        for (int q = 0; q < 4; ++q) acc[j][q] = zero;
+      for (int64_t r = r0; r < r1; ++r) {
+        const float* ur = u + r * k_in;
+        __m512 dy[4];
+        WidePre(ur, k_in, kernel, bias, c, k0, dy);
+        for (int q = 0; q < 4; ++q) {
+          const __mmask16 on = _mm512_cmp_ps_mask(dy[q], zero, _CMP_GT_OQ);
+          dy[q] = _mm512_maskz_mov_ps(on, WideLoad(dh + r * c + k0 + 16 * q));
+          acc[0][q] = _mm512_add_ps(acc[0][q], dy[q]);
+        }
+        for (int j = 0; j < k_in; ++j) {
+          const __m512 uj = _mm512_set1_ps(ur[j]);
+          for (int q = 0; q < 4; ++q) acc[j + 1][q] = _mm512_add_ps(acc[j + 1][q], _mm512_mul_ps(uj, dy[q]));
+        }
+      }
+      for (int j = 0; j <= k_in; ++j) {
+        for (int q = 0; q < 4; ++q) {
+          alignas(64) float lanes[16];
+          _mm512_store_ps(lanes, acc[j][q]);
+          double* out = sums + static_cast<int64_t>(j) * c + k0 + 16 * q;
+          for (int l = 0; l < 16; ++l) out[l] += lanes[l];
+        }
+      }
+    }
+  }
+}
+
 }  // namespace hsr_ops
 
 #endif  // HSR_TF_OPS_LINEAR_RELU_CPU_H_

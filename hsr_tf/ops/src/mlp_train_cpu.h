@@ -66,6 +66,12 @@ inline StoreFloatsFn& StoreBf16Rows() {
   return fn;
 }
 
+// 16 bfloat16 values -> float32 lanes (exact: the upper halves of the floats).
+__attribute__((target("avx512f,avx512bw"))) inline __m512 LoadBf16x16(const uint16_t* p) {
+  return _mm512_castsi512_ps(
+      _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
+}
+
 // Where a row of results is computed: float32 outputs in place, bfloat16 ones in a float scratch row that
 // FinishRow converts.
 HSR_INLINE float* RowTarget(float* out, float*) { return out; }
