@@ -54,7 +54,9 @@ def _run(fused, h, kernel, gamma, beta, weights, splits, upstream, slabs=0, prod
 
 
 @pytest.mark.parametrize("rows,cin,c,groups", [(1000, 64, 128, 40), (77, 32, 96, 5), (1000, 64, 64, None),
-                                               (531, 128, 32, None), (600, 32, 64, 600)])
+                                               (531, 128, 32, None), (600, 32, 64, 600),
+                                               # kernels of >= 256 KB: strips of h staged in tile order
+                                               (300, 256, 512, 12), (299, 512, 256, None)])
 def test_equals_the_two_step_path(rows, cin, c, groups, rng):
     h, kernel, gamma, beta, weights, splits = _inputs(rng, rows, cin, c, groups)
     upstream = tf.constant(rng.normal(size=(groups or rows, c)).astype(np.float32))

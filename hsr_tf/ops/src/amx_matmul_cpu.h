@@ -20,6 +20,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "mlp_train_cpu.h"
 
@@ -82,41 +83,109 @@ HSR_AMX_TARGET inline void PackVnni(const uint16_t* rows, int64_t ld, int n, int
   }
 }
 
-// z [n, C] (bfloat16) = h [n, Cin] W for one block of rows; wv: W in VNNI layout [Cin/2, 2 C] (PackVnni).
-// Requires Cin % 32 == 0 and C % 32 == 0. strip: 32 x C floats, pad: 32 x Cin uint16 (a last strip of fewer
-// than 32 rows is copied there, zero-padded, so no tile reads past h). Call AmxConfigure() first on this thread.
-HSR_AMX_TARGET inline void AmxMatMulBlock(const uint16_t* h, int64_t n, int cin, const uint16_t* wv, int c,
-                                          uint16_t* z, float* strip, uint16_t* pad,
-                                          void (*to_bf16)(const float*, uint16_t*, int64_t)) {
+// W [K, C] bfloat16 packed once per call for AmxMatMulBlock's B tiles (K, C multiples of 32). The layout follows
+// K, as measured on this CPU (tile benches in WORKSPACE_NOTES.md, "Session 2026-12-06"): for K < 128 W fits the
+// L1 cache and its VNNI rows (PackVnni) are read fastest as they are; for K >= 128 every B tile's 16 x 64 bytes
+// lie together in the order the product reads them ([32-column pair][32-row k step][2 tiles]), 20-30 % faster;
+// and where W is 256 KB or more (it streams from L2 for every strip) each 32-row strip of h is also copied into
+// tile order before its tiles are read (stage_rows), 30-60 % faster there.
+struct AmxWeights {
+  std::vector<uint16_t> packed;
+  int k = 0, c = 0;
+  bool tiled = false, stage_rows = false;
+};
+
+// w: [k, c] bfloat16 rows.
+HSR_AMX_TARGET inline void PackAmxWeights(const uint16_t* w, int k, int c, AmxWeights* out) {
+  out->k = k;
+  out->c = c;
+  out->tiled = k >= 128;
+  out->stage_rows = static_cast<int64_t>(k) * c * 2 >= (256 << 10);
+  out->packed.assign(static_cast<size_t>(k) * c, 0);
+  if (!out->tiled) {
+    PackVnni(w, c, k, c, out->packed.data());
+    return;
+  }
+  uint16_t* o = out->packed.data();
+  for (int j0 = 0; j0 < c; j0 += 32)
+    for (int k0 = 0; k0 < k; k0 += 32)
+      for (int s = 0; s < 2; ++s)
+        for (int p = 0; p < 16; ++p)  // tile row p: reduction rows k0 + 2p, k0 + 2p + 1 interleaved
+          for (int q = 0; q < 16; ++q) {
+            *o++ = w[static_cast<int64_t>(k0 + 2 * p) * c + j0 + 16 * s + q];
+            *o++ = w[static_cast<int64_t>(k0 + 2 * p + 1) * c + j0 + 16 * s + q];
+          }
+}
+
+// One 32-row strip (a: its first row, lda elements per row) times W into strip [32, C] float32; A tiles
+// either from the rows (lda) or, kStaged, from a strip in tile order ([k step][2 tiles of 16 rows x 32]).
+template <bool kTiled, bool kStaged>
+HSR_AMX_TARGET inline void AmxStripProduct(const uint16_t* a, int64_t lda, const AmxWeights& w, float* strip) {
+  const int cin = w.k, c = w.c, ksteps = cin / 32;
+  const uint16_t* wp = w.packed.data();
   const int64_t ld_b = 2 * static_cast<int64_t>(c) * 2;  // bytes per VNNI row of W
+  for (int j0 = 0; j0 < c; j0 += 32) {
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    for (int k = 0; k < ksteps; ++k) {
+      if (kStaged) {
+        _tile_loadd(4, a + k * 1024, 64);
+        _tile_loadd(5, a + k * 1024 + 512, 64);
+      } else {
+        _tile_loadd(4, a + 32 * k, lda * 2);
+        _tile_loadd(5, a + 16 * lda + 32 * k, lda * 2);
+      }
+      if (kTiled) {
+        const uint16_t* b = wp + (static_cast<int64_t>(j0 / 32) * ksteps + k) * 1024;
+        _tile_loadd(6, b, 64);
+        _tile_loadd(7, b + 512, 64);
+      } else {
+        const uint16_t* b = wp + static_cast<int64_t>(16 * k) * 2 * c + 2 * j0;
+        _tile_loadd(6, b, ld_b);
+        _tile_loadd(7, b + 32, ld_b);
+      }
+      _tile_dpbf16ps(0, 4, 6);
+      _tile_dpbf16ps(1, 4, 7);
+      _tile_dpbf16ps(2, 5, 6);
+      _tile_dpbf16ps(3, 5, 7);
+    }
+    _tile_stored(0, strip + j0, c * 4);
+    _tile_stored(1, strip + j0 + 16, c * 4);
+    _tile_stored(2, strip + 16 * static_cast<int64_t>(c) + j0, c * 4);
+    _tile_stored(3, strip + 16 * static_cast<int64_t>(c) + j0 + 16, c * 4);
+  }
+}
+
+// z [n, C] (bfloat16) = h [n, K] W for one block of rows (w: PackAmxWeights). strip: 32 x C floats, pad:
+// 32 x K uint16 (a last strip of fewer than 32 rows is copied there, zero-padded, so no tile reads past h; with
+// stage_rows every strip is copied there in tile order). Call AmxConfigure() first on this thread.
+HSR_AMX_TARGET inline void AmxMatMulBlock(const uint16_t* h, int64_t n, const AmxWeights& w, uint16_t* z,
+                                          float* strip, uint16_t* pad,
+                                          void (*to_bf16)(const float*, uint16_t*, int64_t)) {
+  const int cin = w.k, c = w.c;
   for (int64_t r0 = 0; r0 < n; r0 += 32) {
     const int64_t rows = n - r0 < 32 ? n - r0 : 32;
     const uint16_t* a = h + r0 * cin;
-    if (rows < 32) {
-      std::memcpy(pad, a, sizeof(uint16_t) * rows * cin);
-      std::memset(pad + rows * cin, 0, sizeof(uint16_t) * (32 - rows) * cin);
-      a = pad;
-    }
-    for (int j0 = 0; j0 < c; j0 += 32) {
-      _tile_zero(0);
-      _tile_zero(1);
-      _tile_zero(2);
-      _tile_zero(3);
-      for (int k0 = 0; k0 < cin; k0 += 32) {
-        _tile_loadd(4, a + k0, cin * 2);
-        _tile_loadd(5, a + 16 * static_cast<int64_t>(cin) + k0, cin * 2);
-        const uint16_t* b = wv + static_cast<int64_t>(k0 / 2) * 2 * c + 2 * j0;
-        _tile_loadd(6, b, ld_b);
-        _tile_loadd(7, b + 32, ld_b);
-        _tile_dpbf16ps(0, 4, 6);
-        _tile_dpbf16ps(1, 4, 7);
-        _tile_dpbf16ps(2, 5, 6);
-        _tile_dpbf16ps(3, 5, 7);
+    if (w.stage_rows) {
+      for (int64_t r = 0; r < 32; ++r)
+        for (int k = 0; k < cin / 32; ++k) {
+          const __m512i v = r < rows ? _mm512_loadu_si512(a + r * cin + 32 * k) : _mm512_setzero_si512();
+          _mm512_storeu_si512(pad + (static_cast<int64_t>(k) * 2 + r / 16) * 512 + (r % 16) * 32, v);
+        }
+      AmxStripProduct<true, true>(pad, 32, w, strip);
+    } else {
+      if (rows < 32) {
+        std::memcpy(pad, a, sizeof(uint16_t) * rows * cin);
+        std::memset(pad + rows * cin, 0, sizeof(uint16_t) * (32 - rows) * cin);
+        a = pad;
       }
-      _tile_stored(0, strip + j0, c * 4);
-      _tile_stored(1, strip + j0 + 16, c * 4);
-      _tile_stored(2, strip + 16 * static_cast<int64_t>(c) + j0, c * 4);
-      _tile_stored(3, strip + 16 * static_cast<int64_t>(c) + j0 + 16, c * 4);
+      if (w.tiled) {
+        AmxStripProduct<true, false>(a, cin, w, strip);
+      } else {
+        AmxStripProduct<false, false>(a, cin, w, strip);
+      }
     }
     to_bf16(strip, z + r0 * c, rows * c);
   }
@@ -166,49 +235,65 @@ HSR_AMX_TARGET inline void Transpose16x16(const uint32_t* in, int64_t ld_in, uin
   }
 }
 
+// PackVnni into tiles: out[(jt * ksteps + k) * 512 + 32 p + 2 q + s] = rows[32 k + 2 p + s][16 jt + q] for the
+// n / 32 k steps of n rows (a multiple of 32) and width / 16 column tiles jt (width a multiple of 32): every B
+// tile of a reduction over rows lies in 1 KB, in the order AmxWeightGradBlock reads them.
+HSR_AMX_TARGET inline void PackVnniTiles(const uint16_t* rows, int64_t ld, int n, int width, uint16_t* out) {
+  const __m512i lo = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8, 39, 7, 38, 6,
+                                      37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
+  const __m512i hi = _mm512_add_epi16(lo, _mm512_set1_epi16(16));
+  const int ksteps = n / 32;
+  for (int pair = 0; pair < n / 2; ++pair) {
+    const uint16_t* r0 = rows + (2 * static_cast<int64_t>(pair)) * ld;
+    const uint16_t* r1 = r0 + ld;
+    uint16_t* o = out + static_cast<int64_t>(pair / 16) * 512 + (pair % 16) * 32;
+    for (int j = 0; j < width; j += 32) {
+      const __m512i a = _mm512_loadu_si512(r0 + j);
+      const __m512i b = _mm512_loadu_si512(r1 + j);
+      _mm512_storeu_si512(o + static_cast<int64_t>(j / 16) * ksteps * 512, _mm512_permutex2var_epi16(a, lo, b));
+      _mm512_storeu_si512(o + static_cast<int64_t>(j / 16 + 1) * ksteps * 512, _mm512_permutex2var_epi16(a, hi, b));
+    }
+  }
+}
+
 // dw [Cin, C] (float32, accumulated in place) += hp^T dz over one block of n_pad rows (a multiple of 32; rows
 // past the block's zero in both): hp in VNNI layout (hpv, PackVnniPadded) and dz [n_pad, C] bfloat16 rows. The
-// reduction runs over rows, so hp^T's A tiles are 16 x 16 transposes of hp's VNNI pairs and dz is packed to
-// VNNI for the B tiles. Scratch: hpt [n_pad * Cin], dzv [n_pad * C] uint16. Requires Cin % 16 == 0, C % 32 == 0; call
-// AmxConfigure() first on this thread.
+// reduction runs over rows, so hp^T's A tiles are 16 x 16 transposes of hp's VNNI pairs and dz is packed into
+// VNNI tiles (PackVnniTiles) for the B tiles; every 32 x 32 block of dw takes all k steps in 2 x 2 tiles (each
+// tile read from 1 KB that lie together: 15-40 % faster than strided B tiles in 1 x 4 blocks). Scratch: hpt
+// [n_pad * Cin], dzv [n_pad * C] uint16. Requires Cin % 32 == 0, C % 32 == 0; call AmxConfigure() first on this
+// thread.
 HSR_AMX_TARGET inline void AmxWeightGradBlock(const uint16_t* hpv, const uint16_t* dz, int n_pad, int cin, int c,
                                               float* dw, uint16_t* hpt, uint16_t* dzv) {
-  PackVnni(dz, c, n_pad, c, dzv);
+  PackVnniTiles(dz, c, n_pad, c, dzv);
   const int ksteps = n_pad / 32;
   for (int i = 0; i < cin / 16; ++i)
     for (int k = 0; k < ksteps; ++k)
       Transpose16x16(reinterpret_cast<const uint32_t*>(hpv) + static_cast<int64_t>(16 * k) * cin + 16 * i, cin,
                      reinterpret_cast<uint32_t*>(hpt + (static_cast<int64_t>(i) * ksteps + k) * 512));
-  for (int i = 0; i < cin / 16; ++i) {
-    for (int j0 = 0; j0 < c / 16; j0 += 4) {  // C % 32 == 0: 2 or 4 tiles of 16 columns
-      const bool four = c / 16 - j0 >= 4;
-      float* acc = dw + static_cast<int64_t>(16 * i) * c + 16 * j0;
+  for (int i = 0; i < cin / 16; i += 2) {
+    for (int j = 0; j < c / 16; j += 2) {
+      float* acc = dw + static_cast<int64_t>(16 * i) * c + 16 * j;
       _tile_loadd(0, acc, c * 4);
       _tile_loadd(1, acc + 16, c * 4);
-      if (four) {
-        _tile_loadd(2, acc + 32, c * 4);
-        _tile_loadd(3, acc + 48, c * 4);
-      }
+      _tile_loadd(2, acc + 16 * static_cast<int64_t>(c), c * 4);
+      _tile_loadd(3, acc + 16 * static_cast<int64_t>(c) + 16, c * 4);
+      const uint16_t* a0 = hpt + static_cast<int64_t>(i) * ksteps * 512;
+      const uint16_t* b0 = dzv + static_cast<int64_t>(j) * ksteps * 512;
       for (int k = 0; k < ksteps; ++k) {
-        _tile_loadd(4, hpt + (static_cast<int64_t>(i) * ksteps + k) * 512, 64);
-        const uint16_t* b = dzv + static_cast<int64_t>(16 * k) * 2 * c + 32 * j0;
-        _tile_loadd(5, b, c * 4);
-        _tile_dpbf16ps(0, 4, 5);
-        _tile_loadd(6, b + 32, c * 4);
-        _tile_dpbf16ps(1, 4, 6);
-        if (four) {
-          _tile_loadd(7, b + 64, c * 4);
-          _tile_dpbf16ps(2, 4, 7);
-          _tile_loadd(5, b + 96, c * 4);
-          _tile_dpbf16ps(3, 4, 5);
-        }
+        _tile_loadd(4, a0 + k * 512, 64);
+        _tile_loadd(5, a0 + (ksteps + k) * 512, 64);
+        _tile_loadd(6, b0 + k * 512, 64);
+        _tile_loadd(7, b0 + (ksteps + k) * 512, 64);
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(1, 4, 7);
+        _tile_dpbf16ps(2, 5, 6);
+        _tile_dpbf16ps(3, 5, 7);
       }
       _tile_stored(0, acc, c * 4);
       _tile_stored(1, acc + 16, c * 4);
-      if (four) {
-        _tile_stored(2, acc + 32, c * 4);
-        _tile_stored(3, acc + 48, c * 4);
-      }
+      _tile_stored(2, acc + 16 * static_cast<int64_t>(c), c * 4);
+      _tile_stored(3, acc + 16 * static_cast<int64_t>(c) + 16, c * 4);
     }
   }
 }

@@ -157,7 +157,7 @@ class AmxAvailableCpu : public OpKernel {
 struct Product {
   int64_t r_ = 0, cin_ = 0, c_ = 0, g_ = 0, largest_ = 0;
   double total_ = 0.0;
-  std::vector<uint16_t> wv_;  // the kernel in bfloat16, VNNI layout [Cin/2, 2C]
+  AmxWeights wv_;  // the kernel in bfloat16, packed for the tiles (PackAmxWeights)
 
   absl::Status Prepare(OpKernelContext* ctx, const char* op, bool grouped) {
     if (!(AmxReady() && IsaLevel() == 2)) {
@@ -185,8 +185,7 @@ struct Product {
     std::vector<uint16_t> w(cin_ * c_);
     const float* kp = kernel.flat<float>().data();
     for (int64_t i = 0; i < cin_ * c_; ++i) Store(kp[i], &w[i]);
-    wv_.assign(cin_ * c_, 0);
-    PackVnni(w.data(), c_, static_cast<int>(cin_), static_cast<int>(c_), wv_.data());
+    PackAmxWeights(w.data(), static_cast<int>(cin_), static_cast<int>(c_), &wv_);
     return absl::OkStatus();
   }
 
@@ -212,7 +211,7 @@ struct Product {
                         uint16_t* zb = zp != nullptr ? zp + first * c
                                                      : reinterpret_cast<uint16_t*>(acc + 34 * c_ + 16 * cin_);
                         AmxConfigure();
-                        AmxMatMulBlock(hp + first * cin, rows, cin, wv_.data(), c, zb, acc + 2 * c_,
+                        AmxMatMulBlock(hp + first * cin, rows, wv_, zb, acc + 2 * c_,
                                        reinterpret_cast<uint16_t*>(acc + 34 * c_), StoreBf16Rows());
                         AmxRelease();
                         mlp_train::Run<MomentsBlockOp>(zb, w ? w + first : nullptr, rows, c, partial, partial + c_,

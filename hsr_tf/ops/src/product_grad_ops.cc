@@ -141,12 +141,13 @@ class ProductGradBase : public EpsilonKernel {
   static void Products(OpKernelContext* ctx, const Tensor& h, const Tensor& kernel, int64_t num_blocks,
                        int64_t max_rows, DzBlock dz_block, Tensor* dh_prev, Tensor* dkernel) {
     const int64_t cin = h.dim_size(1), c = kernel.dim_size(1);
-    // kernel^T in bfloat16, VNNI layout: the B tiles of dz kernel^T.
+    // kernel^T in bfloat16, packed as the B tiles of dz kernel^T.
     const float* kp = kernel.flat<float>().data();
-    std::vector<uint16_t> wt(c * cin), wtv(c * cin);
+    std::vector<uint16_t> wt(c * cin);
     for (int64_t i = 0; i < cin; ++i)
       for (int64_t k = 0; k < c; ++k) Store(kp[i * c + k], &wt[k * cin + i]);
-    PackVnni(wt.data(), cin, static_cast<int>(c), static_cast<int>(cin), wtv.data());
+    AmxWeights wtv;
+    PackAmxWeights(wt.data(), static_cast<int>(c), static_cast<int>(cin), &wtv);
     const uint16_t* hp = In<Bf16>(h);
     uint16_t* out = Out<Bf16>(dh_prev);
     const int64_t pad_rows = (max_rows + 31) / 32 * 32;
@@ -165,7 +166,7 @@ class ProductGradBase : public EpsilonKernel {
           dz_block(b, dz.data(), &first, &rows);
           const int64_t n_pad = (rows + 31) / 32 * 32;
           std::fill(dz.begin() + rows * c, dz.begin() + n_pad * c, uint16_t{0});
-          AmxMatMulBlock(dz.data(), rows, ci, wtv.data(), cini, out + first * cin, strip.data(), pad.data(),
+          AmxMatMulBlock(dz.data(), rows, wtv, out + first * cin, strip.data(), pad.data(),
                          StoreBf16Rows());
           PackVnniPadded(hp + first * cin, cin, static_cast<int>(rows), static_cast<int>(n_pad), cini, hpv.data());
           AmxWeightGradBlock(hpv.data(), dz.data(), static_cast<int>(n_pad), cini, ci,
@@ -262,13 +263,14 @@ class BatchNormReluMaxGradProductCpu : public ProductGradBase {
     for (int64_t b = 0; b < num_blocks; ++b) {
       max_rows = std::max<int64_t>(max_rows, sp[std::min(g, (b + 1) * per_block)] - sp[b * per_block]);
     }
-    // The kernel in VNNI layout: the block's z is recomputed as in the forward pass.
+    // The kernel packed as in the forward pass: the block's z is recomputed there.
     const float* kp = kernel.flat<float>().data();
-    std::vector<uint16_t> wk(cin * c), wv(cin * c);
+    std::vector<uint16_t> wk(cin * c);
     for (int64_t i = 0; i < cin * c; ++i) Store(kp[i], &wk[i]);
-    PackVnni(wk.data(), c, static_cast<int>(cin), static_cast<int>(c), wv.data());
+    AmxWeights wv;
+    PackAmxWeights(wk.data(), static_cast<int>(cin), static_cast<int>(c), &wv);
     const uint16_t* hp = In<Bf16>(h);
-    const int ci = static_cast<int>(c), cini = static_cast<int>(cin);
+    const int ci = static_cast<int>(c);
     auto dz_block = [&](int64_t b, uint16_t* dz, int64_t* first, int64_t* rows) {
       const int64_t g0 = b * per_block, groups = std::min(per_block, g - g0);
       *first = sp[g0];
@@ -282,8 +284,7 @@ class BatchNormReluMaxGradProductCpu : public ProductGradBase {
       strip.resize(32 * c);
       buf.resize(largest * c);
       local.resize(groups + 1);
-      AmxMatMulBlock(hp + *first * cin, *rows, cini, wv.data(), ci, zb.data(), strip.data(), pad.data(),
-                     StoreBf16Rows());
+      AmxMatMulBlock(hp + *first * cin, *rows, wv, zb.data(), strip.data(), pad.data(), StoreBf16Rows());
       // The block's row splits relative to its first row: the group pass writes into the scratch.
       for (int64_t i = 0; i <= groups; ++i) local[i] = sp[g0 + i] - sp[g0];
       Run<MaxGradApplyBlockOp>(gp + g0 * c, ap + g0 * c, zb.data(), w ? w + *first : nullptr, local.data(), groups,
