@@ -10,7 +10,9 @@ pass (gradients of h, kernel, gamma and beta for a fixed upstream gradient) of
   summed over 16 slabs (the fast path without ``fused_products``);
 * ``amx``: ``mlp_train.matmul_batch_norm_relu`` with the TensorFlow backward products (``fused_product_grads``
   off);
-* ``amx+grads``: the same with the fused backward pass (the default).
+* ``amx+grads``: the same with the fused backward pass (the default);
+* ``rows-packed``: ``amx+grads`` with every kernel kept in VNNI rows (``HSR_TF_OPS_AMX_PACKING=rows`` during the
+  call), the packing before kernels of K >= 128 were laid out tile by tile; compare it with ``amx+grads``.
 
 Prints the best of ``--repeats`` per case and each one's speed-up over ``two-step`` measured in the same run
 (cases interleaved per repeat). Needs the compiled ops and a CPU with AMX-BF16.
@@ -32,7 +34,9 @@ flags.DEFINE_integer("repeats", 5, "Timed rounds (the best per case is reported)
 SHAPES = (("level 1, hidden 64 -> 64", 690_000, 64, 64, False),
           ("level 1, max 64 -> 128", 690_000, 64, 128, True),
           ("level 2, hidden 128 -> 128", 218_000, 128, 128, False),
-          ("level 2, max 128 -> 256", 218_000, 128, 256, True))
+          ("level 2, max 128 -> 256", 218_000, 128, 256, True),
+          ("global, hidden 256 -> 512", 4_096, 256, 512, False),
+          ("global, max 512 -> 1024", 4_096, 512, 1024, True))
 GROUP = 42
 
 
@@ -71,7 +75,16 @@ def build_cases(rows, cin, c, pooled, seed):
             return tf.add_n([tf.reduce_sum(tf.cast(g[:1], tf.float32)) for g in grads])
         return step
 
-    return {"two-step": traced(two_step), "amx": traced(fused(False)), "amx+grads": traced(fused(True))}
+    def rows_packed():
+        os.environ["HSR_TF_OPS_AMX_PACKING"] = "rows"  # read by the ops at every call
+        try:
+            return with_tiles()
+        finally:
+            del os.environ["HSR_TF_OPS_AMX_PACKING"]
+
+    with_tiles = traced(fused(True))
+    return {"two-step": traced(two_step), "amx": traced(fused(False)), "amx+grads": with_tiles,
+            "rows-packed": rows_packed}
 
 
 def main(argv):

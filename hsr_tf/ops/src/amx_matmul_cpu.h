@@ -84,11 +84,11 @@ HSR_AMX_TARGET inline void PackVnni(const uint16_t* rows, int64_t ld, int n, int
 }
 
 // W [K, C] bfloat16 packed once per call for AmxMatMulBlock's B tiles (K, C multiples of 32). The layout follows
-// K, as measured on this CPU (tile benches in WORKSPACE_NOTES.md, "Session 2026-12-06"): for K < 128 W fits the
-// L1 cache and its VNNI rows (PackVnni) are read fastest as they are; for K >= 128 every B tile's 16 x 64 bytes
-// lie together in the order the product reads them ([32-column pair][32-row k step][2 tiles]), 20-30 % faster;
-// and where W is 256 KB or more (it streams from L2 for every strip) each 32-row strip of h is also copied into
-// tile order before its tiles are read (stage_rows), 30-60 % faster there.
+// the shape, as measured on this CPU (WORKSPACE_NOTES.md, "Session 2026-12-06"): for K < 128 or W under 32 KB
+// its VNNI rows (PackVnni) are read fastest as they are; for K >= 128 and W of 32 KB or more every B tile's
+// 16 x 64 bytes lie together in the order the product reads them ([32-column pair][32-row k step][2 tiles]),
+// 15-30 % faster in the block products; and where W is 256 KB or more (it streams from L2 for every strip) each
+// 32-row strip of h is also copied into tile order before its tiles are read (stage_rows), 30-60 % faster there.
 struct AmxWeights {
   std::vector<uint16_t> packed;
   int k = 0, c = 0;
@@ -99,8 +99,12 @@ struct AmxWeights {
 HSR_AMX_TARGET inline void PackAmxWeights(const uint16_t* w, int k, int c, AmxWeights* out) {
   out->k = k;
   out->c = c;
-  out->tiled = k >= 128;
-  out->stage_rows = static_cast<int64_t>(k) * c * 2 >= (256 << 10);
+  // HSR_TF_OPS_AMX_PACKING=rows keeps every kernel in VNNI rows (benchmarks.amx_layers times both; read at
+  // every call so that one process can compare them).
+  const char* packing = std::getenv("HSR_TF_OPS_AMX_PACKING");
+  out->tiled = k >= 128 && static_cast<int64_t>(k) * c * 2 >= (32 << 10) &&
+               !(packing != nullptr && std::string(packing) == "rows");
+  out->stage_rows = out->tiled && static_cast<int64_t>(k) * c * 2 >= (256 << 10);
   out->packed.assign(static_cast<size_t>(k) * c, 0);
   if (!out->tiled) {
     PackVnni(w, c, k, c, out->packed.data());
