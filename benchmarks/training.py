@@ -22,7 +22,8 @@ Variants:
   fused ops instead of the compiled kernels, hence also no ``drop_duplicates``),
   ``fast_bfloat16_with_duplicates``, ``fast_bfloat16_no_slabs``, ``fast_bfloat16_no_folded``,
   ``fast_bfloat16_no_fused_products``, ``fast_bfloat16_no_fused_grads``: the fast bfloat16 path with one optimisation switched off (what each one
-  is worth).
+  is worth); ``fast_bfloat16_fused_global``: the fused products also on the global level (``fused_max_channels``
+  1024 instead of 256).
 
 Timing: after one call that traces, ``--steps`` rounds; each round times one step of every variant in turn,
 so all variants see the same load on a shared machine. The minimum over rounds is reported (the least noisy
@@ -60,6 +61,7 @@ VARIANTS = {
     "fast_bfloat16_no_folded": ("mixed_bfloat16", {"folded_first_layer": False}),
     "fast_bfloat16_no_fused_products": ("mixed_bfloat16", {"fused_products": False}),
     "fast_bfloat16_no_fused_grads": ("mixed_bfloat16", {"fused_product_grads": False}),
+    "fast_bfloat16_fused_global": ("mixed_bfloat16", {"fused_max_channels": 1024}),
 }
 
 FLAGS = flags.FLAGS

@@ -168,3 +168,28 @@ def test_set_abstraction_levels_train_the_same_with_and_without_the_fused_produc
     assert {"HsrBatchNormReluGradProduct", "HsrBatchNormReluMaxGradProduct"} <= both_types, both_types
     for a, b in zip(both, plain):
         np.testing.assert_allclose(a, b, rtol=2e-2, atol=2e-2 * max(1e-6, np.abs(b).max()))
+
+
+def test_layers_wider_than_fused_max_channels_keep_the_two_step_path(rng):
+    """The fused products stop at ``fused_max_channels`` outputs: a 64 -> 288 layer of a shared MLP traces to
+    TensorFlow's product and the BatchNorm kernel, its 32 -> 64 neighbour to the fused op; raising the limit
+    fuses both."""
+    from hsr_tf.layers.set_abstraction import GlobalSetAbstraction
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        glob = GlobalSetAbstraction([32, 64, 288])
+        xyz = tf.constant(rng.normal(size=(2, 40, 3)).astype(np.float32))
+        feats = tf.constant(rng.normal(size=(2, 40, 32)).astype(np.float32))
+        glob(xyz, feats, training=False)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+    def fused_widths(path):
+        with training_path.use(path):
+            graph = tf.function(lambda: glob(xyz, feats, training=True)).get_concrete_function().graph
+        return sorted(op.outputs[0].shape[-1] for op in graph.get_operations()
+                      if op.type in ("HsrMatMulMoments", "HsrMatMulMomentsExtremes"))
+
+    assert training_path.FAST.fused_max_channels == 256
+    assert fused_widths(dataclasses.replace(training_path.FAST, fused_max_channels=256)) == [64]
+    assert fused_widths(dataclasses.replace(training_path.FAST, fused_max_channels=288)) == [64, 288]

@@ -48,7 +48,7 @@ The fast path computes the same function with fewer passes:
   BatchNorm's full gradient. Computed in float32 from float32 rows (the other path rounds the rows and z to
   bfloat16 under a bfloat16 policy).
 * ``fused_products`` (bfloat16, compiled ops, a CPU with AMX; channel counts multiples of 32, at most
-  ``FUSED_MAX_CHANNELS`` outputs, i.e. the first two levels): a layer's
+  ``fused_max_channels`` outputs, 256: the first two levels): a layer's
   product ``h W`` runs on AMX tiles block by block and, while a block is in cache, its BatchNorm moments and (last
   layer) every group's largest and smallest value per channel are taken (:func:`matmul_batch_norm_relu_train`):
   the moments pass of the BatchNorm kernel and both passes of the max kernel over the [R, C] product go away
@@ -89,6 +89,11 @@ class TrainingPath:
     folded_first_layer: bool = True
     fused_products: bool = True
     fused_product_grads: bool = True
+    # Widest layer output that takes the fused products. The wider layers are the global level's (B x 128 rows),
+    # where TensorFlow's products and the BatchNorm kernels were faster in every run of ``python -m
+    # benchmarks.amx_layers`` (fused 0.73-0.86x of the two-step path at 256 -> 512 and 512 -> 1024; the first two
+    # levels' 1.1-1.8x at up to 256 channels).
+    fused_max_channels: int = 256
 
 
 FAST = TrainingPath()
@@ -220,19 +225,12 @@ def rows_matmul(h, kernel):
     return product(h, tf.convert_to_tensor(kernel, tf.float32))
 
 
-#: Widest layer output that takes the fused products. The wider layers are the global level's (B x 128 rows),
-#: where TensorFlow's products and the BatchNorm kernels were faster in every run of ``python -m
-#: benchmarks.amx_layers`` (fused 0.73-0.86x of the two-step path at 256 -> 512 and 512 -> 1024; the first two
-#: levels' 1.1-1.8x at up to 256 channels).
-FUSED_MAX_CHANNELS = 256
-
-
 def fused_product_on(dtype, in_channels, channels) -> bool:
     """Whether a layer [R, in_channels] -> [R, channels] computing in ``dtype`` trains through
     :func:`matmul_batch_norm_relu_train` (the ``fused_products`` switch; bfloat16, AMX, multiples of 32, at
-    most ``FUSED_MAX_CHANNELS`` outputs)."""
+    most ``fused_max_channels`` outputs)."""
     return (current().fused_products and dtype == tf.bfloat16 and kernels_on(dtype) and in_channels % 32 == 0
-            and channels % 32 == 0 and channels <= FUSED_MAX_CHANNELS and mlp_train.amx_available())
+            and channels % 32 == 0 and channels <= current().fused_max_channels and mlp_train.amx_available())
 
 
 def matmul_batch_norm_relu_train(h, kernel, bn, row_splits=None, weights=None):
