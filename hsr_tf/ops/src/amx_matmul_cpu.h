@@ -87,8 +87,8 @@ HSR_AMX_TARGET inline void PackVnni(const uint16_t* rows, int64_t ld, int n, int
 // the shape, as measured on this CPU (WORKSPACE_NOTES.md, "Session 2026-12-06"): for K < 128 or W under 32 KB
 // its VNNI rows (PackVnni) are read fastest as they are; for K >= 128 and W of 32 KB or more every B tile's
 // 16 x 64 bytes lie together in the order the product reads them ([32-column pair][32-row k step][2 tiles]),
-// 15-30 % faster in the block products; and where W is 256 KB or more (it streams from L2 for every strip) each
-// 32-row strip of h is also copied into tile order before its tiles are read (stage_rows), 30-60 % faster there.
+// 20-30 % faster in the block products (in cache); and where W is 256 KB or more (it streams from L2 for every
+// strip) each 32-row strip of h is also copied into tile order before its tiles are read (stage_rows), 1.25-1.9x.
 struct AmxWeights {
   std::vector<uint16_t> packed;
   int k = 0, c = 0;
@@ -264,7 +264,7 @@ HSR_AMX_TARGET inline void PackVnniTiles(const uint16_t* rows, int64_t ld, int n
 // past the block's zero in both): hp in VNNI layout (hpv, PackVnniPadded) and dz [n_pad, C] bfloat16 rows. The
 // reduction runs over rows, so hp^T's A tiles are 16 x 16 transposes of hp's VNNI pairs and dz is packed into
 // VNNI tiles (PackVnniTiles) for the B tiles; every 32 x 32 block of dw takes all k steps in 2 x 2 tiles (each
-// tile read from 1 KB that lie together: 15-40 % faster than strided B tiles in 1 x 4 blocks). Scratch: hpt
+// tile read from 1 KB that lie together: up to 1.6x faster than strided B tiles in 1 x 4 blocks). Scratch: hpt
 // [n_pad * Cin], dzv [n_pad * C] uint16. Requires Cin % 32 == 0, C % 32 == 0; call AmxConfigure() first on this
 // thread.
 HSR_AMX_TARGET inline void AmxWeightGradBlock(const uint16_t* hpv, const uint16_t* dz, int n_pad, int cin, int c,
