@@ -3,8 +3,9 @@
     python -m benchmarks.amx_layers [--scale=1.0] [--repeats=5]
 
 For the four layer shapes of the paper-size network's first two levels at B = 32 (rows after the ball query's
-padding copies are dropped: ~690K and ~218K; groups of 42 rows; row weights 1-3), times one forward + backward
-pass (gradients of h, kernel, gamma and beta for a fixed upstream gradient) of
+padding copies are dropped: ~690K and ~218K; groups of 42 rows; row weights 1-3) and the global level's two
+(4K rows; the training path keeps these on the two-step path: ``TrainingPath.fused_max_channels``), times one
+forward + backward pass (gradients of h, kernel, gamma and beta for a fixed upstream gradient) of
 
 * ``two-step``: ``tf.matmul`` in bfloat16, then the fused BatchNorm + ReLU (+ max) kernels, the kernel gradient
   summed over 16 slabs (the fast path without ``fused_products``);
