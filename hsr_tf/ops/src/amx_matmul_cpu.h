@@ -121,6 +121,19 @@ HSR_AMX_TARGET inline void PackAmxWeights(const uint16_t* w, int k, int c, AmxWe
           }
 }
 
+// A float32 layer kernel [cin, c] rounded to bfloat16 and packed (PackAmxWeights) as it is (the B tiles of
+// z = h kernel) or, transposed, as kernel^T [c, cin] (those of dh = dz kernel^T).
+HSR_AMX_TARGET inline void PackAmxKernel(const float* kernel, int cin, int c, bool transposed, AmxWeights* out) {
+  std::vector<uint16_t> rows(static_cast<size_t>(cin) * c);
+  for (int64_t i = 0; i < cin; ++i)
+    for (int64_t k = 0; k < c; ++k) Store(kernel[i * c + k], &rows[transposed ? k * cin + i : i * c + k]);
+  if (transposed) {
+    PackAmxWeights(rows.data(), c, cin, out);
+  } else {
+    PackAmxWeights(rows.data(), cin, c, out);
+  }
+}
+
 // One 32-row strip (a: its first row, lda elements per row) times W into strip [32, C] float32; A tiles
 // either from the rows (lda) or, kStaged, from a strip in tile order ([k step][2 tiles of 16 rows x 32]).
 template <bool kTiled, bool kStaged>

@@ -182,10 +182,7 @@ struct Product {
       TF_RETURN_IF_ERROR(CheckRowSplits(op, ctx->input(3), r_, &largest_));
       g_ = ctx->input(3).dim_size(0) - 1;
     }
-    std::vector<uint16_t> w(cin_ * c_);
-    const float* kp = kernel.flat<float>().data();
-    for (int64_t i = 0; i < cin_ * c_; ++i) Store(kp[i], &w[i]);
-    PackAmxWeights(w.data(), static_cast<int>(cin_), static_cast<int>(c_), &wv_);
+    PackAmxKernel(kernel.flat<float>().data(), static_cast<int>(cin_), static_cast<int>(c_), false, &wv_);
     return absl::OkStatus();
   }
 
@@ -281,7 +278,8 @@ class MatMulMomentsExtremesCpu : public OpKernel {
         },
         [&](int64_t i, const uint16_t* zb, int64_t first) {
           const int64_t g0 = i * per_block, groups = std::min(per_block, g - g0);
-          std::vector<int32_t> local(groups + 1);  // the block's splits from its first row
+          thread_local std::vector<int32_t> local;  // the block's splits from its first row (reused per thread)
+          local.resize(groups + 1);
           for (int64_t j = 0; j <= groups; ++j) local[j] = sp[g0 + j] - static_cast<int32_t>(first);
           if (c % 64 == 0) {  // AMX implies AVX-512
             ExtremesBf16Avx512(zb, local.data(), groups, static_cast<int>(c), hi + g0 * c, lo + g0 * c,

@@ -141,13 +141,8 @@ class ProductGradBase : public EpsilonKernel {
   static void Products(OpKernelContext* ctx, const Tensor& h, const Tensor& kernel, int64_t num_blocks,
                        int64_t max_rows, DzBlock dz_block, Tensor* dh_prev, Tensor* dkernel) {
     const int64_t cin = h.dim_size(1), c = kernel.dim_size(1);
-    // kernel^T in bfloat16, packed as the B tiles of dz kernel^T.
-    const float* kp = kernel.flat<float>().data();
-    std::vector<uint16_t> wt(c * cin);
-    for (int64_t i = 0; i < cin; ++i)
-      for (int64_t k = 0; k < c; ++k) Store(kp[i * c + k], &wt[k * cin + i]);
-    AmxWeights wtv;
-    PackAmxWeights(wt.data(), static_cast<int>(c), static_cast<int>(cin), &wtv);
+    AmxWeights wtv;  // kernel^T: the B tiles of dz kernel^T
+    PackAmxKernel(kernel.flat<float>().data(), static_cast<int>(cin), static_cast<int>(c), true, &wtv);
     const uint16_t* hp = In<Bf16>(h);
     uint16_t* out = Out<Bf16>(dh_prev);
     const int64_t pad_rows = (max_rows + 31) / 32 * 32;
@@ -263,12 +258,8 @@ class BatchNormReluMaxGradProductCpu : public ProductGradBase {
     for (int64_t b = 0; b < num_blocks; ++b) {
       max_rows = std::max<int64_t>(max_rows, sp[std::min(g, (b + 1) * per_block)] - sp[b * per_block]);
     }
-    // The kernel packed as in the forward pass: the block's z is recomputed there.
-    const float* kp = kernel.flat<float>().data();
-    std::vector<uint16_t> wk(cin * c);
-    for (int64_t i = 0; i < cin * c; ++i) Store(kp[i], &wk[i]);
-    AmxWeights wv;
-    PackAmxWeights(wk.data(), static_cast<int>(cin), static_cast<int>(c), &wv);
+    AmxWeights wv;  // the kernel packed as in the forward pass: the block's z is recomputed there
+    PackAmxKernel(kernel.flat<float>().data(), static_cast<int>(cin), static_cast<int>(c), false, &wv);
     const uint16_t* hp = In<Bf16>(h);
     const int ci = static_cast<int>(c);
     auto dz_block = [&](int64_t b, uint16_t* dz, int64_t* first, int64_t* rows) {
