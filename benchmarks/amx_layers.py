@@ -13,7 +13,9 @@ forward + backward pass (gradients of h, kernel, gamma and beta for a fixed upst
   off);
 * ``amx+grads``: the same with the fused backward pass (the default);
 * ``rows-packed``: ``amx+grads`` with every kernel kept in VNNI rows (``HSR_TF_OPS_AMX_PACKING=rows`` during the
-  call), the packing before kernels of K >= 128 were laid out tile by tile; compare it with ``amx+grads``.
+  call), the packing before kernels of K >= 128 were laid out tile by tile; compare it with ``amx+grads``;
+* ``max-recompute`` (max layers): ``amx+grads`` with the backward pass that recomputes every block's z and dz
+  (``HSR_TF_OPS_MAX_GRAD=recompute``) instead of the default that forms neither (``docs/ops.md``).
 
 Prints the best of ``--repeats`` per case and each one's speed-up over ``two-step`` measured in the same run
 (cases interleaved per repeat). Needs the compiled ops and a CPU with AMX-BF16.
@@ -76,16 +78,21 @@ def build_cases(rows, cin, c, pooled, seed):
             return tf.add_n([tf.reduce_sum(tf.cast(g[:1], tf.float32)) for g in grads])
         return step
 
-    def rows_packed():
-        os.environ["HSR_TF_OPS_AMX_PACKING"] = "rows"  # read by the ops at every call
-        try:
-            return with_tiles()
-        finally:
-            del os.environ["HSR_TF_OPS_AMX_PACKING"]
+    def with_switch(name, value):  # the ops read their switches at every call
+        def run():
+            os.environ[name] = value
+            try:
+                return with_tiles()
+            finally:
+                del os.environ[name]
+        return run
 
     with_tiles = traced(fused(True))
-    return {"two-step": traced(two_step), "amx": traced(fused(False)), "amx+grads": with_tiles,
-            "rows-packed": rows_packed}
+    cases = {"two-step": traced(two_step), "amx": traced(fused(False)), "amx+grads": with_tiles,
+             "rows-packed": with_switch("HSR_TF_OPS_AMX_PACKING", "rows")}
+    if pooled:
+        cases["max-recompute"] = with_switch("HSR_TF_OPS_MAX_GRAD", "recompute")
+    return cases
 
 
 def main(argv):

@@ -23,7 +23,9 @@ Variants:
   ``fast_bfloat16_with_duplicates``, ``fast_bfloat16_no_slabs``, ``fast_bfloat16_no_folded``,
   ``fast_bfloat16_no_fused_products``, ``fast_bfloat16_no_fused_grads``: the fast bfloat16 path with one optimisation switched off (what each one
   is worth); ``fast_bfloat16_fused_global``: the fused products also on the global level (``fused_max_channels``
-  1024 instead of 256).
+  1024 instead of 256); ``fast_bfloat16_max_grad_recompute``: the max layers' backward pass recomputing every
+  block's product and dz (``HSR_TF_OPS_MAX_GRAD=recompute``) instead of the default that never forms them
+  (``docs/ops.md``, "The max layer's backward pass").
 
 Timing: after one call that traces, ``--steps`` rounds; each round times one step of every variant in turn,
 so all variants see the same load on a shared machine. The minimum over rounds is reported (the least noisy
@@ -35,6 +37,7 @@ FLOPs: the model's nominal training FLOPs, 3x the forward count of ``benchmarks.
 (dense layers + hand model), the same number for every variant: the projected first layer does fewer
 multiply-adds, which shows as a higher rate (the usual "model FLOPs" convention).
 """
+import contextlib
 import json
 import os
 import time
@@ -62,7 +65,28 @@ VARIANTS = {
     "fast_bfloat16_no_fused_products": ("mixed_bfloat16", {"fused_products": False}),
     "fast_bfloat16_no_fused_grads": ("mixed_bfloat16", {"fused_product_grads": False}),
     "fast_bfloat16_fused_global": ("mixed_bfloat16", {"fused_max_channels": 1024}),
+    "fast_bfloat16_max_grad_recompute": ("mixed_bfloat16", {}),
 }
+# Variants that differ in the compiled kernels' run-time switches, set while their steps run (the kernels read
+# them at every call).
+VARIANT_ENVIRONMENT = {
+    "fast_bfloat16_max_grad_recompute": {"HSR_TF_OPS_MAX_GRAD": "recompute"},
+}
+
+
+@contextlib.contextmanager
+def variant_environment(name):
+    """Sets the variant's kernel switches (``VARIANT_ENVIRONMENT``) for the duration of the block."""
+    saved = {k: os.environ.get(k) for k in VARIANT_ENVIRONMENT.get(name, {})}
+    os.environ.update(VARIANT_ENVIRONMENT.get(name, {}))
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("variants", ["reference", "fast_float32", "fast_bfloat16"],
@@ -192,7 +216,7 @@ def build_step(name, overrides, hand_model, batch, workdir):
             opt.apply_gradients(zip(grads, variables))
             return total
 
-        with training_path.use(path):
+        with training_path.use(path), variant_environment(name):
             t0 = time.perf_counter()
             first_loss = float(step(batch).numpy())
             trace_s = time.perf_counter() - t0
@@ -242,9 +266,10 @@ def main(argv):
         print(f"[{name}] traced + first step {trace_s:.1f} s (loss {first_loss:.4g})", flush=True)
     for r in range(FLAGS.steps):
         for name in names:
-            t0 = time.perf_counter()
-            steps[name](batch).numpy()
-            results[name]["times"].append(time.perf_counter() - t0)
+            with variant_environment(name):
+                t0 = time.perf_counter()
+                steps[name](batch).numpy()
+                results[name]["times"].append(time.perf_counter() - t0)
         # Per round, so that an interrupted run on a loaded machine still leaves figures.
         print(f"round {r + 1}: " + ", ".join(f"{n} {results[n]['times'][-1]:.2f} s" for n in names)
               + f" (load average {os.getloadavg()[0]:.1f})", flush=True)
@@ -266,7 +291,9 @@ def main(argv):
         if FLAGS.profile not in steps:
             raise app.UsageError(f"--profile: expected one of the timed variants {names}, found {FLAGS.profile!r}")
         print(f"[{FLAGS.profile}] op types by seconds (summed over threads) in one profiled step:")
-        for op_type, seconds in profile_step(steps[FLAGS.profile], batch):
+        with variant_environment(FLAGS.profile):
+            profiled = profile_step(steps[FLAGS.profile], batch)
+        for op_type, seconds in profiled:
             print(f"  {seconds:7.3f} s  {op_type}")
     if FLAGS.json_out:
         with open(FLAGS.json_out, "w") as fh:

@@ -175,13 +175,14 @@ HSR_AMX_TARGET inline void AmxStripProduct(const uint16_t* a, int64_t lda, const
   }
 }
 
-// z [n, C] (bfloat16) = h [n, K] W for one block of rows (w: PackAmxWeights). strip: 32 x C floats, pad:
-// 32 x K uint16 (a last strip of fewer than 32 rows is copied there, zero-padded, so no tile reads past h; with
-// stage_rows every strip is copied there in tile order). Call AmxConfigure() first on this thread.
-HSR_AMX_TARGET inline void AmxMatMulBlock(const uint16_t* h, int64_t n, const AmxWeights& w, uint16_t* z,
-                                          float* strip, uint16_t* pad,
-                                          void (*to_bf16)(const float*, uint16_t*, int64_t)) {
-  const int cin = w.k, c = w.c;
+// h [n, K] W for one block of rows (w: PackAmxWeights), 32 rows at a time: finish(strip, r0, rows) receives
+// the float32 results of rows [r0, r0 + rows) in strip [32, C] (it may overwrite them). pad: 32 x K uint16 (a
+// last strip of fewer than 32 rows is copied there, zero-padded, so no tile reads past h; with stage_rows every
+// strip is copied there in tile order). Call AmxConfigure() first on this thread.
+template <typename Finish>
+HSR_AMX_TARGET inline void AmxMatMulStrips(const uint16_t* h, int64_t n, const AmxWeights& w, float* strip,
+                                           uint16_t* pad, Finish finish) {
+  const int cin = w.k;
   for (int64_t r0 = 0; r0 < n; r0 += 32) {
     const int64_t rows = n - r0 < 32 ? n - r0 : 32;
     const uint16_t* a = h + r0 * cin;
@@ -204,8 +205,17 @@ HSR_AMX_TARGET inline void AmxMatMulBlock(const uint16_t* h, int64_t n, const Am
         AmxStripProduct<false, false>(a, cin, w, strip);
       }
     }
-    to_bf16(strip, z + r0 * c, rows * c);
+    finish(strip, r0, rows);
   }
+}
+
+// z [n, C] (bfloat16) = h [n, K] W for one block of rows: AmxMatMulStrips with every strip rounded into z.
+HSR_AMX_TARGET inline void AmxMatMulBlock(const uint16_t* h, int64_t n, const AmxWeights& w, uint16_t* z,
+                                          float* strip, uint16_t* pad,
+                                          void (*to_bf16)(const float*, uint16_t*, int64_t)) {
+  const int64_t c = w.c;
+  AmxMatMulStrips(h, n, w, strip, pad,
+                  [&](const float* s, int64_t r0, int64_t rows) { to_bf16(s, z + r0 * c, rows * c); });
 }
 
 // PackVnni of `rows` rows followed by zero rows up to n_pad (even): the rows are read where they are.

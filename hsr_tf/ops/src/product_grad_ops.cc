@@ -18,7 +18,9 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <cstdlib>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "tensorflow/core/framework/op.h"
@@ -28,6 +30,7 @@
 
 #pragma GCC optimize("O3")
 #include "amx_matmul_cpu.h"
+#include "max_grad_gram_cpu.h"
 #include "mlp_train_support.h"
 
 namespace hsr_ops {
@@ -257,6 +260,15 @@ class BatchNormReluMaxGradProductCpu : public ProductGradBase {
     int64_t max_rows = 1;
     for (int64_t b = 0; b < num_blocks; ++b) {
       max_rows = std::max<int64_t>(max_rows, sp[std::min(g, (b + 1) * per_block)] - sp[b * per_block]);
+    }
+    // HSR_TF_OPS_MAX_GRAD=recompute (read per call, so that one process can time both) recomputes every
+    // block's z and dz (below); the default never forms them (max_grad_gram_cpu.h).
+    const char* path = std::getenv("HSR_TF_OPS_MAX_GRAD");
+    if (!(path != nullptr && std::string(path) == "recompute")) {
+      const MaxGradGramInputs in{In<Bf16>(h), kernel.flat<float>().data(), w, sp, ap, gp, zs, r, cin, c, g,
+                                 per_block, max_rows};
+      MaxGradGram(ctx, in, *af, gc, Out<Bf16>(dh_prev), dkernel->flat<float>().data());
+      return;
     }
     AmxWeights wv;  // the kernel packed as in the forward pass: the block's z is recomputed there
     PackAmxKernel(kernel.flat<float>().data(), static_cast<int>(cin), static_cast<int>(c), false, &wv);

@@ -1,0 +1,207 @@
+// The max layer's backward pass without its [R, C] product (HsrBatchNormReluMaxGradProduct's default path).
+//
+// Legend: h [R, Cin] bfloat16 (the layer's input rows), W [Cin, C] float32 (the kernel, used as bfloat16 by the
+// forward product z = h W), w [R] row weights (1 without), groups g of rows [splits[g], splits[g+1]), one argmax
+// row per group and channel. From the backward sums (k1, a, b as in GradConstants; inv, mean as in Affine):
+//
+//   dz_r = P_r - w_r (u + d * z_r),  d = k1 inv b,  u = k1 a - d mean    (z_r = W^T h_r, W rounded to bfloat16)
+//
+// where P_r = k1 * dy_r is nonzero only where row r is its group's argmax of a channel whose pooled output is
+// positive: at most C entries per group, against C per row for the dense part. The dense part is linear in h_r,
+// so with M = W diag(d) W^T [Cin, Cin], s = sum_r w_r h_r [Cin] and G = sum_r w_r h_r h_r^T [Cin, Cin]:
+//
+//   dh_r = W P_r - w_r (W u + M h_r)                      (one Cin x Cin product per row, on AMX tiles)
+//   dW   = sum_r h_r P_r^T - s u^T - G W diag(d)          (G: one Cin x Cin reduction over rows, on AMX tiles)
+//
+// Per row that is 2 Cin^2 multiply-adds against 3 Cin C for recomputing z, dh = dz W^T and dW = h^T dz (C = 2 Cin
+// in PointNet++'s max layers: 3x fewer), and no [R, C] pass at all (no z, no dz). Numerically it is the same
+// gradient with other roundings: M is rounded once to bfloat16 where the recomputing path rounds every dz, and
+// w_r h_r is rounded to bfloat16 for G's tiles. Chunks of consecutive blocks sum their partials in float32 and
+// the chunks are added in order (double), so results do not depend on the number of threads.
+#ifndef HSR_TF_OPS_MAX_GRAD_GRAM_CPU_H_
+#define HSR_TF_OPS_MAX_GRAD_GRAM_CPU_H_
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "amx_matmul_cpu.h"
+#include "mlp_train_support.h"
+
+namespace hsr_ops {
+namespace mlp_train {
+
+struct MaxGradGramInputs {
+  const uint16_t* h;         // [R, Cin] bfloat16
+  const float* kernel;       // [Cin, C]
+  const float* w;            // [R] or nullptr
+  const int32_t* splits;     // [G + 1]
+  const int32_t* argmax;     // [G, C], row within the group
+  const uint16_t* dpooled;   // [G, C] bfloat16
+  const float* zsel;         // [G, C], z at the argmax row
+  int64_t r, cin, c, g;
+  int64_t per_block;         // groups per block
+  int64_t max_rows;          // rows of the largest block
+};
+
+// One block's sparse part: sbuf [rows, Cin] (zeroed here) += W P_r for its argmax rows, and pt [C, Cin]
+// (sum_r P_r h_r^T, transposed) accumulated. wt: W^T [C, Cin] float32; coef, at: scratch of groups * C.
+// Channel by channel, 32 input channels at a time: W^T's row piece and the channel's pt piece stay in
+// registers while the block's groups add into sbuf (the row-major order, every group touching all C rows of W^T
+// and pt, ran ~4x slower: those rows do not stay in L1).
+HSR_AMX_TARGET inline void GramSparseBlock(const MaxGradGramInputs& in, const Affine& af, const GradConstants& gc,
+                                           const float* wt, int64_t g0, int64_t groups, float* sbuf, float* pt,
+                                           float* coef, int32_t* at) {
+  const int64_t cin = in.cin, c = in.c, first = in.splits[g0];
+  const int64_t rows = in.splits[g0 + groups] - first;
+  std::fill(sbuf, sbuf + rows * cin, 0.0f);
+  for (int64_t gi = 0; gi < groups; ++gi) {
+    const int64_t base = in.splits[g0 + gi] - first;
+    for (int64_t k = 0; k < c; ++k) {
+      const int64_t e = (g0 + gi) * c + k;
+      // The ReLU closed at the group's largest y: no gradient.
+      const bool open = in.zsel[e] * af.scale[k] + af.shift[k] > 0.0f;
+      coef[k * groups + gi] = open ? gc.k1[k] * ToFloat(in.dpooled[e]) : 0.0f;
+      at[k * groups + gi] = static_cast<int32_t>(base + in.argmax[e]);
+    }
+  }
+  const uint16_t* hb = in.h + first * cin;
+  for (int64_t i0 = 0; i0 < cin; i0 += 32) {
+    for (int64_t k = 0; k < c; ++k) {
+      const __m512 w0 = _mm512_loadu_ps(wt + k * cin + i0), w1 = _mm512_loadu_ps(wt + k * cin + i0 + 16);
+      __m512 p0 = _mm512_setzero_ps(), p1 = _mm512_setzero_ps();
+      for (int64_t gi = 0; gi < groups; ++gi) {
+        const __m512 f = _mm512_set1_ps(coef[k * groups + gi]);
+        const int64_t row = at[k * groups + gi];
+        float* dst = sbuf + row * cin + i0;
+        _mm512_storeu_ps(dst, _mm512_add_ps(_mm512_loadu_ps(dst), _mm512_mul_ps(f, w0)));
+        _mm512_storeu_ps(dst + 16, _mm512_add_ps(_mm512_loadu_ps(dst + 16), _mm512_mul_ps(f, w1)));
+        const uint16_t* hr = hb + row * cin + i0;
+        p0 = _mm512_add_ps(p0, _mm512_mul_ps(f, LoadBf16x16(hr)));
+        p1 = _mm512_add_ps(p1, _mm512_mul_ps(f, LoadBf16x16(hr + 16)));
+      }
+      float* pk = pt + k * cin + i0;
+      _mm512_storeu_ps(pk, _mm512_add_ps(_mm512_loadu_ps(pk), p0));
+      _mm512_storeu_ps(pk + 16, _mm512_add_ps(_mm512_loadu_ps(pk + 16), p1));
+    }
+  }
+}
+
+// w_r h_r rounded to bfloat16 into wh [n_pad, Cin] (zero rows past `rows`), and s [Cin] += sum_r w_r h_r.
+HSR_AMX_TARGET inline void GramWeightedRows(const uint16_t* h, const float* w, int64_t rows, int64_t n_pad,
+                                            int64_t cin, uint16_t* wh, float* s, float* scratch) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float wr = w ? w[r] : 1.0f;
+    const uint16_t* __restrict hr = h + r * cin;
+    for (int64_t i = 0; i < cin; ++i) {
+      scratch[i] = wr * ToFloat(hr[i]);
+      s[i] += scratch[i];
+    }
+    StoreBf16Rows()(scratch, wh + r * cin, cin);
+  }
+  std::fill(wh + rows * cin, wh + n_pad * cin, uint16_t{0});
+}
+
+// dh_prev [R, Cin] bfloat16 and dkernel [Cin, C] float32 as in the legend.
+inline void MaxGradGram(OpKernelContext* ctx, const MaxGradGramInputs& in, const Affine& af,
+                        const GradConstants& gc, uint16_t* dh_out, float* dkernel) {
+  const int64_t cin = in.cin, c = in.c;
+  // The kernel as the forward product used it: rounded to bfloat16.
+  std::vector<float> kw(cin * c);
+  for (int64_t i = 0; i < cin * c; ++i) {
+    uint16_t v;
+    Store(in.kernel[i], &v);
+    kw[i] = ToFloat(v);
+  }
+  // The per-call constants, in double: d, u, W u, M = W diag(d) W^T, and W^T in float for the sparse part.
+  std::vector<double> d(c), u(c), wd(cin * c);
+  for (int64_t k = 0; k < c; ++k) {
+    d[k] = static_cast<double>(gc.k1[k]) * af.inv[k] * gc.b[k];
+    u[k] = static_cast<double>(gc.k1[k]) * gc.a[k] - d[k] * af.mean[k];
+  }
+  std::vector<float> wu(cin), m(cin * cin), wt(c * cin);
+  for (int64_t i = 0; i < cin; ++i) {
+    double acc = 0.0;
+    for (int64_t k = 0; k < c; ++k) {
+      acc += kw[i * c + k] * u[k];
+      wd[i * c + k] = kw[i * c + k] * d[k];
+      wt[k * cin + i] = kw[i * c + k];
+    }
+    wu[i] = static_cast<float>(acc);
+  }
+  for (int64_t i = 0; i < cin; ++i)
+    for (int64_t j = 0; j < cin; ++j) {
+      double acc = 0.0;
+      for (int64_t k = 0; k < c; ++k) acc += wd[i * c + k] * kw[j * c + k];
+      m[i * cin + j] = static_cast<float>(acc);
+    }
+  AmxWeights mv;  // M's B tiles: dh's dense part is h M
+  PackAmxKernel(m.data(), static_cast<int>(cin), static_cast<int>(cin), false, &mv);
+
+  const int64_t num_blocks = (in.g + in.per_block - 1) / in.per_block;
+  const int64_t num_chunks = std::max<int64_t>(1, std::min<int64_t>(32, num_blocks));
+  const int64_t per_chunk = (num_blocks + num_chunks - 1) / num_chunks;
+  const int64_t pad_rows = (in.max_rows + 31) / 32 * 32;
+  // Per chunk: G [Cin, Cin], s [Cin], sum_r P_r h_r^T as [C, Cin].
+  std::vector<float> part_g(num_chunks * cin * cin, 0.0f), part_s(num_chunks * cin, 0.0f),
+      part_p(num_chunks * c * cin, 0.0f);
+  const int cini = static_cast<int>(cin);
+  ParallelBlocks(ctx, num_chunks, 8 * per_chunk * in.max_rows * (2 * cin + c), [&](int64_t begin, int64_t end) {
+    std::vector<uint16_t> hpv(pad_rows * cin), hpt(pad_rows * cin), wh(pad_rows * cin), whv(pad_rows * cin),
+        pad(32 * cin);
+    std::vector<float> sbuf(in.max_rows * cin), strip(32 * cin), scratch(cin), coef(in.per_block * c);
+    std::vector<int32_t> at(in.per_block * c);
+    AmxConfigure();
+    for (int64_t chunk = begin; chunk < end; ++chunk) {
+      for (int64_t b = chunk * per_chunk; b < std::min(num_blocks, (chunk + 1) * per_chunk); ++b) {
+        const int64_t g0 = b * in.per_block, groups = std::min(in.per_block, in.g - g0);
+        const int64_t first = in.splits[g0], rows = in.splits[g0 + groups] - first;
+        if (rows == 0) continue;
+        const int64_t n_pad = (rows + 31) / 32 * 32;
+        const uint16_t* hb = in.h + first * cin;
+        const float* wb = in.w ? in.w + first : nullptr;
+        // The weighted rows first: they stream the block's h from memory, so that the sparse part reads its
+        // scattered rows from cache (the other order took twice as long for the sparse part).
+        GramWeightedRows(hb, wb, rows, n_pad, cin, wh.data(), part_s.data() + chunk * cin, scratch.data());
+        GramSparseBlock(in, af, gc, wt.data(), g0, groups, sbuf.data(), part_p.data() + chunk * c * cin, coef.data(),
+                        at.data());
+        PackVnniPadded(hb, cin, static_cast<int>(rows), static_cast<int>(n_pad), cini, hpv.data());
+        AmxWeightGradBlock(hpv.data(), wh.data(), static_cast<int>(n_pad), cini, cini,
+                           part_g.data() + chunk * cin * cin, hpt.data(), whv.data());
+        // dh_r = sbuf_r - w_r (W u + (h M)_r), rounded once.
+        AmxMatMulStrips(hb, rows, mv, strip.data(), pad.data(), [&](float* s, int64_t r0, int64_t nr) {
+          for (int64_t rr = 0; rr < nr; ++rr) {
+            const int64_t row = r0 + rr;
+            const float wr = wb ? wb[row] : 1.0f;
+            float* __restrict t = s + rr * cin;
+            const float* __restrict sp = sbuf.data() + row * cin;
+            for (int64_t i = 0; i < cin; ++i) t[i] = sp[i] - wr * (wu[i] + t[i]);
+            StoreBf16Rows()(t, dh_out + (first + row) * cin, cin);
+          }
+        });
+      }
+    }
+    AmxRelease();
+  });
+  // The chunks in order, in double; then dW = P^T - s u^T - G (W diag(d)).
+  std::vector<double> gsum(cin * cin, 0.0), ssum(cin, 0.0), psum(c * cin, 0.0);
+  for (int64_t chunk = 0; chunk < num_chunks; ++chunk) {
+    for (int64_t i = 0; i < cin * cin; ++i) gsum[i] += part_g[chunk * cin * cin + i];
+    for (int64_t i = 0; i < cin; ++i) ssum[i] += part_s[chunk * cin + i];
+    for (int64_t i = 0; i < c * cin; ++i) psum[i] += part_p[chunk * c * cin + i];
+  }
+  std::vector<double> row(c);
+  for (int64_t i = 0; i < cin; ++i) {
+    for (int64_t k = 0; k < c; ++k) row[k] = psum[k * cin + i] - ssum[i] * u[k];
+    for (int64_t j = 0; j < cin; ++j) {
+      const double gij = gsum[i * cin + j];
+      for (int64_t k = 0; k < c; ++k) row[k] -= gij * wd[j * c + k];
+    }
+    for (int64_t k = 0; k < c; ++k) dkernel[i * c + k] = static_cast<float>(row[k]);
+  }
+}
+
+}  // namespace mlp_train
+}  // namespace hsr_ops
+
+#endif  // HSR_TF_OPS_MAX_GRAD_GRAM_CPU_H_
