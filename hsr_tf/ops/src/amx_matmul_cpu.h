@@ -175,6 +175,31 @@ HSR_AMX_TARGET inline void AmxStripProduct(const uint16_t* a, int64_t lda, const
   }
 }
 
+// AmxStripProduct<false, false> for K = 64 (two k steps): the strip's four A tiles are loaded once and every 16
+// output columns take two B tiles and four multiplies into two C tiles, instead of reloading A for every 32
+// columns. The same sums in the same order (same bits); 1.1-1.3x faster at 690K rows, 64 -> 64 / 64 -> 128.
+HSR_AMX_TARGET inline void AmxStripProductK64(const uint16_t* a, int64_t lda, const AmxWeights& w, float* strip) {
+  const int c = w.c;
+  const uint16_t* wp = w.packed.data();
+  const int64_t ld_b = 2 * static_cast<int64_t>(c) * 2;  // bytes per VNNI row of W
+  _tile_loadd(2, a, lda * 2);
+  _tile_loadd(3, a + 32, lda * 2);
+  _tile_loadd(4, a + 16 * lda, lda * 2);
+  _tile_loadd(5, a + 16 * lda + 32, lda * 2);
+  for (int j0 = 0; j0 < c; j0 += 16) {
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_loadd(6, wp + 2 * j0, ld_b);
+    _tile_loadd(7, wp + static_cast<int64_t>(16) * 2 * c + 2 * j0, ld_b);
+    _tile_dpbf16ps(0, 2, 6);
+    _tile_dpbf16ps(0, 3, 7);
+    _tile_dpbf16ps(1, 4, 6);
+    _tile_dpbf16ps(1, 5, 7);
+    _tile_stored(0, strip + j0, c * 4);
+    _tile_stored(1, strip + 16 * static_cast<int64_t>(c) + j0, c * 4);
+  }
+}
+
 // h [n, K] W for one block of rows (w: PackAmxWeights), 32 rows at a time: finish(strip, r0, rows) receives
 // the float32 results of rows [r0, r0 + rows) in strip [32, C] (it may overwrite them). pad: 32 x K uint16 (a
 // last strip of fewer than 32 rows is copied there, zero-padded, so no tile reads past h; with stage_rows every
@@ -201,6 +226,8 @@ HSR_AMX_TARGET inline void AmxMatMulStrips(const uint16_t* h, int64_t n, const A
       }
       if (w.tiled) {
         AmxStripProduct<true, false>(a, cin, w, strip);
+      } else if (cin == 64) {
+        AmxStripProductK64(a, cin, w, strip);
       } else {
         AmxStripProduct<false, false>(a, cin, w, strip);
       }
@@ -289,9 +316,9 @@ HSR_AMX_TARGET inline void PackVnniTiles(const uint16_t* rows, int64_t ld, int n
 // VNNI tiles (PackVnniTiles) for the B tiles; every 32 x 32 block of dw takes all k steps in 2 x 2 tiles (each
 // tile read from 1 KB that lie together: up to 1.6x faster than strided B tiles in 1 x 4 blocks). Scratch: hpt
 // [n_pad * Cin], dzv [n_pad * C] uint16. Requires Cin % 32 == 0, C % 32 == 0; call AmxConfigure() first on this
-// thread.
+// thread. upper_only: only the 32 x 32 blocks of dw on and above the diagonal (for a symmetric hp^T dz).
 HSR_AMX_TARGET inline void AmxWeightGradBlock(const uint16_t* hpv, const uint16_t* dz, int n_pad, int cin, int c,
-                                              float* dw, uint16_t* hpt, uint16_t* dzv) {
+                                              float* dw, uint16_t* hpt, uint16_t* dzv, bool upper_only = false) {
   PackVnniTiles(dz, c, n_pad, c, dzv);
   const int ksteps = n_pad / 32;
   for (int i = 0; i < cin / 16; ++i)
@@ -299,7 +326,7 @@ HSR_AMX_TARGET inline void AmxWeightGradBlock(const uint16_t* hpv, const uint16_
       Transpose16x16(reinterpret_cast<const uint32_t*>(hpv) + static_cast<int64_t>(16 * k) * cin + 16 * i, cin,
                      reinterpret_cast<uint32_t*>(hpt + (static_cast<int64_t>(i) * ksteps + k) * 512));
   for (int i = 0; i < cin / 16; i += 2) {
-    for (int j = 0; j < c / 16; j += 2) {
+    for (int j = upper_only ? i : 0; j < c / 16; j += 2) {
       float* acc = dw + static_cast<int64_t>(16 * i) * c + 16 * j;
       _tile_loadd(0, acc, c * 4);
       _tile_loadd(1, acc + 16, c * 4);

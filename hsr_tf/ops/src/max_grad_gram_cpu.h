@@ -44,39 +44,50 @@ struct MaxGradGramInputs {
   int64_t max_rows;          // rows of the largest block
 };
 
-// One block's sparse part: sbuf [rows, Cin] (zeroed here) += W P_r for its argmax rows, and pt [C, Cin]
-// (sum_r P_r h_r^T, transposed) accumulated. wt: W^T [C, Cin] float32; coef, at: scratch of groups * C.
-// Channel by channel, 32 input channels at a time: W^T's row piece and the channel's pt piece stay in
-// registers while the block's groups add into sbuf (the row-major order, every group touching all C rows of W^T
-// and pt, ran ~4x slower: those rows do not stay in L1).
+// One block's sparse part. Its entries (channel k, P_r[k]) are listed by row in CSR form (row_start [rows + 1],
+// entry_k, entry_coef; in channel order within a row), for dh's W P_r in the epilogue of h M, and
+// pt [C, Cin] (sum_r P_r h_r^T, transposed) is accumulated channel by channel, 32 input channels at a time
+// in registers. coef, at: scratch of groups * C. (Adding W P_r into a [rows, Cin] float buffer instead, and
+// every group touching all C rows of pt, ran 2-4x slower: neither stays in L1.)
 HSR_AMX_TARGET inline void GramSparseBlock(const MaxGradGramInputs& in, const Affine& af, const GradConstants& gc,
-                                           const float* wt, int64_t g0, int64_t groups, float* sbuf, float* pt,
-                                           float* coef, int32_t* at) {
+                                           int64_t g0, int64_t groups, float* pt, float* coef, int32_t* at,
+                                           int32_t* row_start, int32_t* entry_k, float* entry_coef) {
   const int64_t cin = in.cin, c = in.c, first = in.splits[g0];
   const int64_t rows = in.splits[g0 + groups] - first;
-  std::fill(sbuf, sbuf + rows * cin, 0.0f);
+  std::fill(row_start, row_start + rows + 1, 0);
   for (int64_t gi = 0; gi < groups; ++gi) {
     const int64_t base = in.splits[g0 + gi] - first;
     for (int64_t k = 0; k < c; ++k) {
       const int64_t e = (g0 + gi) * c + k;
       // The ReLU closed at the group's largest y: no gradient.
       const bool open = in.zsel[e] * af.scale[k] + af.shift[k] > 0.0f;
-      coef[k * groups + gi] = open ? gc.k1[k] * ToFloat(in.dpooled[e]) : 0.0f;
-      at[k * groups + gi] = static_cast<int32_t>(base + in.argmax[e]);
+      const float f = open ? gc.k1[k] * ToFloat(in.dpooled[e]) : 0.0f;
+      const int32_t row = static_cast<int32_t>(base + in.argmax[e]);
+      coef[k * groups + gi] = f;
+      at[k * groups + gi] = row;
+      row_start[row + 1] += f != 0.0f;
     }
   }
+  for (int64_t r = 0; r < rows; ++r) row_start[r + 1] += row_start[r];
+  // Fill by row (a group's rows are its own, so visiting groups, then channels, keeps channel order per row).
+  for (int64_t gi = 0; gi < groups; ++gi) {
+    for (int64_t k = 0; k < c; ++k) {
+      const float f = coef[k * groups + gi];
+      if (f == 0.0f) continue;
+      const int32_t slot = row_start[at[k * groups + gi]]++;
+      entry_k[slot] = static_cast<int32_t>(k);
+      entry_coef[slot] = f;
+    }
+  }
+  for (int64_t r = rows; r > 0; --r) row_start[r] = row_start[r - 1];  // undo the fill's advance
+  row_start[0] = 0;
   const uint16_t* hb = in.h + first * cin;
   for (int64_t i0 = 0; i0 < cin; i0 += 32) {
     for (int64_t k = 0; k < c; ++k) {
-      const __m512 w0 = _mm512_loadu_ps(wt + k * cin + i0), w1 = _mm512_loadu_ps(wt + k * cin + i0 + 16);
       __m512 p0 = _mm512_setzero_ps(), p1 = _mm512_setzero_ps();
       for (int64_t gi = 0; gi < groups; ++gi) {
         const __m512 f = _mm512_set1_ps(coef[k * groups + gi]);
-        const int64_t row = at[k * groups + gi];
-        float* dst = sbuf + row * cin + i0;
-        _mm512_storeu_ps(dst, _mm512_add_ps(_mm512_loadu_ps(dst), _mm512_mul_ps(f, w0)));
-        _mm512_storeu_ps(dst + 16, _mm512_add_ps(_mm512_loadu_ps(dst + 16), _mm512_mul_ps(f, w1)));
-        const uint16_t* hr = hb + row * cin + i0;
+        const uint16_t* hr = hb + static_cast<int64_t>(at[k * groups + gi]) * cin + i0;
         p0 = _mm512_add_ps(p0, _mm512_mul_ps(f, LoadBf16x16(hr)));
         p1 = _mm512_add_ps(p1, _mm512_mul_ps(f, LoadBf16x16(hr + 16)));
       }
@@ -84,6 +95,21 @@ HSR_AMX_TARGET inline void GramSparseBlock(const MaxGradGramInputs& in, const Af
       _mm512_storeu_ps(pk, _mm512_add_ps(_mm512_loadu_ps(pk), p0));
       _mm512_storeu_ps(pk + 16, _mm512_add_ps(_mm512_loadu_ps(pk + 16), p1));
     }
+  }
+}
+
+// One row of dh in float32, in place of t = (h M)_r: t = W P_r - w_r (W u + t), W P_r summed over the row's n
+// entries (channel k[e], coefficient f[e]) in their order. wt: W^T [C, Cin].
+HSR_AMX_TARGET inline void GramDhRow(float* t, float wr, const float* wu, const float* wt, int64_t cin,
+                                     const int32_t* k, const float* f, int32_t n) {
+  const __m512 w = _mm512_set1_ps(wr);
+  for (int64_t i0 = 0; i0 < cin; i0 += 16) {
+    __m512 acc = _mm512_setzero_ps();
+    for (int32_t e = 0; e < n; ++e) {
+      acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_set1_ps(f[e]), _mm512_loadu_ps(wt + k[e] * cin + i0)));
+    }
+    const __m512 dense = _mm512_mul_ps(w, _mm512_add_ps(_mm512_loadu_ps(wu + i0), _mm512_loadu_ps(t + i0)));
+    _mm512_storeu_ps(t + i0, _mm512_sub_ps(acc, dense));
   }
 }
 
@@ -149,8 +175,8 @@ inline void MaxGradGram(OpKernelContext* ctx, const MaxGradGramInputs& in, const
   ParallelBlocks(ctx, num_chunks, 8 * per_chunk * in.max_rows * (2 * cin + c), [&](int64_t begin, int64_t end) {
     std::vector<uint16_t> hpv(pad_rows * cin), hpt(pad_rows * cin), wh(pad_rows * cin), whv(pad_rows * cin),
         pad(32 * cin);
-    std::vector<float> sbuf(in.max_rows * cin), strip(32 * cin), scratch(cin), coef(in.per_block * c);
-    std::vector<int32_t> at(in.per_block * c);
+    std::vector<float> strip(32 * cin), scratch(cin), coef(in.per_block * c), entry_coef(in.per_block * c);
+    std::vector<int32_t> at(in.per_block * c), entry_k(in.per_block * c), row_start(in.max_rows + 1);
     AmxConfigure();
     for (int64_t chunk = begin; chunk < end; ++chunk) {
       for (int64_t b = chunk * per_chunk; b < std::min(num_blocks, (chunk + 1) * per_chunk); ++b) {
@@ -161,23 +187,22 @@ inline void MaxGradGram(OpKernelContext* ctx, const MaxGradGramInputs& in, const
         const uint16_t* hb = in.h + first * cin;
         const float* wb = in.w ? in.w + first : nullptr;
         // The weighted rows first: they stream the block's h from memory, so that the sparse part reads its
-        // scattered rows from cache (the other order took twice as long for the sparse part).
+        // scattered rows from cache (the other order took twice as long).
         GramWeightedRows(hb, wb, rows, n_pad, cin, wh.data(), part_s.data() + chunk * cin, scratch.data());
-        GramSparseBlock(in, af, gc, wt.data(), g0, groups, sbuf.data(), part_p.data() + chunk * c * cin, coef.data(),
-                        at.data());
+        GramSparseBlock(in, af, gc, g0, groups, part_p.data() + chunk * c * cin, coef.data(), at.data(),
+                        row_start.data(), entry_k.data(), entry_coef.data());
         PackVnniPadded(hb, cin, static_cast<int>(rows), static_cast<int>(n_pad), cini, hpv.data());
+        // G is symmetric: its blocks above the diagonal only (mirrored below).
         AmxWeightGradBlock(hpv.data(), wh.data(), static_cast<int>(n_pad), cini, cini,
-                           part_g.data() + chunk * cin * cin, hpt.data(), whv.data());
-        // dh_r = sbuf_r - w_r (W u + (h M)_r), rounded once.
+                           part_g.data() + chunk * cin * cin, hpt.data(), whv.data(), true);
+        // dh_r = W P_r - w_r (W u + (h M)_r), rounded once per strip.
         AmxMatMulStrips(hb, rows, mv, strip.data(), pad.data(), [&](float* s, int64_t r0, int64_t nr) {
           for (int64_t rr = 0; rr < nr; ++rr) {
             const int64_t row = r0 + rr;
-            const float wr = wb ? wb[row] : 1.0f;
-            float* __restrict t = s + rr * cin;
-            const float* __restrict sp = sbuf.data() + row * cin;
-            for (int64_t i = 0; i < cin; ++i) t[i] = sp[i] - wr * (wu[i] + t[i]);
-            StoreBf16Rows()(t, dh_out + (first + row) * cin, cin);
+            GramDhRow(s + rr * cin, wb ? wb[row] : 1.0f, wu.data(), wt.data(), cin, entry_k.data() + row_start[row],
+                      entry_coef.data() + row_start[row], row_start[row + 1] - row_start[row]);
           }
+          StoreBf16Rows()(s, dh_out + (first + r0) * cin, nr * cin);
         });
       }
     }
@@ -194,7 +219,7 @@ inline void MaxGradGram(OpKernelContext* ctx, const MaxGradGramInputs& in, const
   for (int64_t i = 0; i < cin; ++i) {
     for (int64_t k = 0; k < c; ++k) row[k] = psum[k * cin + i] - ssum[i] * u[k];
     for (int64_t j = 0; j < cin; ++j) {
-      const double gij = gsum[i * cin + j];
+      const double gij = j / 32 < i / 32 ? gsum[j * cin + i] : gsum[i * cin + j];
       for (int64_t k = 0; k < c; ++k) row[k] -= gij * wd[j * c + k];
     }
     for (int64_t k = 0; k < c; ++k) dkernel[i * c + k] = static_cast<float>(row[k]);
