@@ -225,13 +225,18 @@ def test_narrower_instruction_sets_give_the_same_results(isa, tmp_path):
 
 
 @pytest.mark.parametrize("dtype", [tf.float32, tf.bfloat16])
-def test_gather_rows_minus_centre_and_its_gradient(dtype, rng):
-    params = tf.constant(rng.normal(size=(30, 20)).astype(np.float32))
-    splits = np.array([0, 3, 4, 9, 11], np.int32)
-    index = tf.constant(rng.integers(0, 30, size=11).astype(np.int32))
-    centres = tf.constant(rng.normal(size=(4, 20)).astype(np.float32))
-    group = np.repeat(np.arange(4), np.diff(splits))
-    upstream = tf.constant(rng.normal(size=(11, 20)).astype(np.float32))
+@pytest.mark.parametrize("points,rows,groups,channels", [(30, 11, 4, 20), (3000, 20000, 400, 128)])
+def test_gather_rows_minus_centre_and_its_gradient(dtype, points, rows, groups, channels, rng):
+    # The larger case spreads dparams over many row ranges (threads), every params row taking several rows.
+    params = tf.constant(rng.normal(size=(points, channels)).astype(np.float32))
+    if groups == 4:
+        splits = np.array([0, 3, 4, 9, 11], np.int32)
+    else:
+        splits = np.r_[0, np.sort(rng.choice(np.arange(1, rows), groups - 1, replace=False)), rows].astype(np.int32)
+    index = tf.constant(rng.integers(0, points, size=rows).astype(np.int32))
+    centres = tf.constant(rng.normal(size=(groups, channels)).astype(np.float32))
+    group = np.repeat(np.arange(groups), np.diff(splits))
+    upstream = tf.constant(rng.normal(size=(rows, channels)).astype(np.float32))
 
     def run(fn):
         with tf.GradientTape() as tape:
@@ -246,7 +251,7 @@ def test_gather_rows_minus_centre_and_its_gradient(dtype, rng):
     for g, r in zip(got, ref):
         np.testing.assert_allclose(g, r, rtol=0, atol=1e-6 * np.abs(r).max())
     from hsr_tf.ops import compiled
-    with pytest.raises(tf.errors.InvalidArgumentError, match="index 30 at position 0 is out of range"):
-        compiled.load().hsr_gather_rows_minus_centre(params, tf.fill([11], 30), centres, splits, T=tf.float32)
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"centres must have shape \[4, 20\]"):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=f"index {points} at position 0 is out of range"):
+        compiled.load().hsr_gather_rows_minus_centre(params, tf.fill([rows], points), centres, splits, T=tf.float32)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=rf"centres must have shape \[{groups}, {channels}\]"):
         compiled.load().hsr_gather_rows_minus_centre(params, index, centres[:3], splits, T=tf.float32)
