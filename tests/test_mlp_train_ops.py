@@ -140,6 +140,10 @@ def test_bad_arguments(rng):
         lib.hsr_batch_norm_relu_max(z, gamma, beta, no_weights, tf.constant([0, 6, 11]), epsilon=1e-3)
     with pytest.raises(tf.errors.InvalidArgumentError, match="weights must be finite and > 0"):
         lib.hsr_batch_norm_relu(z, gamma, beta, tf.concat([tf.ones([11]), [0.0]], 0), epsilon=1e-3)
+    for bad, row in ((float("nan"), 3), (float("inf"), 5), (-2.0, 7)):  # rows of the 8-wide checking loop
+        weights = tf.tensor_scatter_nd_update(tf.ones([12]), [[row]], [bad])
+        with pytest.raises(tf.errors.InvalidArgumentError, match=f"finite and > 0, found .* at row {row}"):
+            lib.hsr_batch_norm_relu(z, gamma, beta, weights, epsilon=1e-3)
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"weights must have shape \[12\]"):
         lib.hsr_batch_norm_relu(z, gamma, beta, tf.ones([5]), epsilon=1e-3)
     with pytest.raises(ops.OpArgumentError, match="need the compiled kernels"):
