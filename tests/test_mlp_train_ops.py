@@ -259,3 +259,37 @@ def test_gather_rows_minus_centre_and_its_gradient(dtype, points, rows, groups, 
         compiled.load().hsr_gather_rows_minus_centre(params, tf.fill([rows], points), centres, splits, T=tf.float32)
     with pytest.raises(tf.errors.InvalidArgumentError, match=rf"centres must have shape \[{groups}, {channels}\]"):
         compiled.load().hsr_gather_rows_minus_centre(params, index, centres[:3], splits, T=tf.float32)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_row_moments_compiled_equals_the_formula(weighted, rng):
+    """HsrRowMoments against the float64 formula (means and centred covariance, weighted by the copies each
+    row stands for), and its gradient in u against the TensorFlow reference's."""
+    u = tf.constant((rng.normal(size=(3001, 3)) * [1.0, 0.1, 3.0] + [5.0, -2.0, 0.5]).astype(np.float32))
+    weights = tf.constant(rng.integers(1, 4, size=3001).astype(np.float32)) if weighted else None
+    mean, cov = mlp_train.row_moments(u, weights, compiled=True)
+    w = np.ones(3001) if weights is None else weights.numpy().astype(np.float64)
+    u64 = u.numpy().astype(np.float64)
+    m = (w[:, None] * u64).sum(0) / w.sum()
+    c = ((u64 - m) * w[:, None]).T @ (u64 - m) / w.sum()
+    np.testing.assert_allclose(mean, m, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(cov, c, rtol=1e-6, atol=1e-7 * np.abs(c).max())
+    upstream_m = tf.constant(rng.normal(size=3).astype(np.float32))
+    upstream_c = tf.constant(rng.normal(size=(3, 3)).astype(np.float32))
+
+    def grad(compiled):
+        with tf.GradientTape() as tape:
+            tape.watch(u)
+            mm, cc = mlp_train.row_moments(u, weights, compiled=compiled)
+            loss = tf.reduce_sum(mm * upstream_m) + tf.reduce_sum(cc * upstream_c)
+        return tape.gradient(loss, u).numpy()
+
+    ref = grad(False)
+    np.testing.assert_allclose(grad(True), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    empty_mean, empty_cov = mlp_train.row_moments(tf.zeros([0, 3]), compiled=True)
+    assert not np.any(empty_mean.numpy()) and not np.any(empty_cov.numpy())
+    with pytest.raises(ops.OpArgumentError, match=r"u must have shape \[R, K\] with 1 <= K <= 16"):
+        mlp_train.row_moments(tf.zeros([4, 17]))
+    from hsr_tf.ops import compiled as lib
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"weights must have shape \[4\]"):
+        lib.load().hsr_row_moments(tf.zeros([4, 3]), tf.ones([3]))

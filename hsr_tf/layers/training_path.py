@@ -184,16 +184,7 @@ def linear_batch_norm_relu_train(u, kernel, bn, weights=None, dtype=tf.float32):
     u = tf.cast(u, tf.float32)
     kernel = tf.convert_to_tensor(kernel, tf.float32)
     c = kernel.shape[-1]
-    if weights is None:
-        total = tf.cast(tf.shape(u)[0], tf.float32)
-        w = tf.ones_like(u[:, :1])
-    else:
-        w = tf.convert_to_tensor(weights, tf.float32)[:, None]
-        total = tf.reduce_sum(w)
-    total = tf.maximum(total, 1e-12)  # no rows: zero moments, as the kernels
-    m = tf.reduce_sum(w * u, axis=0) / total  # [K]
-    d = u - m  # [R, K], centred before the second moments (no cancellation)
-    cov = tf.matmul(d * w, d, transpose_a=True) / total  # [K, K]
+    m, cov = mlp_train.row_moments(u, weights, compiled=kernels_on(tf.float32))  # [K], [K, K]
     mean = tf.linalg.matvec(kernel, m, transpose_a=True)  # [C]
     var = tf.maximum(tf.reduce_sum(kernel * tf.matmul(cov, kernel), axis=0), 0.0)  # [C], biased
     gamma = tf.cast(bn.gamma, tf.float32) if bn.scale else tf.ones([c], tf.float32)

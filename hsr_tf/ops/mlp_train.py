@@ -29,7 +29,7 @@ import tensorflow as tf
 from hsr_tf.ops import _checks
 
 __all__ = ["amx_available", "batch_norm_relu", "gather_rows_minus_centre", "kernels_available", "linear_relu",
-           "matmul_batch_norm_relu", "product_gradients"]
+           "matmul_batch_norm_relu", "product_gradients", "row_moments"]
 
 
 @tf.RegisterGradient("HsrBatchNormRelu")
@@ -61,6 +61,19 @@ def _gather_rows_minus_centre_grad(op, grad):
     dparams, dcentres = compiled.load().hsr_gather_rows_minus_centre_grad(
         grad, index, row_splits, tf.shape(params, out_type=tf.int32)[0])
     return dparams, None, dcentres, None
+
+
+@tf.RegisterGradient("HsrRowMoments")
+def _row_moments_grad(op, dmean, dcov):
+    # mean = sum w u / W, cov = sum w d d^T / W with d = u - mean; the d's weighted sum is 0, so
+    # du_r = w_r / W (dmean + (dcov + dcov^T) d_r).
+    u, weights = op.inputs
+    mean = op.outputs[0]
+    w = tf.cond(tf.size(weights) > 0, lambda: weights, lambda: tf.ones(tf.shape(u)[:1]))[:, None]
+    total = tf.maximum(tf.reduce_sum(w), 1e-12)
+    sym = dcov + tf.transpose(dcov)
+    du = w / total * (dmean[None, :] + tf.matmul(u - mean, sym))
+    return du, None
 
 
 @tf.RegisterGradient("HsrLinearRelu")
@@ -228,6 +241,36 @@ def gather_rows_minus_centre(params, index, centres, row_splits, dtype=tf.float3
     return lib.load().hsr_gather_rows_minus_centre(
         tf.convert_to_tensor(params, tf.float32), tf.convert_to_tensor(index, tf.int32),
         tf.convert_to_tensor(centres, tf.float32), tf.convert_to_tensor(row_splits, tf.int32), T=dtype)
+
+
+def row_moments(u, weights=None, compiled=None):
+    """The weighted mean and biased covariance of rows with few channels: ``(mean [K], cov [K, K])`` with
+    ``mean = sum_r w_r u_r / W`` and ``cov = sum_r w_r (u_r - mean)(u_r - mean)^T / W`` (W the total weight; zeros
+    without rows).
+
+    The compiled op (``HsrRowMoments``, CPU) makes two passes over ``u`` with double sums reduced in block order;
+    the reference is the same formula in TensorFlow ops (five passes over [R, K] in float32). Both are
+    differentiable in ``u``.
+
+    Args:
+      u: float32 [R, K], 1 <= K <= 16.
+      weights: None, or float32 [R] > 0 (how many identical rows each row stands for).
+      compiled: True / False to force an implementation, None for the compiled op when :func:`kernels_available`.
+    """
+    u = tf.convert_to_tensor(u, tf.float32)
+    if u.shape.rank != 2 or (u.shape[1] is not None and not 1 <= u.shape[1] <= 16):
+        raise _checks.OpArgumentError(f"row_moments: u must have shape [R, K] with 1 <= K <= 16, found {u.shape}")
+    if compiled is None:
+        compiled = kernels_available()
+    if compiled:
+        from hsr_tf.ops import compiled as lib  # noqa: PLC0415
+        w = tf.zeros([0]) if weights is None else tf.convert_to_tensor(weights, tf.float32)
+        return tuple(lib.load().hsr_row_moments(u, w))
+    w = tf.ones_like(u[:, :1]) if weights is None else tf.convert_to_tensor(weights, tf.float32)[:, None]
+    total = tf.maximum(tf.reduce_sum(w), 1e-12)  # no rows: zero moments, as the compiled op
+    mean = tf.reduce_sum(w * u, axis=0) / total
+    d = u - mean  # centred before the second moments (no cancellation)
+    return mean, tf.matmul(d * w, d, transpose_a=True) / total
 
 
 def linear_relu(u, kernel, bias, dtype=tf.float32, compiled=None):

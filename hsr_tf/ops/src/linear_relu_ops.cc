@@ -204,6 +204,66 @@ class LinearReluInputGradCpu : public OpKernel {
   }
 };
 
+// HsrRowMoments(u float32 [R,K], weights [R] or [0]) -> mean [K], covariance [K,K]: the weighted mean and
+// biased covariance (sum_r w_r (u_r - mean)(u_r - mean)^T / W) of the rows, which fold the first layer's
+// BatchNorm into this op's kernel and bias. Two passes (the sums, then the centred products: no cancellation),
+// per block in double, reduced in block order. Replaces five TensorFlow passes over [R, K].
+REGISTER_OP("HsrRowMoments")
+    .Input("u: float32")
+    .Input("weights: float32")
+    .Output("mean: float32")
+    .Output("covariance: float32")
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle u;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &u));
+      c->set_output(0, c->Vector(c->Dim(u, 1)));
+      c->set_output(1, c->Matrix(c->Dim(u, 1), c->Dim(u, 1)));
+      return absl::OkStatus();
+    });
+
+class RowMomentsCpu : public OpKernel {
+ public:
+  explicit RowMomentsCpu(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+  void Compute(OpKernelContext* ctx) override {
+    static const char* kOp = "row_moments";
+    const Tensor& u = ctx->input(0);
+    OP_REQUIRES(ctx, u.dims() == 2 && u.dim_size(1) >= 1 && u.dim_size(1) <= kMaxInputChannels,
+                errors::InvalidArgument(kOp, ": u must have shape [R, K] with 1 <= K <= ", kMaxInputChannels,
+                                        ", found ", u.shape().DebugString()));
+    double total = 0.0;
+    OP_REQUIRES_OK(ctx, CheckZAndWeights(kOp, u, ctx->input(1), &total));
+    const int64_t r = u.dim_size(0), k = u.dim_size(1);
+    Tensor *mean = nullptr, *cov = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({k}), &mean));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({k, k}), &cov));
+    const float* up = u.flat<float>().data();
+    const float* w = WeightsOrNull(ctx->input(1));
+    const int64_t blocks = (r + kBlockRows - 1) / kBlockRows;
+    std::vector<double> sum(k), m(k), prod(k * k);
+    BlockOrderedSumsN(ctx, blocks, 2 * kBlockRows * k, k, 0, [&](int64_t i, double* part, float*) {
+      for (int64_t row = i * kBlockRows; row < std::min(r, (i + 1) * kBlockRows); ++row) {
+        const double wr = w ? w[row] : 1.0;
+        for (int64_t a = 0; a < k; ++a) part[a] += wr * up[row * k + a];
+      }
+    }, sum.data());
+    for (int64_t a = 0; a < k; ++a) m[a] = total > 0 ? sum[a] / total : 0.0;
+    BlockOrderedSumsN(ctx, blocks, 2 * kBlockRows * k * k, k * k, 0, [&](int64_t i, double* part, float*) {
+      double d[kMaxInputChannels];
+      for (int64_t row = i * kBlockRows; row < std::min(r, (i + 1) * kBlockRows); ++row) {
+        const double wr = w ? w[row] : 1.0;
+        for (int64_t a = 0; a < k; ++a) d[a] = up[row * k + a] - m[a];
+        for (int64_t a = 0; a < k; ++a)
+          for (int64_t b = 0; b < k; ++b) part[a * k + b] += wr * d[a] * d[b];
+      }
+    }, prod.data());
+    float* mp = mean->flat<float>().data();
+    float* cp = cov->flat<float>().data();
+    for (int64_t a = 0; a < k; ++a) mp[a] = static_cast<float>(m[a]);
+    for (int64_t a = 0; a < k * k; ++a) cp[a] = total > 0 ? static_cast<float>(prod[a] / total) : 0.0f;
+  }
+};
+REGISTER_KERNEL_BUILDER(Name("HsrRowMoments").Device(DEVICE_CPU), RowMomentsCpu);
+
 #define HSR_REGISTER_LINEAR_RELU(T)                                                                           \
   REGISTER_KERNEL_BUILDER(Name("HsrLinearRelu").Device(DEVICE_CPU).TypeConstraint<T>("T"), LinearReluCpu<T>); \
   REGISTER_KERNEL_BUILDER(Name("HsrLinearReluGrad").Device(DEVICE_CPU).TypeConstraint<T>("T"),                \

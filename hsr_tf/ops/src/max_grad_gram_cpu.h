@@ -10,19 +10,20 @@
 // positive: at most C entries per group, against C per row for the dense part. The dense part is linear in h_r,
 // so with M = W diag(d) W^T [Cin, Cin], s = sum_r w_r h_r [Cin] and G = sum_r w_r h_r h_r^T [Cin, Cin]:
 //
-//   dh_r = W P_r - w_r (W u + M h_r)                      (one Cin x Cin product per row, on AMX tiles)
+//   dh_r = W P_r - w_r (W u + M h_r)                      (a 2 Cin x Cin product per row, on AMX tiles)
 //   dW   = sum_r h_r P_r^T - s u^T - G W diag(d)          (G: one Cin x Cin reduction over rows, on AMX tiles)
 //
-// Per row that is 2 Cin^2 multiply-adds against 3 Cin C for recomputing z, dh = dz W^T and dW = h^T dz (C = 2 Cin
-// in PointNet++'s max layers: 3x fewer), and no [R, C] pass at all (no z, no dz). Numerically it is the same
-// gradient with other roundings: M is rounded once to bfloat16 where the recomputing path rounds every dz, and
-// w_r h_r is rounded to bfloat16 for G's tiles. Chunks of consecutive blocks sum their partials in float32 and
+// Per row that is 3 Cin^2 multiply-adds against 3 Cin C for recomputing z, dh = dz W^T and dW = h^T dz (C = 2 Cin
+// in PointNet++'s max layers: 2x fewer), and no [R, C] pass at all (no z, no dz). Numerically it is the same
+// gradient with other roundings: M is carried as two bfloat16 parts up to Cin = 64 (see MaxGradGram) where the
+// recomputing path rounds every dz, and w_r h_r is rounded to bfloat16 for G's tiles. Chunks of consecutive blocks sum their partials in float32 and
 // the chunks are added in order (double), so results do not depend on the number of threads.
 #ifndef HSR_TF_OPS_MAX_GRAD_GRAM_CPU_H_
 #define HSR_TF_OPS_MAX_GRAD_GRAM_CPU_H_
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "amx_matmul_cpu.h"
@@ -113,19 +114,57 @@ HSR_AMX_TARGET inline void GramDhRow(float* t, float wr, const float* wu, const 
   }
 }
 
-// w_r h_r rounded to bfloat16 into wh [n_pad, Cin] (zero rows past `rows`), and s [Cin] += sum_r w_r h_r.
+// w_r h_r rounded to bfloat16 into wh [n_pad, Cin] (zero rows past `rows`), and s [Cin] += their sum over rows.
 HSR_AMX_TARGET inline void GramWeightedRows(const uint16_t* h, const float* w, int64_t rows, int64_t n_pad,
                                             int64_t cin, uint16_t* wh, float* s, float* scratch) {
   for (int64_t r = 0; r < rows; ++r) {
     const float wr = w ? w[r] : 1.0f;
     const uint16_t* __restrict hr = h + r * cin;
-    for (int64_t i = 0; i < cin; ++i) {
-      scratch[i] = wr * ToFloat(hr[i]);
-      s[i] += scratch[i];
-    }
+    for (int64_t i = 0; i < cin; ++i) scratch[i] = wr * ToFloat(hr[i]);
     StoreBf16Rows()(scratch, wh + r * cin, cin);
+    // s from the rounded values that G's tiles read, so that s u^T and G W diag(d) (which largely cancel in
+    // dW) sum the same numbers.
+    for (int64_t i = 0; i < cin; ++i) s[i] += ToFloat(wh[r * cin + i]);
   }
   std::fill(wh + rows * cin, wh + n_pad * cin, uint16_t{0});
+}
+
+// h [n, Cin] [M_hi; M_lo] (mv: the [2 Cin, Cin] kernel; or h M for a [Cin, Cin] one), 32 rows at a time, as
+// AmxMatMulStrips: for Cin = 64 in VNNI rows the strip's A tiles serve both halves (AmxStripProductK64Split);
+// otherwise each strip is copied as [h_r, h_r] rows (hh: 32 x 2 Cin) and multiplied as one product.
+// pad: 32 x 2 Cin.
+template <typename Finish>
+HSR_AMX_TARGET inline void GramStrips(const uint16_t* h, int64_t n, int64_t cin, const AmxWeights& mv, float* strip,
+                                      uint16_t* pad, uint16_t* hh, Finish finish) {
+  if (mv.k == cin) {  // M rounded once: h M
+    AmxMatMulStrips(h, n, mv, strip, pad, finish);
+    return;
+  }
+  const bool k64 = cin == 64 && !mv.tiled && !mv.stage_rows;
+  for (int64_t r0 = 0; r0 < n; r0 += 32) {
+    const int64_t rows = n - r0 < 32 ? n - r0 : 32;
+    if (k64) {
+      const uint16_t* a = h + r0 * cin;
+      if (rows < 32) {
+        std::memcpy(pad, a, sizeof(uint16_t) * rows * cin);
+        std::memset(pad + rows * cin, 0, sizeof(uint16_t) * (32 - rows) * cin);
+        a = pad;
+      }
+      AmxStripProductK64Split(a, cin, mv, strip);
+    } else {
+      for (int64_t r = 0; r < 32; ++r) {
+        uint16_t* dst = hh + r * 2 * cin;
+        if (r < rows) {
+          std::memcpy(dst, h + (r0 + r) * cin, sizeof(uint16_t) * cin);
+          std::memcpy(dst + cin, h + (r0 + r) * cin, sizeof(uint16_t) * cin);
+        } else {
+          std::memset(dst, 0, sizeof(uint16_t) * 2 * cin);
+        }
+      }
+      AmxMatMulStrips(hh, 32, mv, strip, pad, [](float*, int64_t, int64_t) {});
+    }
+    finish(strip, r0, rows);
+  }
 }
 
 // dh_prev [R, Cin] bfloat16 and dkernel [Cin, C] float32 as in the legend.
@@ -161,9 +200,20 @@ inline void MaxGradGram(OpKernelContext* ctx, const MaxGradGramInputs& in, const
       for (int64_t k = 0; k < c; ++k) acc += wd[i * c + k] * kw[j * c + k];
       m[i * cin + j] = static_cast<float>(acc);
     }
-  AmxWeights mv;  // M's B tiles: dh's dense part is h M
-  PackAmxKernel(m.data(), static_cast<int>(cin), static_cast<int>(cin), false, &mv);
-
+  // M's B tiles: dh's dense part is h M, which largely cancels W u (it is W (u + d * z_r), centred). Up to
+  // Cin = 64, M is split into bfloat16 M_hi + M_lo and multiplied as [h, h] [M_hi; M_lo] (float32 sums on the
+  // tiles; at Cin = 64 the strip's A tiles serve both halves): on small row counts the one rounding of M showed
+  // in dh (float64 checks; whole set-abstraction levels against the two-step path). From Cin = 128 the second
+  // half doubles the product's tile loads, and at the network's row counts the error did not change (measured:
+  // 4000 rows 128 -> 256, 2.4e-3 of dh's norm either way), so M is rounded once there.
+  const bool split = cin <= 64;
+  std::vector<uint16_t> m2((split ? 2 : 1) * cin * cin);
+  for (int64_t i = 0; i < cin * cin; ++i) {
+    Store(m[i], &m2[i]);
+    if (split) Store(m[i] - ToFloat(m2[i]), &m2[cin * cin + i]);
+  }
+  AmxWeights mv;
+  PackAmxWeights(m2.data(), static_cast<int>((split ? 2 : 1) * cin), static_cast<int>(cin), &mv);
   const int64_t num_blocks = (in.g + in.per_block - 1) / in.per_block;
   const int64_t num_chunks = std::max<int64_t>(1, std::min<int64_t>(32, num_blocks));
   const int64_t per_chunk = (num_blocks + num_chunks - 1) / num_chunks;
@@ -174,7 +224,7 @@ inline void MaxGradGram(OpKernelContext* ctx, const MaxGradGramInputs& in, const
   const int cini = static_cast<int>(cin);
   ParallelBlocks(ctx, num_chunks, 8 * per_chunk * in.max_rows * (2 * cin + c), [&](int64_t begin, int64_t end) {
     std::vector<uint16_t> hpv(pad_rows * cin), hpt(pad_rows * cin), wh(pad_rows * cin), whv(pad_rows * cin),
-        pad(32 * cin);
+        hh(32 * 2 * cin), pad(32 * 2 * cin);
     std::vector<float> strip(32 * cin), scratch(cin), coef(in.per_block * c), entry_coef(in.per_block * c);
     std::vector<int32_t> at(in.per_block * c), entry_k(in.per_block * c), row_start(in.max_rows + 1);
     AmxConfigure();
@@ -196,7 +246,7 @@ inline void MaxGradGram(OpKernelContext* ctx, const MaxGradGramInputs& in, const
         AmxWeightGradBlock(hpv.data(), wh.data(), static_cast<int>(n_pad), cini, cini,
                            part_g.data() + chunk * cin * cin, hpt.data(), whv.data(), true);
         // dh_r = W P_r - w_r (W u + (h M)_r), rounded once per strip.
-        AmxMatMulStrips(hb, rows, mv, strip.data(), pad.data(), [&](float* s, int64_t r0, int64_t nr) {
+        GramStrips(hb, rows, cin, mv, strip.data(), pad.data(), hh.data(), [&](float* s, int64_t r0, int64_t nr) {
           for (int64_t rr = 0; rr < nr; ++rr) {
             const int64_t row = r0 + rr;
             GramDhRow(s + rr * cin, wb ? wb[row] : 1.0f, wu.data(), wt.data(), cin, entry_k.data() + row_start[row],
