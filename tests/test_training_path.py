@@ -183,3 +183,12 @@ def test_rows_matmul_bfloat16_kernel_gradient_is_float32(rng):
     expected = np.asarray(tf.cast(h, tf.float32)).sum(axis=0)[:, None] * np.ones((1, 6))
     # Each slab's bfloat16 product is rounded once (relative 2^-9) before the float32 sum.
     np.testing.assert_allclose(dk.numpy(), expected, rtol=0, atol=8e-3 * np.abs(expected).max())
+
+
+def test_unique_ball_rows_by_hand():
+    """Padding copies repeat a group's first slot: they are dropped and counted in the first row's weight."""
+    idx = tf.constant([[[3, 1, 3, 3], [2, 2, 2, 2]], [[0, 1, 2, 3], [1, 0, 1, 1]]], tf.int32)  # [B=2, M=2, S=4]
+    point, weights, row_splits = training_path.unique_ball_rows(idx, 4)
+    np.testing.assert_array_equal(point, [3, 1, 2, 4, 5, 6, 7, 5, 4])  # b * N + n
+    np.testing.assert_array_equal(weights, [3, 1, 4, 1, 1, 1, 1, 3, 1])
+    np.testing.assert_array_equal(row_splits, [0, 2, 3, 7, 9])

@@ -304,13 +304,14 @@ def unique_ball_rows(idx, num_points):
     s = idx.shape[-1]
     first = idx[:, :, :1]
     keep = tf.concat([tf.ones_like(first, tf.bool), tf.not_equal(idx[:, :, 1:], first)], axis=2)  # [B,M,S]
-    counts = tf.reduce_sum(tf.cast(keep, tf.int32), axis=2)  # [B,M] distinct neighbours
-    # Slot 0 stands for itself and the S - count copies of it.
-    slot_weight = tf.where(tf.range(s)[None, None, :] == 0, tf.cast(s + 1 - counts, tf.float32)[:, :, None], 1.0)
+    counts = tf.reshape(tf.reduce_sum(tf.cast(keep, tf.int32), axis=2), [-1])  # [B*M] distinct neighbours
     flat_point = idx + tf.range(tf.shape(idx)[0], dtype=tf.int32)[:, None, None] * tf.cast(num_points, tf.int32)
     point = tf.boolean_mask(flat_point, keep)
-    weights = tf.boolean_mask(slot_weight, keep)
-    row_splits = tf.concat([[0], tf.cumsum(tf.reshape(counts, [-1]))], axis=0)
+    row_splits = tf.concat([[0], tf.cumsum(counts)], axis=0)
+    # Every kept row stands for itself, a group's first (slot 0) also for the S - count copies of it: written
+    # at the groups' first rows (B*M values) rather than masked out of a [B, M, S] tensor of weights.
+    weights = tf.tensor_scatter_nd_update(tf.ones_like(point, tf.float32), row_splits[:-1, None],
+                                          tf.cast(s + 1 - counts, tf.float32))
     return point, weights, row_splits
 
 
