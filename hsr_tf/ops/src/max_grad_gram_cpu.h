@@ -194,12 +194,18 @@ inline void MaxGradGram(OpKernelContext* ctx, const MaxGradGramInputs& in, const
     }
     wu[i] = static_cast<float>(acc);
   }
-  for (int64_t i = 0; i < cin; ++i)
-    for (int64_t j = 0; j < cin; ++j) {
-      double acc = 0.0;
-      for (int64_t k = 0; k < c; ++k) acc += wd[i * c + k] * kw[j * c + k];
-      m[i * cin + j] = static_cast<float>(acc);
+  // M row by row, j innermost (the same sums over k in the same order, but vectorised: up to 4M multiply-adds
+  // here, on one thread).
+  std::vector<double> mrow(cin);
+  for (int64_t i = 0; i < cin; ++i) {
+    std::fill(mrow.begin(), mrow.end(), 0.0);
+    for (int64_t k = 0; k < c; ++k) {
+      const double t = wd[i * c + k];
+      const float* __restrict wk = wt.data() + k * cin;
+      for (int64_t j = 0; j < cin; ++j) mrow[j] += t * wk[j];
     }
+    for (int64_t j = 0; j < cin; ++j) m[i * cin + j] = static_cast<float>(mrow[j]);
+  }
   // M's B tiles: dh's dense part is h M, which largely cancels W u (it is W (u + d * z_r), centred). Up to
   // Cin = 64, M is split into bfloat16 M_hi + M_lo and multiplied as [h, h] [M_hi; M_lo] (float32 sums on the
   // tiles; at Cin = 64 the strip's A tiles serve both halves): on small row counts the one rounding of M showed
