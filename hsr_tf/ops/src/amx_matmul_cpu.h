@@ -178,6 +178,10 @@ HSR_AMX_TARGET inline void AmxStripProduct(const uint16_t* a, int64_t lda, const
 // AmxStripProduct<false, false> for K = 64 (two k steps): the strip's four A tiles are loaded once and every 16
 // output columns take two B tiles and four multiplies into two C tiles, instead of reloading A for every 32
 // columns. The same sums in the same order (same bits); 1.1-1.3x faster at 690K rows, 64 -> 64 / 64 -> 128.
+// kParts = 2: [a, a] [W_hi; W_lo] for a kernel of 128 rows carried as two bfloat16 parts (W_hi its first 64
+// rows), a second pair of B tiles per 16 columns and no second load of the rows; the same sums in the same
+// order as that [a, a] product.
+template <int kParts>
 HSR_AMX_TARGET inline void AmxStripProductK64(const uint16_t* a, int64_t lda, const AmxWeights& w, float* strip) {
   const int c = w.c;
   const uint16_t* wp = w.packed.data();
@@ -189,33 +193,7 @@ HSR_AMX_TARGET inline void AmxStripProductK64(const uint16_t* a, int64_t lda, co
   for (int j0 = 0; j0 < c; j0 += 16) {
     _tile_zero(0);
     _tile_zero(1);
-    _tile_loadd(6, wp + 2 * j0, ld_b);
-    _tile_loadd(7, wp + static_cast<int64_t>(16) * 2 * c + 2 * j0, ld_b);
-    _tile_dpbf16ps(0, 2, 6);
-    _tile_dpbf16ps(0, 3, 7);
-    _tile_dpbf16ps(1, 4, 6);
-    _tile_dpbf16ps(1, 5, 7);
-    _tile_stored(0, strip + j0, c * 4);
-    _tile_stored(1, strip + 16 * static_cast<int64_t>(c) + j0, c * 4);
-  }
-}
-
-// [a, a] [W_hi; W_lo] for a strip of 32 rows of K = 64 (w: the [128, C] kernel in VNNI rows, W_hi its first 64
-// rows): AmxStripProductK64 with a second pair of B tiles per 16 columns, so that a kernel carried as two
-// bfloat16 parts costs no second load of the rows. The same sums in the same order as the [a, a] product.
-HSR_AMX_TARGET inline void AmxStripProductK64Split(const uint16_t* a, int64_t lda, const AmxWeights& w,
-                                                   float* strip) {
-  const int c = w.c;
-  const uint16_t* wp = w.packed.data();
-  const int64_t ld_b = 2 * static_cast<int64_t>(c) * 2;
-  _tile_loadd(2, a, lda * 2);
-  _tile_loadd(3, a + 32, lda * 2);
-  _tile_loadd(4, a + 16 * lda, lda * 2);
-  _tile_loadd(5, a + 16 * lda + 32, lda * 2);
-  for (int j0 = 0; j0 < c; j0 += 16) {
-    _tile_zero(0);
-    _tile_zero(1);
-    for (int part = 0; part < 2; ++part) {  // W_hi (k steps 0, 1), then W_lo (2, 3)
+    for (int part = 0; part < kParts; ++part) {  // k steps 2 part, 2 part + 1
       const uint16_t* b = wp + static_cast<int64_t>(32 * part) * 2 * c + 2 * j0;
       _tile_loadd(6, b, ld_b);
       _tile_loadd(7, b + static_cast<int64_t>(16) * 2 * c, ld_b);
@@ -256,7 +234,7 @@ HSR_AMX_TARGET inline void AmxMatMulStrips(const uint16_t* h, int64_t n, const A
       if (w.tiled) {
         AmxStripProduct<true, false>(a, cin, w, strip);
       } else if (cin == 64) {
-        AmxStripProductK64(a, cin, w, strip);
+        AmxStripProductK64<1>(a, cin, w, strip);
       } else {
         AmxStripProduct<false, false>(a, cin, w, strip);
       }

@@ -130,7 +130,7 @@ HSR_AMX_TARGET inline void GramWeightedRows(const uint16_t* h, const float* w, i
 }
 
 // h [n, Cin] [M_hi; M_lo] (mv: the [2 Cin, Cin] kernel; or h M for a [Cin, Cin] one), 32 rows at a time, as
-// AmxMatMulStrips: for Cin = 64 in VNNI rows the strip's A tiles serve both halves (AmxStripProductK64Split);
+// AmxMatMulStrips: for Cin = 64 in VNNI rows the strip's A tiles serve both halves (AmxStripProductK64<2>);
 // otherwise each strip is copied as [h_r, h_r] rows (hh: 32 x 2 Cin) and multiplied as one product.
 // pad: 32 x 2 Cin.
 template <typename Finish>
@@ -150,7 +150,7 @@ HSR_AMX_TARGET inline void GramStrips(const uint16_t* h, int64_t n, int64_t cin,
         std::memset(pad + rows * cin, 0, sizeof(uint16_t) * (32 - rows) * cin);
         a = pad;
       }
-      AmxStripProductK64Split(a, cin, mv, strip);
+      AmxStripProductK64<2>(a, cin, mv, strip);
     } else {
       for (int64_t r = 0; r < 32; ++r) {
         uint16_t* dst = hh + r * 2 * cin;
