@@ -5,8 +5,8 @@
 // params float32 [P, C] (per-point projections), centres float32 [G, C], index int32 [R], row_splits int32 [G+1];
 // rows in T (float32 or bfloat16, rounded once). The gradient (HsrGatherRowsMinusCentreGrad) scatter-adds the
 // rows' gradient into dparams [P, C] and sums it, negated, per group into dcentres [G, C]; both in float32, run
-// over ranges of params rows (dparams) and groups (dcentres) so no two threads write one value and the result does not
-// depend on the number of threads. Replaces GatherNd + Sub + Cast and their ScatterNd / UnsortedSegmentSum
+// over ranges of params rows (dparams) and groups (dcentres) so no two threads write one value and the result
+// does not depend on the number of threads. Replaces GatherNd + Sub + Cast and their ScatterNd / UnsortedSegmentSum
 // gradients (single-threaded on CPU) in the training path.
 #include <algorithm>
 #include <cstdint>
@@ -184,7 +184,7 @@ class GatherRowsMinusCentreGradCpu : public OpKernel {
     float* dc = dcentres->flat<float>().data();
     // dparams: each unit of consecutive params rows is owned by one thread, which adds the whole rows of grad
     // whose index falls in it (grad is read once, row by row; every dparams row adds its rows in row order, as
-    // before). Splitting by channel blocks instead read every row once per block, 3x slower at 218K x 128.
+    // before). Split by 16-channel blocks, every row was read once per block; one thread, 218K x 128: 20 -> 16 ms.
     const int64_t units = std::max<int64_t>(1, std::min<int64_t>(p, 64));
     const int64_t per_unit = (p + units - 1) / units;
     const bool avx512 = mlp_train::IsaLevel() == 2;

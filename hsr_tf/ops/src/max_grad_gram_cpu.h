@@ -10,14 +10,15 @@
 // positive: at most C entries per group, against C per row for the dense part. The dense part is linear in h_r,
 // so with M = W diag(d) W^T [Cin, Cin], s = sum_r w_r h_r [Cin] and G = sum_r w_r h_r h_r^T [Cin, Cin]:
 //
-//   dh_r = W P_r - w_r (W u + M h_r)                      (a 2 Cin x Cin product per row, on AMX tiles)
-//   dW   = sum_r h_r P_r^T - s u^T - G W diag(d)          (G: one Cin x Cin reduction over rows, on AMX tiles)
+//   dh_r = W P_r - w_r (W u + M h_r)                      (h M on AMX tiles)
+//   dW   = sum_r h_r P_r^T - s u^T - G W diag(d)          (G: a Cin x Cin reduction over rows, on AMX tiles)
 //
-// Per row that is 3 Cin^2 multiply-adds against 3 Cin C for recomputing z, dh = dz W^T and dW = h^T dz (C = 2 Cin
-// in PointNet++'s max layers: 2x fewer), and no [R, C] pass at all (no z, no dz). Numerically it is the same
-// gradient with other roundings: M is carried as two bfloat16 parts up to Cin = 64 (see MaxGradGram) where the
-// recomputing path rounds every dz, and w_r h_r is rounded to bfloat16 for G's tiles. Chunks of consecutive blocks sum their partials in float32 and
-// the chunks are added in order (double), so results do not depend on the number of threads.
+// Per row that is Cin^2 multiply-adds for h M (2 Cin^2 up to Cin = 64, where M is carried as two bfloat16 parts,
+// see MaxGradGram) and Cin^2 for G (half of it: G is symmetric), against 3 Cin C for recomputing z, dh = dz W^T
+// and dW = h^T dz (C = 2 Cin in PointNet++'s max layers), and no [R, C] pass at all (no z, no dz). Numerically it
+// is the same gradient with other roundings: M's where the recomputing path rounds every dz, and w_r h_r rounded
+// to bfloat16 for G's tiles. Chunks of consecutive blocks sum their partials in float32 and the chunks are added
+// in order (double), so results do not depend on the number of threads.
 #ifndef HSR_TF_OPS_MAX_GRAD_GRAM_CPU_H_
 #define HSR_TF_OPS_MAX_GRAD_GRAM_CPU_H_
 

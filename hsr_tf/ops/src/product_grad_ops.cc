@@ -7,9 +7,11 @@
 //     -> dh_prev bf16 [R,Cin], dkernel float32 [Cin,C], dgamma [C], dbeta [C]
 //   HsrBatchNormReluMaxGradProduct(dpooled [G,C], argmax [G,C], zsel [G,C], weights, row_splits, gamma, beta,
 //     mean, variance, h_prev, kernel) -> the same (zsel: z at argmax, from HsrBatchNormReluMaxFromExtremes)
-// The max variant does not read z at all: its sums need only zsel, and every block's z is recomputed on the
-// tiles from h_prev (which the weight gradient reads anyway), rounded to bfloat16 as the forward pass rounded
-// it, so its forward pass need not write the [R, C] product (HsrMatMulMomentsExtremes, keep_product = false).
+// The max variant does not read z at all: its sums need only zsel, so its forward pass need not write the
+// [R, C] product (HsrMatMulMomentsExtremes, keep_product = false). By default it forms neither z nor dz
+// (max_grad_gram_cpu.h: dh_prev and dkernel from the argmax rows and h_prev's Gram matrix); with
+// HSR_TF_OPS_MAX_GRAD=recompute every block's z is recomputed on the tiles from h_prev, rounded to bfloat16 as
+// the forward pass rounded it, and goes through the path below.
 // After the backward sums (one pass over (dh, z), or over zsel only), every block's dz is formed in
 // cache exactly as HsrBatchNormRelu[Max]Grad writes it (bfloat16) and used at once: dh_prev = dz kernel^T
 // (rounded once to bfloat16) and dkernel += h_prev^T dz (float32 tiles). The [R, C] gradient dz is never written
@@ -17,8 +19,8 @@
 // chunks are added in order, so results do not depend on the number of threads.
 #include <algorithm>
 #include <cstdint>
-#include <cstring>
 #include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
