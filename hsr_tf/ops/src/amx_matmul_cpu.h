@@ -207,6 +207,15 @@ HSR_AMX_TARGET inline void AmxStripProductK64(const uint16_t* a, int64_t lda, co
   }
 }
 
+// The 32-row strip starting at a (lda elements per row), or, when it has fewer rows, a copy of them in pad
+// followed by zero rows, so that no tile reads past the rows.
+inline const uint16_t* StripRows(const uint16_t* a, int64_t rows, int64_t lda, uint16_t* pad) {
+  if (rows == 32) return a;
+  std::memcpy(pad, a, sizeof(uint16_t) * rows * lda);
+  std::memset(pad + rows * lda, 0, sizeof(uint16_t) * (32 - rows) * lda);
+  return pad;
+}
+
 // h [n, K] W for one block of rows (w: PackAmxWeights), 32 rows at a time: finish(strip, r0, rows) receives
 // the float32 results of rows [r0, r0 + rows) in strip [32, C] (it may overwrite them). pad: 32 x K uint16 (a
 // last strip of fewer than 32 rows is copied there, zero-padded, so no tile reads past h; with stage_rows every
@@ -226,11 +235,7 @@ HSR_AMX_TARGET inline void AmxMatMulStrips(const uint16_t* h, int64_t n, const A
         }
       AmxStripProduct<true, true>(pad, 32, w, strip);
     } else {
-      if (rows < 32) {
-        std::memcpy(pad, a, sizeof(uint16_t) * rows * cin);
-        std::memset(pad + rows * cin, 0, sizeof(uint16_t) * (32 - rows) * cin);
-        a = pad;
-      }
+      a = StripRows(a, rows, cin, pad);
       if (w.tiled) {
         AmxStripProduct<true, false>(a, cin, w, strip);
       } else if (cin == 64) {

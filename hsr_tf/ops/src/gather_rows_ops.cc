@@ -136,8 +136,8 @@ class GatherRowsMinusCentreCpu : public OpKernel {
 
 // dparams[index[r]] += grad[r] for the rows r whose index lies in [lo, hi), in row order.
 template <typename S>
-HSR_INLINE void ScatterAddRowsBody(const S* grad, const int32_t* index, int64_t r, int64_t c, int64_t lo, int64_t hi,
-                                   float* dparams) {
+HSR_INLINE void ScatterAddRows(const S* grad, const int32_t* index, int64_t r, int64_t c, int64_t lo, int64_t hi,
+                               float* dparams) {
   for (int64_t ri = 0; ri < r; ++ri) {
     const int64_t i = index[ri];
     if (i < lo || i >= hi) continue;
@@ -146,15 +146,7 @@ HSR_INLINE void ScatterAddRowsBody(const S* grad, const int32_t* index, int64_t 
     for (int64_t k = 0; k < c; ++k) dst[k] += ToFloat(src[k]);
   }
 }
-template <typename S>
-void ScatterAddRows(const S* grad, const int32_t* index, int64_t r, int64_t c, int64_t lo, int64_t hi, float* dp) {
-  ScatterAddRowsBody(grad, index, r, c, lo, hi, dp);
-}
-template <typename S>
-__attribute__((target("avx512f,avx512bw"))) void ScatterAddRowsAvx512(const S* grad, const int32_t* index, int64_t r,
-                                                                     int64_t c, int64_t lo, int64_t hi, float* dp) {
-  ScatterAddRowsBody(grad, index, r, c, lo, hi, dp);
-}
+HSR_BLOCK_OP(ScatterAddRows)
 
 template <typename T>
 class GatherRowsMinusCentreGradCpu : public OpKernel {
@@ -187,15 +179,10 @@ class GatherRowsMinusCentreGradCpu : public OpKernel {
     // before). Split by 16-channel blocks, every row was read once per block; one thread, 218K x 128: 20 -> 16 ms.
     const int64_t units = std::max<int64_t>(1, std::min<int64_t>(p, 64));
     const int64_t per_unit = (p + units - 1) / units;
-    const bool avx512 = mlp_train::IsaLevel() == 2;
     ParallelBlocks(ctx, units, 2 * r * c / units + r, [&](int64_t begin, int64_t end) {
       const int64_t lo = std::min(p, begin * per_unit), hi = std::min(p, end * per_unit);
       std::fill(dp + lo * c, dp + hi * c, 0.0f);
-      if (avx512) {
-        ScatterAddRowsAvx512(gp, ix, r, c, lo, hi, dp);
-      } else {
-        ScatterAddRows(gp, ix, r, c, lo, hi, dp);
-      }
+      mlp_train::Run<ScatterAddRowsOp>(gp, ix, r, c, lo, hi, dp);
     });
     const int64_t per_block = GroupsPerBlock(r, g);
     ParallelBlocks(ctx, (g + per_block - 1) / per_block, 2 * kBlockRows * c, [&](int64_t begin, int64_t end) {

@@ -145,13 +145,7 @@ HSR_AMX_TARGET inline void GramStrips(const uint16_t* h, int64_t n, int64_t cin,
   for (int64_t r0 = 0; r0 < n; r0 += 32) {
     const int64_t rows = n - r0 < 32 ? n - r0 : 32;
     if (k64) {
-      const uint16_t* a = h + r0 * cin;
-      if (rows < 32) {
-        std::memcpy(pad, a, sizeof(uint16_t) * rows * cin);
-        std::memset(pad + rows * cin, 0, sizeof(uint16_t) * (32 - rows) * cin);
-        a = pad;
-      }
-      AmxStripProductK64<2>(a, cin, mv, strip);
+      AmxStripProductK64<2>(StripRows(h + r0 * cin, rows, cin, pad), cin, mv, strip);
     } else {
       for (int64_t r = 0; r < 32; ++r) {
         uint16_t* dst = hh + r * 2 * cin;
@@ -169,8 +163,9 @@ HSR_AMX_TARGET inline void GramStrips(const uint16_t* h, int64_t n, int64_t cin,
 }
 
 // dh_prev [R, Cin] bfloat16 and dkernel [Cin, C] float32 as in the legend.
+// Partials are summed per chunk of consecutive blocks, at most max_chunks of them (as the op's other path).
 inline void MaxGradGram(OpKernelContext* ctx, const MaxGradGramInputs& in, const Affine& af,
-                        const GradConstants& gc, uint16_t* dh_out, float* dkernel) {
+                        const GradConstants& gc, int64_t max_chunks, uint16_t* dh_out, float* dkernel) {
   const int64_t cin = in.cin, c = in.c;
   // The kernel as the forward product used it: rounded to bfloat16.
   std::vector<float> kw(cin * c);
@@ -222,7 +217,7 @@ inline void MaxGradGram(OpKernelContext* ctx, const MaxGradGramInputs& in, const
   AmxWeights mv;
   PackAmxWeights(m2.data(), static_cast<int>((split ? 2 : 1) * cin), static_cast<int>(cin), &mv);
   const int64_t num_blocks = (in.g + in.per_block - 1) / in.per_block;
-  const int64_t num_chunks = std::max<int64_t>(1, std::min<int64_t>(32, num_blocks));
+  const int64_t num_chunks = std::max<int64_t>(1, std::min(max_chunks, num_blocks));
   const int64_t per_chunk = (num_blocks + num_chunks - 1) / num_chunks;
   const int64_t pad_rows = (in.max_rows + 31) / 32 * 32;
   // Per chunk: G [Cin, Cin], s [Cin], sum_r P_r h_r^T as [C, Cin].

@@ -269,7 +269,7 @@ class BatchNormReluMaxGradProductCpu : public ProductGradBase {
     if (!(path != nullptr && std::string(path) == "recompute")) {
       const MaxGradGramInputs in{In<Bf16>(h), kernel.flat<float>().data(), w, sp, ap, gp, zs, r, cin, c, g,
                                  per_block, max_rows};
-      MaxGradGram(ctx, in, *af, gc, Out<Bf16>(dh_prev), dkernel->flat<float>().data());
+      MaxGradGram(ctx, in, *af, gc, kChunks, Out<Bf16>(dh_prev), dkernel->flat<float>().data());
       return;
     }
     AmxWeights wv;  // the kernel packed as in the forward pass: the block's z is recomputed there
