@@ -125,7 +125,7 @@ def test_max_layer_backward_without_the_product(rows, cin, c, groups, rng, monke
     upstream = tf.constant(rng.normal(size=(groups, c)).astype(np.float32))
     monkeypatch.setenv("HSR_TF_OPS_MAX_GRAD", "recompute")
     recompute = _run(True, h, kernel, gamma, beta, weights, splits, upstream, product_grad=True)
-    monkeypatch.delenv("HSR_TF_OPS_MAX_GRAD")
+    monkeypatch.setenv("HSR_TF_OPS_MAX_GRAD", "gram")  # by default it runs from 64 Cin rows
     gram = _run(True, h, kernel, gamma, beta, weights, splits, upstream, product_grad=True)
     dh, dkernel = _exact_max_grads(h, kernel, gamma.numpy(), beta.numpy(), weights.numpy(), splits.numpy(),
                                    upstream.numpy(), recompute[1], recompute[2])
@@ -218,6 +218,7 @@ def test_set_abstraction_levels_train_the_same_with_and_without_the_fused_produc
     # (Max layers on both backward paths: without z and dz, the default, whose other roundings decorrelate it
     # from the two-step path by up to 1.8 % of a gradient's largest value over 12 seeds; and recomputing them,
     # which rounds dz as the two-step path does: up to 0.4 %.)
+    monkeypatch.setenv("HSR_TF_OPS_MAX_GRAD", "gram")  # these levels have fewer rows than its default needs
     both, both_types = run(training_path.FAST)
     assert {"HsrBatchNormReluGradProduct", "HsrBatchNormReluMaxGradProduct"} <= both_types, both_types
     monkeypatch.setenv("HSR_TF_OPS_MAX_GRAD", "recompute")

@@ -263,10 +263,13 @@ class BatchNormReluMaxGradProductCpu : public ProductGradBase {
     for (int64_t b = 0; b < num_blocks; ++b) {
       max_rows = std::max<int64_t>(max_rows, sp[std::min(g, (b + 1) * per_block)] - sp[b * per_block]);
     }
-    // HSR_TF_OPS_MAX_GRAD=recompute (read per call, so that one process can time both) recomputes every
-    // block's z and dz (below); the default never forms them (max_grad_gram_cpu.h).
-    const char* path = std::getenv("HSR_TF_OPS_MAX_GRAD");
-    if (!(path != nullptr && std::string(path) == "recompute")) {
+    // The Gram path (max_grad_gram_cpu.h) never forms z or dz, but its per-call constants cost ~Cin^2 C
+    // multiply-adds on one thread: it pays on many rows (the first two levels), not on the global level's few
+    // wide ones (4K rows, 512 -> 1024: 236 ms against 48 ms recomputing). Hence by default from R >= 64 Cin;
+    // HSR_TF_OPS_MAX_GRAD=recompute | gram (read per call, so that one process can time both) forces a path.
+    const char* env = std::getenv("HSR_TF_OPS_MAX_GRAD");
+    const std::string path = env != nullptr ? env : "";
+    if (path == "gram" || (path != "recompute" && r >= 64 * cin)) {
       const MaxGradGramInputs in{In<Bf16>(h), kernel.flat<float>().data(), w, sp, ap, gp, zs, r, cin, c, g,
                                  per_block, max_rows};
       MaxGradGram(ctx, in, *af, gc, kChunks, Out<Bf16>(dh_prev), dkernel->flat<float>().data());
