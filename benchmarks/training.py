@@ -21,8 +21,8 @@ Variants:
 * ``fast_bfloat16_no_projection``, ``fast_bfloat16_no_maxpool``, ``fast_bfloat16_no_kernels`` (TensorFlow's
   fused ops instead of the compiled kernels, hence also no ``drop_duplicates``),
   ``fast_bfloat16_with_duplicates``, ``fast_bfloat16_no_slabs``, ``fast_bfloat16_no_folded``,
-  ``fast_bfloat16_no_fused_products``, ``fast_bfloat16_no_fused_grads``: the fast bfloat16 path with one optimisation switched off (what each one
-  is worth); ``fast_bfloat16_fused_global``: the fused products also on the global level (``fused_max_channels``
+  ``fast_bfloat16_no_fused_products``, ``fast_bfloat16_no_fused_grads``, ``fast_bfloat16_no_pairs``: the fast
+  bfloat16 path with one optimisation switched off (what each one is worth); ``fast_bfloat16_fused_global``: the fused products also on the global level (``fused_max_channels``
   1024 instead of 256); ``fast_bfloat16_max_grad_recompute``: the max layers' backward pass recomputing every
   block's product and dz (``HSR_TF_OPS_MAX_GRAD=recompute``) instead of the default that never forms them
   (``docs/ops.md``, "The max layer's backward pass").
@@ -64,6 +64,7 @@ VARIANTS = {
     "fast_bfloat16_no_folded": ("mixed_bfloat16", {"folded_first_layer": False}),
     "fast_bfloat16_no_fused_products": ("mixed_bfloat16", {"fused_products": False}),
     "fast_bfloat16_no_fused_grads": ("mixed_bfloat16", {"fused_product_grads": False}),
+    "fast_bfloat16_no_pairs": ("mixed_bfloat16", {"fused_pairs": False}),
     "fast_bfloat16_fused_global": ("mixed_bfloat16", {"fused_max_channels": 1024}),
     "fast_bfloat16_max_grad_recompute": ("mixed_bfloat16", {}),
 }

@@ -179,7 +179,7 @@ def test_set_abstraction_levels_train_the_same_with_and_without_the_fused_produc
     try:
         xyz = tf.constant(rng.normal(size=(3, 200, 3)).astype(np.float32))
         sa1 = SetAbstraction(48, 0.5, 16, [32, 32, 64])
-        sa2 = SetAbstraction(12, 1.0, 10, [32, 64])
+        sa2 = SetAbstraction(12, 1.0, 10, [32, 32, 64])
         glob = GlobalSetAbstraction([32, 64])
         p1, f1 = sa1(xyz, training=False)
         p2, f2 = sa2(p1, f1, training=False)
@@ -218,14 +218,23 @@ def test_set_abstraction_levels_train_the_same_with_and_without_the_fused_produc
     # (Max layers on both backward paths: without z and dz, the default, whose other roundings decorrelate it
     # from the two-step path by up to 1.8 % of a gradient's largest value over 12 seeds; and recomputing them,
     # which rounds dz as the two-step path does: up to 0.4 %.)
+    # The last two layers as one pair (fused_pairs, the default) and as two fused layers: both checked.
     monkeypatch.setenv("HSR_TF_OPS_MAX_GRAD", "gram")  # these levels have fewer rows than its default needs
-    both, both_types = run(training_path.FAST)
+    unpaired = dataclasses.replace(training_path.FAST, fused_pairs=False)
+    both, both_types = run(unpaired)
     assert {"HsrBatchNormReluGradProduct", "HsrBatchNormReluMaxGradProduct"} <= both_types, both_types
+    paired, paired_types = run(training_path.FAST)
+    # sa1 (folded 3 -> 32, then 32 -> 32 -> 64) trains as one unit, sa2's last two layers (32 -> 32 -> 64) as a pair.
+    assert {"HsrLinearReluMatMulMoments", "HsrBatchNormReluGradProductLinear", "HsrBnReluMatMulMomentsExtremes",
+            "HsrBatchNormReluMaxGradProductPair", "HsrBatchNormReluGradProductFromSums"} <= paired_types, paired_types
+    assert not {"HsrBatchNormReluFromMoments", "HsrLinearRelu", "HsrLinearReluGrad"} & paired_types
     monkeypatch.setenv("HSR_TF_OPS_MAX_GRAD", "recompute")
-    recomputed, _ = run(training_path.FAST)
-    for a, b, c in zip(both, plain, recomputed):
+    recomputed, _ = run(unpaired)
+    for a, b, c, d in zip(both, plain, recomputed, paired):
         np.testing.assert_allclose(a, b, rtol=2e-2, atol=2e-2 * max(1e-6, np.abs(b).max()))
         np.testing.assert_allclose(c, b, rtol=2e-2, atol=5e-3 * max(1e-6, np.abs(b).max()))
+        # The pairs differ from separate fused layers only in the order the moved sums are added.
+        np.testing.assert_allclose(d, a, rtol=1e-3, atol=1e-3 * max(1e-6, np.abs(a).max()))
 
 
 def test_layers_wider_than_fused_max_channels_keep_the_two_step_path(rng):
@@ -246,7 +255,7 @@ def test_layers_wider_than_fused_max_channels_keep_the_two_step_path(rng):
         with training_path.use(path):
             graph = tf.function(lambda: glob(xyz, feats, training=True)).get_concrete_function().graph
         return sorted(op.outputs[0].shape[-1] for op in graph.get_operations()
-                      if op.type in ("HsrMatMulMoments", "HsrMatMulMomentsExtremes"))
+                      if op.type in ("HsrMatMulMoments", "HsrMatMulMomentsExtremes", "HsrBnReluMatMulMomentsExtremes"))
 
     assert training_path.FAST.fused_max_channels == 256
     assert fused_widths(dataclasses.replace(training_path.FAST, fused_max_channels=256)) == [64]

@@ -56,10 +56,12 @@ def _numpy_reference(z, gamma, beta, group_size, upstream, eps=1e-3):
     return [out, mean, var, dz, dgamma, dbeta]
 
 
-@pytest.mark.parametrize("group_size", [None, 8])
-def test_float32_matches_numpy_and_reference(group_size, rng):
-    z, gamma, beta = _inputs(rng, 64 * 8, 37)
-    upstream = tf.constant(rng.normal(size=(z.shape[0] // (group_size or 1), 37)).astype(np.float32))
+# 37 channels: two 16-channel chunks of the register-resident sums and a scalar tail; 100: a 64-channel chunk, two
+# 16-channel ones and a tail.
+@pytest.mark.parametrize("group_size,channels", [(None, 37), (8, 37), (None, 100), (8, 100)])
+def test_float32_matches_numpy_and_reference(group_size, channels, rng):
+    z, gamma, beta = _inputs(rng, 64 * 8, channels)
+    upstream = tf.constant(rng.normal(size=(z.shape[0] // (group_size or 1), channels)).astype(np.float32))
     got = _run(z, gamma, beta, group_size, True, upstream)
     ref = _run(z, gamma, beta, group_size, False, upstream)
     exact = _numpy_reference(z.numpy(), gamma.numpy(), beta.numpy(), group_size, upstream.numpy())
@@ -208,10 +210,10 @@ def test_narrower_instruction_sets_give_the_same_results(isa, tmp_path):
         import numpy as np, tensorflow as tf
         from tests import test_mlp_train_ops as t
         rng = np.random.default_rng(5)
-        for dtype in (tf.float32, tf.bfloat16):
-            z, gamma, beta = t._inputs(rng, 40 * 6, 19, dtype)
+        for dtype, c in ((tf.float32, 19), (tf.bfloat16, 19), (tf.float32, 100), (tf.bfloat16, 100)):
+            z, gamma, beta = t._inputs(rng, 40 * 6, c, dtype)
             for group_size in (None, 6):
-                up = tf.constant(rng.normal(size=(z.shape[0] // (group_size or 1), 19)).astype(np.float32))
+                up = tf.constant(rng.normal(size=(z.shape[0] // (group_size or 1), c)).astype(np.float32))
                 got = t._run(z, gamma, beta, group_size, True, up)
                 exact = t._numpy_reference(tf.cast(z, tf.float32).numpy(), gamma.numpy(), beta.numpy(), group_size,
                                            tf.cast(tf.cast(up, dtype), tf.float32).numpy())

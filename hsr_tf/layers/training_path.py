@@ -57,6 +57,13 @@ The fast path computes the same function with fewer passes:
   layer forms the BatchNorm + ReLU (+ max) gradient dz block by block and multiplies it on AMX tiles at once
   (dh = dz W^T, dW += h^T dz summed in float32): dz is never written and the products need no pass of their
   own; otherwise the gradient kernels, then TensorFlow's products.
+* ``fused_pairs`` (with ``fused_product_grads``): a hidden fused layer followed by the fused max layer train as one
+  pair (:func:`matmul_batch_norm_relu_max_pair_train`): the hidden layer's activation is never written (the max
+  layer's product and its backward pass form it block by block from the hidden layer's product), and the hidden
+  layer's backward sums are taken while the max layer's backward pass has each block of their gradient in cache
+  (one pass over the [R, C] gradient and product instead of two). Same forward values, bit for bit. After a
+  ``folded_first_layer`` the folded layer joins them (:func:`folded_pair_train`): its activation and gradient are
+  formed block by block inside the next layer's product and backward pass, never written.
 * ``nearest_vertex_scan`` (compiled ops): the chamfer loss's nearest vertex of every input point by the
   compiled k = 1 scan instead of a [B, N, V] distance matrix and ``argmin`` (``hsr_tf.losses``).
 
@@ -72,7 +79,7 @@ import dataclasses
 
 import tensorflow as tf
 
-from hsr_tf.ops import mlp_train
+from hsr_tf.ops import mlp_pair, mlp_train
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +96,7 @@ class TrainingPath:
     folded_first_layer: bool = True
     fused_products: bool = True
     fused_product_grads: bool = True
+    fused_pairs: bool = True
     # Widest layer output that takes the fused products. The wider layers are the global level's (B x 128 rows),
     # where TensorFlow's products and the BatchNorm kernels were faster in every run of ``python -m
     # benchmarks.amx_layers`` (fused 0.73-0.86x of the two-step path at 256 -> 512 and 512 -> 1024; the first two
@@ -99,7 +107,8 @@ class TrainingPath:
 FAST = TrainingPath()
 REFERENCE = TrainingPath(fused_batch_norm=False, max_pool=False, project_then_group=False, fused_kernels=False,
                          drop_duplicates=False, nearest_vertex_scan=False, slab_weight_grad=False,
-                         folded_first_layer=False, fused_products=False, fused_product_grads=False)
+                         folded_first_layer=False, fused_products=False, fused_product_grads=False,
+                         fused_pairs=False)
 _state = {"path": FAST}
 
 
@@ -182,6 +191,13 @@ def linear_batch_norm_relu_train(u, kernel, bn, weights=None, dtype=tf.float32):
       [R, C] in ``dtype``.
     """
     u = tf.cast(u, tf.float32)
+    folded_kernel, folded_bias = _folded_layer(u, kernel, bn, weights)
+    return mlp_train.linear_relu(u, folded_kernel, folded_bias, dtype, compiled=kernels_on(tf.as_dtype(dtype)))
+
+
+def _folded_layer(u, kernel, bn, weights):
+    """The folded first layer's kernel [K, C] and bias [C] (``relu(u @ kernel + bias)`` is the layer), from the
+    moments of the float32 rows u [R, K]; updates ``bn``'s moving statistics."""
     kernel = tf.convert_to_tensor(kernel, tf.float32)
     c = kernel.shape[-1]
     m, cov = mlp_train.row_moments(u, weights, compiled=kernels_on(tf.float32))  # [K], [K, K]
@@ -190,12 +206,10 @@ def linear_batch_norm_relu_train(u, kernel, bn, weights=None, dtype=tf.float32):
     gamma = tf.cast(bn.gamma, tf.float32) if bn.scale else tf.ones([c], tf.float32)
     beta = tf.cast(bn.beta, tf.float32) if bn.center else tf.zeros([c], tf.float32)
     scale = gamma * tf.math.rsqrt(var + float(bn.epsilon))
-    h = mlp_train.linear_relu(u, kernel * scale, beta - mean * scale, dtype,
-                              compiled=kernels_on(tf.as_dtype(dtype)))
     mom = float(bn.momentum)
     bn.moving_mean.assign(bn.moving_mean * mom + tf.stop_gradient(mean) * (1.0 - mom))
     bn.moving_variance.assign(bn.moving_variance * mom + tf.stop_gradient(var) * (1.0 - mom))
-    return h
+    return kernel * scale, beta - mean * scale
 
 
 WEIGHT_GRAD_SLABS = 16
@@ -249,6 +263,59 @@ def matmul_batch_norm_relu_train(h, kernel, bn, row_splits=None, weights=None):
     return out
 
 
+def _bn_params(kernel, bn):
+    c = kernel.shape[-1]
+    return [kernel, tf.cast(bn.gamma, tf.float32) if bn.scale else tf.ones([c], tf.float32),
+            tf.cast(bn.beta, tf.float32) if bn.center else tf.zeros([c], tf.float32), float(bn.epsilon)]
+
+
+def _update_moving(pairs):
+    for bn, (mean, var) in pairs:
+        m = float(bn.momentum)
+        bn.moving_mean.assign(bn.moving_mean * m + mean * (1.0 - m))
+        bn.moving_variance.assign(bn.moving_variance * m + var * (1.0 - m))
+
+
+def matmul_batch_norm_relu_max_pair_train(h, kernel1, bn1, kernel2, bn2, row_splits, weights=None):
+    """The last two layers of a shared MLP as one pair (``fused_pairs`` in the module docstring): relu(BatchNorm(
+    h1 @ kernel2)) max-pooled over the groups of ``row_splits``, with h1 = relu(BatchNorm(h @ kernel1)), both with
+    the batch's statistics, and Keras' update of both layers' moving statistics.
+
+    Args:
+      h: bfloat16 [R, Cin] rows; kernel1 float32 [Cin, C1], kernel2 float32 [C1, C2] (see :func:`fused_product_on`).
+      bn1, bn2: the layers' ``keras.layers.BatchNormalization`` (axis -1).
+      row_splits: int32 [G+1]; weights: None or float32 [R] row multiplicities.
+    Returns:
+      bfloat16 [G, C2].
+    """
+    out, moments1, moments2 = mlp_pair.matmul_batch_norm_relu_max_pair(
+        h, *_bn_params(kernel1, bn1), *_bn_params(kernel2, bn2), row_splits=row_splits, weights=weights)
+    _update_moving([(bn1, moments1), (bn2, moments2)])
+    return out
+
+
+def folded_pair_train(u, kernels, bns, row_splits, weights=None):
+    """A three-layer shared MLP on rows with few channels as one unit (``fused_pairs`` after a
+    ``folded_first_layer``): :func:`linear_batch_norm_relu_train`'s folded layer, then the pair of
+    :func:`matmul_batch_norm_relu_max_pair_train`, with the folded layer's activation and its gradient never
+    written (``hsr_tf.ops.mlp_pair.linear_relu_pair_max``). Same arguments; returns bfloat16 [G, C2]."""
+    u = tf.cast(u, tf.float32)
+    folded_kernel, folded_bias = _folded_layer(u, kernels[0], bns[0], weights)
+    out, moments1, moments2 = mlp_pair.linear_relu_pair_max(
+        u, folded_kernel, folded_bias, *_bn_params(kernels[1], bns[1]), *_bn_params(kernels[2], bns[2]),
+        row_splits=row_splits, weights=weights)
+    _update_moving([(bns[1], moments1), (bns[2], moments2)])
+    return out
+
+
+def pairs_on(dtype, channels) -> bool:
+    """Whether the last two layers of a shared MLP whose layers output ``channels`` (the input's first) train as
+    one pair (``fused_pairs``, with ``fused_product_grads`` and both products fused)."""
+    return (current().fused_pairs and current().fused_product_grads and len(channels) >= 3
+            and fused_product_on(dtype, channels[-3], channels[-2])
+            and fused_product_on(dtype, channels[-2], channels[-1]))
+
+
 def shared_mlp_train(kernels, bns, dtype, rows=None, first=None, group_size=None, row_splits=None, weights=None):
     """The training pass of a shared MLP (1x1 convolutions, BatchNorm with batch statistics, ReLU) over rows, the
     last layer max-pooled over groups, through every switch of the fast path.
@@ -265,15 +332,22 @@ def shared_mlp_train(kernels, bns, dtype, rows=None, first=None, group_size=None
       [G, C_last] in ``dtype``.
     """
     h = None
+    splits_of = (lambda r: row_splits if row_splits is not None
+                 else tf.range(0, tf.shape(r)[0] + 1, group_size, dtype=tf.int32))
     for i, (kernel, bn) in enumerate(zip(kernels, bns)):
         last = i == len(kernels) - 1
         if i == 0 and first is None and not last and folded_first_layer_on(rows.shape[-1]):
+            if len(kernels) == 3 and pairs_on(dtype, [rows.shape[-1]] + [k.shape[-1] for k in kernels]):
+                return folded_pair_train(rows, kernels, bns, splits_of(rows), weights=weights)
             h = linear_batch_norm_relu_train(rows, kernel, bn, weights=weights, dtype=dtype)
             continue
         if i == 0 and first is not None:
             z = tf.cast(first, dtype)
         else:
             h_in = tf.cast(rows, dtype) if i == 0 else h
+            if i == len(kernels) - 2 and pairs_on(dtype, [h_in.shape[-1]] + [k.shape[-1] for k in kernels[i:]]):
+                return matmul_batch_norm_relu_max_pair_train(h_in, kernel, bn, kernels[-1], bns[-1],
+                                                             splits_of(h_in), weights=weights)
             if fused_product_on(dtype, h_in.shape[-1], kernel.shape[-1]):
                 splits = row_splits
                 if last and splits is None:
@@ -318,4 +392,5 @@ def unique_ball_rows(idx, num_points):
 __all__ = ["TrainingPath", "FAST", "REFERENCE", "current", "use", "kernels_on", "drop_duplicates_on",
            "batch_norm_relu_train", "rows_matmul", "unique_ball_rows", "WEIGHT_GRAD_SLABS", "FOLDED_MAX_CHANNELS",
            "folded_first_layer_on", "linear_batch_norm_relu_train", "fused_product_on",
-           "matmul_batch_norm_relu_train", "shared_mlp_train"]
+           "matmul_batch_norm_relu_train", "matmul_batch_norm_relu_max_pair_train", "folded_pair_train", "pairs_on",
+           "shared_mlp_train"]

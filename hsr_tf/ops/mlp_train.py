@@ -123,6 +123,12 @@ tf.no_gradient("HsrMatMulMoments")  # differentiated through the BatchNorm op or
 tf.no_gradient("HsrBatchNormReluGradProduct")
 tf.no_gradient("HsrBatchNormReluMaxGradProduct")
 tf.no_gradient("HsrMatMulMomentsExtremes")
+# Differentiated by the custom gradients of hsr_tf.ops.mlp_pair:
+tf.no_gradient("HsrBnReluMatMulMomentsExtremes")
+tf.no_gradient("HsrLinearReluMatMulMoments")
+tf.no_gradient("HsrBatchNormReluGradProductFromSums")
+tf.no_gradient("HsrBatchNormReluGradProductLinear")
+tf.no_gradient("HsrBatchNormReluMaxGradProductPair")
 tf.no_gradient("HsrAmxAvailable")
 tf.no_gradient("HsrLinearReluGrad")
 tf.no_gradient("HsrLinearReluInputGrad")

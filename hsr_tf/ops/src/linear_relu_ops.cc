@@ -109,12 +109,6 @@ struct LinearArgs {
   int64_t BlockCost() const { return 4 * kBlockRows * c * (k + 1); }
 };
 
-// Whether the AVX-512 loops of linear_relu_cpu.h run (the CPU has AVX-512 with BF16, K <= 4, C % 64 == 0).
-inline bool WideLoops(int64_t k, int64_t c) {
-  static const bool cpu = IsaLevel() == 2 && __builtin_cpu_supports("avx512bf16");
-  return cpu && k <= kWideMaxK && c % 64 == 0;
-}
-
 template <typename T>
 class LinearReluCpu : public OpKernel {
  public:
@@ -127,17 +121,11 @@ class LinearReluCpu : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({a.r, a.c}), &h));
     const float *up = u.flat<float>().data(), *kp = kernel.flat<float>().data(), *bp = bias.flat<float>().data();
     auto* hp = Out<T>(h);
-    const int ki = static_cast<int>(a.k), ci = static_cast<int>(a.c);
-    const bool wide = WideLoops(a.k, a.c);
     ParallelBlocks(ctx, a.Blocks(), a.BlockCost(), [&](int64_t begin, int64_t end) {
       std::vector<float> scratch(a.c);
       for (int64_t i = begin; i < end; ++i) {
         const int64_t r0 = i * kBlockRows, rows = std::min(kBlockRows, a.r - r0);
-        if (wide) {
-          WideLinearRelu(up + r0 * a.k, rows, ki, kp, bp, ci, hp + r0 * a.c);
-        } else {
-          Run<LinearReluBlockOp>(up + r0 * a.k, rows, ki, kp, bp, ci, hp + r0 * a.c, scratch.data());
-        }
+        LinearReluRows(up + r0 * a.k, rows, a.k, kp, bp, a.c, hp + r0 * a.c, scratch.data());
       }
     });
   }
@@ -156,20 +144,13 @@ class LinearReluGradCpu : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, bias.shape(), &dbias));
     const float *up = u.flat<float>().data(), *kp = kernel.flat<float>().data(), *bp = bias.flat<float>().data();
     const auto* gp = In<T>(dh);
-    const int ki = static_cast<int>(a.k), ci = static_cast<int>(a.c);
     const int64_t width = (a.k + 1) * a.c;
     std::vector<double> sums(width);
     // The block's scratch: (K+1)*C float sums, then C floats of dy.
-    const bool wide = WideLoops(a.k, a.c);
     BlockOrderedSumsN(ctx, a.Blocks(), a.BlockCost(), width, width + a.c,
                       [&](int64_t i, double* partial, float* acc) {
                         const int64_t r0 = i * kBlockRows, rows = std::min(kBlockRows, a.r - r0);
-                        if (wide) {
-                          WideLinearReluGradSums(gp + r0 * a.c, up + r0 * a.k, rows, ki, kp, bp, ci, partial);
-                        } else {
-                          Run<LinearReluGradSumsBlockOp>(gp + r0 * a.c, up + r0 * a.k, rows, ki, kp, bp, ci,
-                                                         partial, acc, acc + width);
-                        }
+                        LinearReluGradSumsRows(gp + r0 * a.c, up + r0 * a.k, rows, a.k, kp, bp, a.c, partial, acc);
                       },
                       sums.data());
     float* db = dbias->flat<float>().data();

@@ -8,6 +8,14 @@
 //     -> z, mean, variance, zmax [G,C], zmin [G,C], argmax_z int32 [G,C], argmin_z int32 [G,C], zfirst [G,C]
 //     (zfirst: every group's first row; keep_product = false: z is [0, C], not written at all, for a backward
 //     pass that recomputes it, HsrBatchNormReluMaxGradProduct)
+//   HsrBnReluMatMulMomentsExtremes(z_prev bf16 [R,Cin], kernel, weights, row_splits, prev_gamma, prev_beta,
+//     prev_mean, prev_variance [Cin]) -> the outputs of HsrMatMulMomentsExtremes without the product, for
+//     h = relu(BatchNorm(z_prev)) with the given moments: the previous layer's BatchNorm + ReLU runs block by block
+//     as the product's prologue (the same h, bit for bit, as HsrBatchNormReluFromMoments writes), so that h is
+//     never written (the pair of layers of mlp_train.matmul_batch_norm_relu_max_pair)
+//   HsrLinearReluMatMulMoments(u float32 [R,K], kernel, weights, kernel0 [K,Cin], bias0 [Cin]) -> z, mean,
+//     variance of h kernel for h = max(u kernel0 + bias0, 0): the rows of HsrLinearRelu (the first level's folded
+//     first layer, K = 3) formed block by block as the product's prologue and never written
 //   HsrBatchNormReluFromMoments(z T, gamma, beta, weights, mean, variance, h_prev, kernel) -> h [R,C]
 //   HsrBatchNormReluMaxFromExtremes(z, gamma, beta, weights, row_splits, mean, variance, zmax, zmin, argmax_z,
 //     argmin_z, zfirst, h_prev, kernel) -> pooled [G,C], argmax [G,C], zsel [G,C] (z at argmax)
@@ -23,6 +31,7 @@
 // The products need a CPU with AMX-BF16 (HsrAmxAvailable); partial sums are reduced in block order.
 #include <algorithm>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "tensorflow/core/framework/op.h"
@@ -99,6 +108,37 @@ REGISTER_OP("HsrMatMulMomentsExtremes")
     .Attr("keep_product: bool = true")
     .SetShapeFn([](InferenceContext* c) { return ProductShapes(c, true); });
 
+REGISTER_OP("HsrLinearReluMatMulMoments")
+    .Input("u: float32")
+    .Input("kernel: float32")
+    .Input("weights: float32")
+    .Input("kernel0: float32")
+    .Input("bias0: float32")
+    .Output("z: bfloat16")
+    .Output("mean: float32")
+    .Output("variance: float32")
+    .SetShapeFn([](InferenceContext* c) { return ProductShapes(c, false); });
+
+REGISTER_OP("HsrBnReluMatMulMomentsExtremes")
+    .Input("z_prev: bfloat16")
+    .Input("kernel: float32")
+    .Input("weights: float32")
+    .Input("row_splits: int32")
+    .Input("prev_gamma: float32")
+    .Input("prev_beta: float32")
+    .Input("prev_mean: float32")
+    .Input("prev_variance: float32")
+    .Output("z: bfloat16")
+    .Output("mean: float32")
+    .Output("variance: float32")
+    .Output("zmax: float32")
+    .Output("zmin: float32")
+    .Output("argmax_z: int32")
+    .Output("argmin_z: int32")
+    .Output("zfirst: float32")
+    .Attr("prev_epsilon: float")
+    .SetShapeFn([](InferenceContext* c) { return ProductShapes(c, true); });
+
 REGISTER_OP("HsrBatchNormReluFromMoments")
     .Input("z: T")
     .Input("gamma: float32")
@@ -155,25 +195,42 @@ class AmxAvailableCpu : public OpKernel {
 
 // One call of a product op: h, kernel, weights (and row_splits) checked; the kernel packed for the tiles.
 struct Product {
-  int64_t r_ = 0, cin_ = 0, c_ = 0, g_ = 0, largest_ = 0;
+  int64_t r_ = 0, cin_ = 0, c_ = 0, g_ = 0, largest_ = 0, k_ = 0;
   double total_ = 0.0;
   AmxWeights wv_;  // the kernel in bfloat16, packed for the tiles (PackAmxWeights)
 
-  absl::Status Prepare(OpKernelContext* ctx, const char* op, bool grouped) {
+  // linear: input 0 is u [R, K] and inputs 3, 4 kernel0 [K, Cin] and bias0 [Cin] (HsrLinearReluMatMulMoments).
+  absl::Status Prepare(OpKernelContext* ctx, const char* op, bool grouped, bool linear = false) {
     if (!(AmxReady() && IsaLevel() == 2)) {
       return errors::FailedPrecondition(op, ": needs a CPU with AMX-BF16 (HsrAmxAvailable is false here)");
     }
     const Tensor &h = ctx->input(0), &kernel = ctx->input(1);
-    if (h.dims() != 2 || h.dim_size(1) % 32 != 0 || h.dim_size(1) == 0) {
+    if (linear) {
+      const Tensor &kernel0 = ctx->input(3), &bias0 = ctx->input(4);
+      if (h.dims() != 2 || h.dim_size(1) < 1 || h.dim_size(1) > 16) {
+        return errors::InvalidArgument(op, ": u must have shape [R, K] with 1 <= K <= 16, found ",
+                                       h.shape().DebugString());
+      }
+      if (kernel0.dims() != 2 || kernel0.dim_size(0) != h.dim_size(1) || kernel0.dim_size(1) % 32 != 0 ||
+          kernel0.dim_size(1) == 0) {
+        return errors::InvalidArgument(op, ": kernel0 must have shape [", h.dim_size(1), ", Cin] (K = the channels "
+                                       "of u; Cin a positive multiple of 32), found ", kernel0.shape().DebugString());
+      }
+      TF_RETURN_IF_ERROR(CheckChannels(op, "bias0", bias0, kernel0.dim_size(1)));
+      k_ = h.dim_size(1);
+      cin_ = kernel0.dim_size(1);
+    } else if (h.dims() != 2 || h.dim_size(1) % 32 != 0 || h.dim_size(1) == 0) {
       return errors::InvalidArgument(op, ": h must have shape [R, Cin] with Cin a positive multiple of 32, found ",
                                      h.shape().DebugString());
+    } else {
+      cin_ = h.dim_size(1);
     }
     r_ = h.dim_size(0);
-    cin_ = h.dim_size(1);
     if (kernel.dims() != 2 || kernel.dim_size(0) != cin_ || kernel.dim_size(1) % 32 != 0 ||
         kernel.dim_size(1) == 0) {
-      return errors::InvalidArgument(op, ": kernel must have shape [", cin_, ", C] (the channels of h) with C a "
-                                     "positive multiple of 32, found ", kernel.shape().DebugString());
+      return errors::InvalidArgument(op, ": kernel must have shape [", cin_, ", C] (the channels of h",
+                                     linear ? ": kernel0's outputs" : "", ") with C a positive multiple of 32, "
+                                     "found ", kernel.shape().DebugString());
     }
     c_ = kernel.dim_size(1);
     // The weights are checked against rows of an [R, C] tensor: that of h has R rows.
@@ -186,13 +243,34 @@ struct Product {
     return absl::OkStatus();
   }
 
+  // The block's rows h [rows, Cin] from input 0 for the product, formed in the thread's scratch (max_rows rows)
+  // by a prologue: prev (input 0 the previous layer's z): h = max(z_prev * scale + shift, 0) as
+  // HsrBatchNormReluFromMoments forms it (ApplyBlock); linear (input 0 is u): HsrLinearRelu's rows with inputs 3, 4;
+  // neither: input 0's own rows.
+  const uint16_t* BlockRows(OpKernelContext* ctx, int64_t first, int64_t rows, int64_t max_rows, const Affine* prev,
+                            bool linear) {
+    if (prev == nullptr && !linear) return In<Bf16>(ctx->input(0)) + first * cin_;
+    thread_local std::vector<uint16_t> h;  // reused per thread
+    thread_local std::vector<float> scratch;
+    h.resize(max_rows * cin_);
+    scratch.resize(cin_);
+    if (linear) {
+      LinearReluRows(ctx->input(0).flat<float>().data() + first * k_, rows, k_, ctx->input(3).flat<float>().data(),
+                     ctx->input(4).flat<float>().data(), cin_, h.data(), scratch.data());
+    } else {
+      mlp_train::Run<ApplyBlockOp>(In<Bf16>(ctx->input(0)) + first * cin_, rows, static_cast<int>(cin_),
+                                   prev->scale.data(), prev->shift.data(), h.data(), scratch.data());
+    }
+    return h.data();
+  }
+
   // Computes each of num_blocks blocks' z on the tiles (rows_of(i, &first, &rows)), into z when it is kept (z
   // non-null), else into the thread's scratch (max_rows rows); then extra(i, z of the block, first row) while the
-  // block is in cache. The blocks' moments are summed in block order into mean / variance.
+  // block is in cache. The blocks' moments are summed in block order into mean / variance. The block's rows of h
+  // come from BlockRows (prev, linear: its prologues).
   template <typename RowsOf, typename Extra>
   void RunBlocks(OpKernelContext* ctx, int64_t num_blocks, int64_t max_rows, RowsOf rows_of, Extra extra, Tensor* z,
-                 float* mean, float* var) {
-    const uint16_t* hp = In<Bf16>(ctx->input(0));
+                 float* mean, float* var, const Affine* prev = nullptr, bool linear = false) {
     uint16_t* zp = z != nullptr ? Out<Bf16>(z) : nullptr;
     const float* w = WeightsOrNull(ctx->input(2));
     const int cin = static_cast<int>(cin_), c = static_cast<int>(c_);
@@ -207,8 +285,9 @@ struct Product {
                         rows_of(i, &first, &rows);
                         uint16_t* zb = zp != nullptr ? zp + first * c
                                                      : reinterpret_cast<uint16_t*>(acc + 34 * c_ + 16 * cin_);
+                        const uint16_t* hb = BlockRows(ctx, first, rows, max_rows, prev, linear);
                         AmxConfigure();
-                        AmxMatMulBlock(hp + first * cin, rows, wv_, zb, acc + 2 * c_,
+                        AmxMatMulBlock(hb, rows, wv_, zb, acc + 2 * c_,
                                        reinterpret_cast<uint16_t*>(acc + 34 * c_), StoreBf16Rows());
                         AmxRelease();
                         mlp_train::Run<MomentsBlockOp>(zb, w ? w + first : nullptr, rows, c, partial, partial + c_,
@@ -231,12 +310,14 @@ struct Product {
   }
 };
 
+// linear = true: HsrLinearReluMatMulMoments (input 0 is u; h from HsrLinearRelu's rows, BlockRows).
+template <bool linear>
 class MatMulMomentsCpu : public OpKernel {
  public:
   using OpKernel::OpKernel;
   void Compute(OpKernelContext* ctx) override {
     Product p;
-    OP_REQUIRES_OK(ctx, p.Prepare(ctx, "matmul_moments", false));
+    OP_REQUIRES_OK(ctx, p.Prepare(ctx, linear ? "linear_relu_matmul_moments" : "matmul_moments", false, linear));
     Tensor *z = nullptr, *mean = nullptr, *var = nullptr;
     OP_REQUIRES_OK(ctx, p.AllocateProduct(ctx, &z, &mean, &var));
     const int64_t r = p.r_;
@@ -245,18 +326,30 @@ class MatMulMomentsCpu : public OpKernel {
           *first = i * kBlockRows;
           *rows = std::min(kBlockRows, r - *first);
         },
-        [](int64_t, const uint16_t*, int64_t) {}, z, mean->flat<float>().data(), var->flat<float>().data());
+        [](int64_t, const uint16_t*, int64_t) {}, z, mean->flat<float>().data(), var->flat<float>().data(), nullptr,
+        linear);
   }
 };
 
+// prologue = true: HsrBnReluMatMulMomentsExtremes (input 0 is z_prev, inputs 4..7 its BatchNorm's parameters and
+// moments; the product is not kept).
+template <bool prologue>
 class MatMulMomentsExtremesCpu : public OpKernel {
  public:
   explicit MatMulMomentsExtremesCpu(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("keep_product", &keep_product_));
+    if (prologue) {
+      OP_REQUIRES_OK(ctx, ctx->GetAttr("prev_epsilon", &prev_epsilon_));
+      keep_product_ = false;
+    } else {
+      OP_REQUIRES_OK(ctx, ctx->GetAttr("keep_product", &keep_product_));
+    }
   }
   void Compute(OpKernelContext* ctx) override {
+    const char* op = prologue ? "bn_relu_matmul_moments_extremes" : "matmul_moments_extremes";
     Product p;
-    OP_REQUIRES_OK(ctx, p.Prepare(ctx, "matmul_moments_extremes", true));
+    OP_REQUIRES_OK(ctx, p.Prepare(ctx, op, true));
+    std::unique_ptr<Affine> prev;
+    if (prologue) OP_REQUIRES_OK(ctx, GradAffine(ctx, op, 4, p.cin_, prev_epsilon_, &prev));
     Tensor *z = nullptr, *mean = nullptr, *var = nullptr, *out[5] = {};
     OP_REQUIRES_OK(ctx, p.AllocateProduct(ctx, &z, &mean, &var, keep_product_));
     const int64_t g = p.g_, c = p.c_, per_block = GroupsPerBlock(p.r_, p.g_);
@@ -289,11 +382,12 @@ class MatMulMomentsExtremesCpu : public OpKernel {
                                             ahi + g0 * c, alo + g0 * c, z0 + g0 * c);
           }
         },
-        keep_product_ ? z : nullptr, mean->flat<float>().data(), var->flat<float>().data());
+        keep_product_ ? z : nullptr, mean->flat<float>().data(), var->flat<float>().data(), prev.get());
   }
 
  private:
   bool keep_product_ = true;
+  float prev_epsilon_ = 0.0f;
 };
 
 // Base of the two BatchNorm ops: the epsilon attribute and the constants from the given moments.
@@ -366,8 +460,10 @@ class BatchNormReluMaxFromExtremesCpu : public FromMomentsBase {
 };
 
 REGISTER_KERNEL_BUILDER(Name("HsrAmxAvailable").Device(DEVICE_CPU), AmxAvailableCpu);
-REGISTER_KERNEL_BUILDER(Name("HsrMatMulMoments").Device(DEVICE_CPU), MatMulMomentsCpu);
-REGISTER_KERNEL_BUILDER(Name("HsrMatMulMomentsExtremes").Device(DEVICE_CPU), MatMulMomentsExtremesCpu);
+REGISTER_KERNEL_BUILDER(Name("HsrMatMulMoments").Device(DEVICE_CPU), MatMulMomentsCpu<false>);
+REGISTER_KERNEL_BUILDER(Name("HsrLinearReluMatMulMoments").Device(DEVICE_CPU), MatMulMomentsCpu<true>);
+REGISTER_KERNEL_BUILDER(Name("HsrMatMulMomentsExtremes").Device(DEVICE_CPU), MatMulMomentsExtremesCpu<false>);
+REGISTER_KERNEL_BUILDER(Name("HsrBnReluMatMulMomentsExtremes").Device(DEVICE_CPU), MatMulMomentsExtremesCpu<true>);
 #define HSR_REGISTER_FROM_MOMENTS(T)                                                                        \
   REGISTER_KERNEL_BUILDER(Name("HsrBatchNormReluFromMoments").Device(DEVICE_CPU).TypeConstraint<T>("T"),    \
                           BatchNormReluFromMomentsCpu<T>);                                                  \

@@ -44,6 +44,12 @@ struct MaxGradGramInputs {
   int64_t r, cin, c, g;
   int64_t per_block;         // groups per block
   int64_t max_rows;          // rows of the largest block
+  // The pair of layers (HsrBatchNormReluMaxGradProductPair): h is then the previous layer's z [R, Cin], whose
+  // BatchNorm + ReLU (constants `prev`) forms each block's rows first, and the previous layer's backward sums
+  // (GradSumsBlock over dh and z_prev) are added into prev_dbeta, prev_dgamma [Cin] while dh's rows are in cache.
+  const Affine* prev = nullptr;
+  double* prev_dbeta = nullptr;
+  double* prev_dgamma = nullptr;
 };
 
 // One block's sparse part. Its entries (channel k, P_r[k]) are listed by row in CSR form (row_start [rows + 1],
@@ -52,8 +58,8 @@ struct MaxGradGramInputs {
 // in registers. coef, at: scratch of groups * C. (Adding W P_r into a [rows, Cin] float buffer instead, and
 // every group touching all C rows of pt, ran 2-4x slower: neither stays in L1.)
 HSR_AMX_TARGET inline void GramSparseBlock(const MaxGradGramInputs& in, const Affine& af, const GradConstants& gc,
-                                           int64_t g0, int64_t groups, float* pt, float* coef, int32_t* at,
-                                           int32_t* row_start, int32_t* entry_k, float* entry_coef) {
+                                           const uint16_t* hb, int64_t g0, int64_t groups, float* pt, float* coef,
+                                           int32_t* at, int32_t* row_start, int32_t* entry_k, float* entry_coef) {
   const int64_t cin = in.cin, c = in.c, first = in.splits[g0];
   const int64_t rows = in.splits[g0 + groups] - first;
   std::fill(row_start, row_start + rows + 1, 0);
@@ -83,7 +89,6 @@ HSR_AMX_TARGET inline void GramSparseBlock(const MaxGradGramInputs& in, const Af
   }
   for (int64_t r = rows; r > 0; --r) row_start[r] = row_start[r - 1];  // undo the fill's advance
   row_start[0] = 0;
-  const uint16_t* hb = in.h + first * cin;
   for (int64_t i0 = 0; i0 < cin; i0 += 32) {
     for (int64_t k = 0; k < c; ++k) {
       __m512 p0 = _mm512_setzero_ps(), p1 = _mm512_setzero_ps();
@@ -223,11 +228,15 @@ inline void MaxGradGram(OpKernelContext* ctx, const MaxGradGramInputs& in, const
   // Per chunk: G [Cin, Cin], s [Cin], sum_r P_r h_r^T as [C, Cin].
   std::vector<float> part_g(num_chunks * cin * cin, 0.0f), part_s(num_chunks * cin, 0.0f),
       part_p(num_chunks * c * cin, 0.0f);
+  // The previous layer's backward sums per chunk (pair only): dbeta, then dgamma.
+  std::vector<double> part_prev(in.prev != nullptr ? num_chunks * 2 * cin : 0, 0.0);
   const int cini = static_cast<int>(cin);
   ParallelBlocks(ctx, num_chunks, 8 * per_chunk * in.max_rows * (2 * cin + c), [&](int64_t begin, int64_t end) {
     std::vector<uint16_t> hpv(pad_rows * cin), hpt(pad_rows * cin), wh(pad_rows * cin), whv(pad_rows * cin),
         hh(32 * 2 * cin), pad(32 * 2 * cin);
-    std::vector<float> strip(32 * cin), scratch(cin), coef(in.per_block * c), entry_coef(in.per_block * c);
+    std::vector<float> strip(32 * cin), scratch(cin), coef(in.per_block * c), entry_coef(in.per_block * c),
+        sums_scratch(2 * cin);
+    std::vector<uint16_t> hrows(in.prev != nullptr ? in.max_rows * cin : 0);
     std::vector<int32_t> at(in.per_block * c), entry_k(in.per_block * c), row_start(in.max_rows + 1);
     AmxConfigure();
     for (int64_t chunk = begin; chunk < end; ++chunk) {
@@ -238,10 +247,15 @@ inline void MaxGradGram(OpKernelContext* ctx, const MaxGradGramInputs& in, const
         const int64_t n_pad = (rows + 31) / 32 * 32;
         const uint16_t* hb = in.h + first * cin;
         const float* wb = in.w ? in.w + first : nullptr;
+        if (in.prev != nullptr) {  // the block's rows from the previous layer's z (pair)
+          Run<ApplyBlockOp>(hb, rows, cini, in.prev->scale.data(), in.prev->shift.data(), hrows.data(),
+                            scratch.data());
+          hb = hrows.data();
+        }
         // The weighted rows first: they stream the block's h from memory, so that the sparse part reads its
         // scattered rows from cache (the other order took twice as long).
         GramWeightedRows(hb, wb, rows, n_pad, cin, wh.data(), part_s.data() + chunk * cin, scratch.data());
-        GramSparseBlock(in, af, gc, g0, groups, part_p.data() + chunk * c * cin, coef.data(), at.data(),
+        GramSparseBlock(in, af, gc, hb, g0, groups, part_p.data() + chunk * c * cin, coef.data(), at.data(),
                         row_start.data(), entry_k.data(), entry_coef.data());
         PackVnniPadded(hb, cin, static_cast<int>(rows), static_cast<int>(n_pad), cini, hpv.data());
         // G is symmetric: its blocks above the diagonal only (mirrored below).
@@ -254,7 +268,14 @@ inline void MaxGradGram(OpKernelContext* ctx, const MaxGradGramInputs& in, const
             GramDhRow(s + rr * cin, wb ? wb[row] : 1.0f, wu.data(), wt.data(), cin, entry_k.data() + row_start[row],
                       entry_coef.data() + row_start[row], row_start[row + 1] - row_start[row]);
           }
-          StoreBf16Rows()(s, dh_out + (first + r0) * cin, nr * cin);
+          uint16_t* dh_rows = dh_out + (first + r0) * cin;
+          StoreBf16Rows()(s, dh_rows, nr * cin);
+          if (in.prev != nullptr) {  // the previous layer's sums from the rounded dh, as GradSums reads it
+            double* sums = part_prev.data() + chunk * 2 * cin;
+            Run<GradSumsBlockOp>(dh_rows, in.h + (first + r0) * cin, nr, cini, in.prev->scale.data(),
+                                 in.prev->shift.data(), in.prev->mean.data(), in.prev->inv.data(), sums, sums + cin,
+                                 sums_scratch.data());
+          }
         });
       }
     }
@@ -266,6 +287,16 @@ inline void MaxGradGram(OpKernelContext* ctx, const MaxGradGramInputs& in, const
     for (int64_t i = 0; i < cin * cin; ++i) gsum[i] += part_g[chunk * cin * cin + i];
     for (int64_t i = 0; i < cin; ++i) ssum[i] += part_s[chunk * cin + i];
     for (int64_t i = 0; i < c * cin; ++i) psum[i] += part_p[chunk * c * cin + i];
+  }
+  if (in.prev != nullptr) {
+    std::fill(in.prev_dbeta, in.prev_dbeta + cin, 0.0);
+    std::fill(in.prev_dgamma, in.prev_dgamma + cin, 0.0);
+    for (int64_t chunk = 0; chunk < num_chunks; ++chunk) {
+      for (int64_t i = 0; i < cin; ++i) {
+        in.prev_dbeta[i] += part_prev[chunk * 2 * cin + i];
+        in.prev_dgamma[i] += part_prev[chunk * 2 * cin + cin + i];
+      }
+    }
   }
   std::vector<double> row(c);
   for (int64_t i = 0; i < cin; ++i) {

@@ -196,6 +196,36 @@ static absl::Status CheckRowSplits(const char* op, const Tensor& splits, int64_t
   return absl::OkStatus();
 }
 
+// Whether the AVX-512 loops of linear_relu_cpu.h run (the CPU has AVX-512 with BF16, K <= 4, C % 64 == 0); both
+// loops compute the same values.
+inline bool WideLinearLoops(int64_t k, int64_t c) {
+  static const bool cpu = IsaLevel() == 2 && __builtin_cpu_supports("avx512bf16");
+  return cpu && k <= kWideMaxK && c % 64 == 0;
+}
+
+// h = max(u kernel + bias, 0) for `rows` rows u [rows, K] (HsrLinearRelu's rows). scratch: C floats.
+template <typename S>
+static void LinearReluRows(const float* u, int64_t rows, int64_t k, const float* kernel, const float* bias,
+                           int64_t c, S* h, float* scratch) {
+  if (WideLinearLoops(k, c)) {
+    WideLinearRelu(u, rows, static_cast<int>(k), kernel, bias, static_cast<int>(c), h);
+  } else {
+    Run<LinearReluBlockOp>(u, rows, static_cast<int>(k), kernel, bias, static_cast<int>(c), h, scratch);
+  }
+}
+
+// sums [(K+1) * C] += (dbias, dkernel rows) of HsrLinearReluGrad over `rows` rows. scratch: (K+2) * C floats.
+template <typename S>
+static void LinearReluGradSumsRows(const S* dh, const float* u, int64_t rows, int64_t k, const float* kernel,
+                                   const float* bias, int64_t c, double* sums, float* scratch) {
+  if (WideLinearLoops(k, c)) {
+    WideLinearReluGradSums(dh, u, rows, static_cast<int>(k), kernel, bias, static_cast<int>(c), sums);
+  } else {
+    Run<LinearReluGradSumsBlockOp>(dh, u, rows, static_cast<int>(k), kernel, bias, static_cast<int>(c), sums,
+                                   scratch, scratch + (k + 1) * c);
+  }
+}
+
 // Groups per block of the grouped passes: about kBlockRows rows.
 static int64_t GroupsPerBlock(int64_t r, int64_t g) {
   return g > 0 ? std::max<int64_t>(1, kBlockRows * g / std::max<int64_t>(r, 1)) : 1;
