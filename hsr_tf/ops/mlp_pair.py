@@ -15,8 +15,9 @@ passes) and make two passes over (dh1, z1) backward. Here:
 * :func:`linear_relu_pair_max`: the same pair after a linear + ReLU first layer on a few channels (the first
   level's folded first layer, ``mlp_train.linear_relu``): its rows h0 = max(u kernel0 + bias0, 0) are formed per
   block in the hidden product's prologue (``HsrLinearReluMatMulMoments``) and in the hidden layer's backward pass
-  (``HsrBatchNormReluGradProductLinear``), which also takes the first layer's gradient (kernel0, bias0 and u) from
-  each block of dh0 in cache: neither h0 nor dh0 is ever written.
+  (``HsrBatchNormReluGradProductLinear``), which also takes the first layer's gradient (kernel0, bias0) from each
+  block of dh0 in cache: neither h0 nor dh0 is ever written. The gradient of u comes from a second call of that op
+  (``input_grad``), which a graph prunes where u is data, as the training path's coordinates are.
 
 Forward values equal the separate layers' bit for bit; gradients equal them up to the order in which the moved
 sums are added (tests/test_mlp_pair.py). CPU with AMX only (``mlp_train.amx_available``).
@@ -136,9 +137,12 @@ def linear_relu_pair_max(u, kernel0, bias0, kernel1, gamma1, beta1, epsilon1: fl
         def grad(dpooled, *unused):
             del unused
             dh1, dkernel2, dgamma2, dbeta2, dbeta1_sum, dgamma1_sum = backward(dpooled)
-            du, dkernel1, dgamma1, dbeta1, dkernel0, dbias0 = ops.hsr_batch_norm_relu_grad_product_linear(
-                dh1, z1, weights, gamma1, beta1, mean1, var1, u, kernel1, dbeta1_sum, dgamma1_sum, kernel0, bias0,
-                epsilon=eps1)
+            args = (dh1, z1, weights, gamma1, beta1, mean1, var1, u, kernel1, dbeta1_sum, dgamma1_sum, kernel0, bias0)
+            _, dkernel1, dgamma1, dbeta1, dkernel0, dbias0 = ops.hsr_batch_norm_relu_grad_product_linear(
+                *args, epsilon=eps1)
+            # du from a second call, which graphs where u is data (nothing reads du) prune: it would cost a pass over
+            # the rows per block that the training path does not need.
+            du = ops.hsr_batch_norm_relu_grad_product_linear(*args, epsilon=eps1, input_grad=True)[0]
             return du, dkernel0, dbias0, dkernel1, dgamma1, dbeta1, dkernel2, dgamma2, dbeta2
 
         return (pooled, mean1, var1, mean2, var2), grad

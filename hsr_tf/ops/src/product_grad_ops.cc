@@ -12,7 +12,10 @@
 //   HsrBatchNormReluGradProductLinear(the inputs of ...FromSums with u [R, K] float32 for h_prev, then kernel0
 //     [K, Cin], bias0 [Cin]) -> du float32 [R, K], dkernel, dgamma, dbeta, dkernel0, dbias0: for h_prev =
 //     max(u kernel0 + bias0, 0) (HsrLinearRelu's rows, formed per block and never written), with HsrLinearReluGrad's
-//     and HsrLinearReluInputGrad's results taken from each block of dh_prev in cache (dh_prev is not written)
+//     and HsrLinearReluInputGrad's results taken from each block of dh_prev in cache (dh_prev is not written); du
+//     only with input_grad = true (else [0, K]): that costs a pass over the [R, K] rows per block, which a graph
+//     where u is data (the training path) should not pay, so mlp_pair asks for du from a second call of the op,
+//     which TensorFlow prunes where nothing reads du
 //   HsrBatchNormReluMaxGradProductPair(the inputs of HsrBatchNormReluMaxGradProduct with z_prev [R, Cin] for
 //     h_prev, then prev_gamma, prev_beta, prev_mean, prev_variance [Cin]) -> its outputs with dh_prev the gradient of
 //     h = relu(BatchNorm(z_prev)), then prev_dbeta_sum, prev_dgamma_sum float64 [Cin]: the previous layer's
@@ -126,8 +129,12 @@ REGISTER_OP("HsrBatchNormReluGradProductLinear")
     .Output("dkernel0: float32")
     .Output("dbias0: float32")
     .Attr("epsilon: float")
+    .Attr("input_grad: bool = false")
     .SetShapeFn([](InferenceContext* c) {
       TF_RETURN_IF_ERROR(GradShapes(c, 7));
+      bool input_grad = false;
+      TF_RETURN_IF_ERROR(c->GetAttr("input_grad", &input_grad));
+      if (!input_grad) c->set_output(0, c->Matrix(0, c->Dim(c->input(7), 1)));
       c->set_output(4, c->input(11));
       c->set_output(5, c->input(12));
       return absl::OkStatus();
@@ -298,7 +305,9 @@ enum GradProductMode { kPlain, kFromSums, kLinear };
 template <GradProductMode mode>
 class BatchNormReluGradProductCpu : public ProductGradBase {
  public:
-  using ProductGradBase::ProductGradBase;
+  explicit BatchNormReluGradProductCpu(OpKernelConstruction* ctx) : ProductGradBase(ctx) {
+    if (mode == kLinear) OP_REQUIRES_OK(ctx, ctx->GetAttr("input_grad", &input_grad_));
+  }
   void Compute(OpKernelContext* ctx) override {
     const char* kOp = mode == kPlain      ? "batch_norm_relu_grad_product"
                       : mode == kFromSums ? "batch_norm_relu_grad_product_from_sums"
@@ -318,9 +327,10 @@ class BatchNormReluGradProductCpu : public ProductGradBase {
     std::unique_ptr<Affine> af;
     OP_REQUIRES_OK(ctx, GradAffine(ctx, kOp, 3, c, epsilon_, &af));
     Tensor *dh_prev = nullptr, *dkernel = nullptr, *dgamma = nullptr, *dbeta = nullptr;
-    if (mode == kLinear) {  // du like u, then as Allocate
+    if (mode == kLinear) {  // du like u (or no rows), then as Allocate
       const Tensor& kernel = ctx->input(8);
-      OP_REQUIRES_OK(ctx, ctx->allocate_output(0, ctx->input(7).shape(), &dh_prev));
+      OP_REQUIRES_OK(ctx, ctx->allocate_output(
+                              0, TensorShape({input_grad_ ? r : 0, ctx->input(7).dim_size(1)}), &dh_prev));
       OP_REQUIRES_OK(ctx, ctx->allocate_output(1, kernel.shape(), &dkernel));
       OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({c}), &dgamma));
       OP_REQUIRES_OK(ctx, ctx->allocate_output(3, TensorShape({c}), &dbeta));
@@ -381,8 +391,10 @@ class BatchNormReluGradProductCpu : public ProductGradBase {
           scratch.resize((k + 2) * c0);
           LinearReluGradSumsRows(dh0, up + first * k, rows, k, k0p, b0p, c0, part.data() + chunk * width,
                                  scratch.data());
-          Run<LinearReluInputGradBlockOp>(dh0, up + first * k, rows, static_cast<int>(k), k0p, b0p,
-                                          static_cast<int>(c0), dup + first * k, scratch.data());
+          if (input_grad_) {
+            Run<LinearReluInputGradBlockOp>(dh0, up + first * k, rows, static_cast<int>(k), k0p, b0p,
+                                            static_cast<int>(c0), dup + first * k, scratch.data());
+          }
         },
         dkernel);
     Tensor *dkernel0 = nullptr, *dbias0 = nullptr;
@@ -425,6 +437,8 @@ class BatchNormReluGradProductCpu : public ProductGradBase {
     }
     return CheckZAndWeights(op, z, ctx->input(2), total);
   }
+
+  bool input_grad_ = false;
 };
 
 // pair: HsrBatchNormReluMaxGradProductPair (input 9 is z_prev; h = relu(BatchNorm(z_prev)) with inputs 11..14).
