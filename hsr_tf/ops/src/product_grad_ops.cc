@@ -493,8 +493,8 @@ class BatchNormReluMaxGradProductCpu : public ProductGradBase {
     for (int64_t b = 0; b < num_blocks; ++b) {
       max_rows = std::max<int64_t>(max_rows, sp[std::min(g, (b + 1) * per_block)] - sp[b * per_block]);
     }
-    // The Gram path (max_grad_gram_cpu.h) never forms z or dz, but its per-call constants cost ~Cin^2 C
-    // multiply-adds on one thread: it pays on many rows (the first two levels), not on the global level's few
+    // The Gram path (max_grad_gram_cpu.h) never forms z or dz, but its per-call constants cost ~2 Cin^2 C
+    // multiply-adds in double: it pays on many rows (the first two levels), not on the global level's few
     // wide ones (4K rows, 512 -> 1024: 236 ms against 48 ms recomputing). Hence by default from R >= 64 Cin;
     // HSR_TF_OPS_MAX_GRAD=recompute | gram (read per call, so that one process can time both) forces a path.
     const char* env = std::getenv("HSR_TF_OPS_MAX_GRAD");
