@@ -22,8 +22,9 @@ Variants:
   fused ops instead of the compiled kernels, hence also no ``drop_duplicates``),
   ``fast_bfloat16_with_duplicates``, ``fast_bfloat16_no_slabs``, ``fast_bfloat16_no_folded``,
   ``fast_bfloat16_no_fused_products``, ``fast_bfloat16_no_fused_grads``, ``fast_bfloat16_no_pairs``: the fast
-  bfloat16 path with one optimisation switched off (what each one is worth); ``fast_bfloat16_fused_global``: the fused products also on the global level (``fused_max_channels``
-  1024 instead of 256); ``fast_bfloat16_max_grad_recompute``: the max layers' backward pass recomputing every
+  bfloat16 path with one optimisation switched off (what each one is worth); ``fast_bfloat16_fused_global``: the
+  fused products also on the global level (``fused_max_channels`` 1024 instead of 256);
+  ``fast_bfloat16_max_grad_recompute``: the max layers' backward pass recomputing every
   block's product and dz (``HSR_TF_OPS_MAX_GRAD=recompute``) instead of the default that never forms them
   (``docs/ops.md``, "The max layer's backward pass").
 

@@ -12,7 +12,7 @@
 //     prev_mean, prev_variance [Cin]) -> the outputs of HsrMatMulMomentsExtremes without the product, for
 //     h = relu(BatchNorm(z_prev)) with the given moments: the previous layer's BatchNorm + ReLU runs block by block
 //     as the product's prologue (the same h, bit for bit, as HsrBatchNormReluFromMoments writes), so that h is
-//     never written (the pair of layers of mlp_train.matmul_batch_norm_relu_max_pair)
+//     never written (the pair of layers of mlp_pair.matmul_batch_norm_relu_max_pair)
 //   HsrLinearReluMatMulMoments(u float32 [R,K], kernel, weights, kernel0 [K,Cin], bias0 [Cin]) -> z, mean,
 //     variance of h kernel for h = max(u kernel0 + bias0, 0): the rows of HsrLinearRelu (the first level's folded
 //     first layer, K = 3) formed block by block as the product's prologue and never written

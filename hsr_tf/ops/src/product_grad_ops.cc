@@ -19,7 +19,7 @@
 //   HsrBatchNormReluMaxGradProductPair(the inputs of HsrBatchNormReluMaxGradProduct with z_prev [R, Cin] for
 //     h_prev, then prev_gamma, prev_beta, prev_mean, prev_variance [Cin]) -> its outputs with dh_prev the gradient of
 //     h = relu(BatchNorm(z_prev)), then prev_dbeta_sum, prev_dgamma_sum float64 [Cin]: the previous layer's
-//     backward sums, taken while dh's rows are in cache (the pair of mlp_train.matmul_batch_norm_relu_max_pair;
+//     backward sums, taken while dh's rows are in cache (the pair of mlp_pair.matmul_batch_norm_relu_max_pair;
 //     the two ops replace that layer's gradient pass over (dh, z_prev) and h is never written)
 // The max variant does not read z at all: its sums need only zsel, so its forward pass need not write the
 // [R, C] product (HsrMatMulMomentsExtremes, keep_product = false). By default it forms neither z nor dz
