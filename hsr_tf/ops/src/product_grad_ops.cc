@@ -247,12 +247,12 @@ class ProductGradBase : public EpsilonKernel {
     const int64_t cin = h.dim_size(1);
     ProductsWith(ctx, cin, kernel, num_blocks, max_rows, dz_block,
                  [&](int64_t first, int64_t) { return hp + first * cin; },
-                 [&](int64_t first, uint16_t*) { return out + first * cin; },
+                 [&](int64_t first) { return out + first * cin; },
                  [](int64_t, int64_t, int64_t, const uint16_t*) {}, dkernel);
   }
 
   // Products with the block's rows of h_prev from h_rows(first, rows) and dh_prev's rows written to
-  // dh_rows(first, thread scratch of max_rows x Cin), then dh_done(chunk, first, rows, those rows) while in cache.
+  // dh_rows(first), then dh_done(chunk, first, rows, those rows) while in cache.
   template <typename DzBlock, typename HRows, typename DhRows, typename DhDone>
   static void ProductsWith(OpKernelContext* ctx, int64_t cin, const Tensor& kernel, int64_t num_blocks,
                            int64_t max_rows, DzBlock dz_block, HRows h_rows, DhRows dh_rows, DhDone dh_done,
@@ -267,7 +267,7 @@ class ProductGradBase : public EpsilonKernel {
     const int ci = static_cast<int>(c), cini = static_cast<int>(cin);
     ParallelBlocks(ctx, num_chunks, 16 * per_chunk * max_rows * (cin + c), [&](int64_t begin, int64_t end) {
       std::vector<uint16_t> dz(pad_rows * c), hpv(pad_rows * cin), hpt(pad_rows * cin), dzv(pad_rows * c),
-          pad(32 * c), dh_scratch(max_rows * cin);
+          pad(32 * c);
       std::vector<float> strip(32 * cin);
       AmxConfigure();
       for (int64_t chunk = begin; chunk < end; ++chunk) {
@@ -276,7 +276,7 @@ class ProductGradBase : public EpsilonKernel {
           dz_block(b, dz.data(), &first, &rows);
           const int64_t n_pad = (rows + 31) / 32 * 32;
           std::fill(dz.begin() + rows * c, dz.begin() + n_pad * c, uint16_t{0});
-          uint16_t* dh = dh_rows(first, dh_scratch.data());
+          uint16_t* dh = dh_rows(first);
           AmxMatMulBlock(dz.data(), rows, wtv, dh, strip.data(), pad.data(), StoreBf16Rows());
           dh_done(chunk, first, rows, dh);
           PackVnniPadded(h_rows(first, rows), cin, static_cast<int>(rows), static_cast<int>(n_pad), cini,
@@ -385,7 +385,11 @@ class BatchNormReluGradProductCpu : public ProductGradBase {
           LinearReluRows(up + first * k, rows, k, k0p, b0p, c0, h.data(), scratch.data());
           return static_cast<const uint16_t*>(h.data());
         },
-        [](int64_t, uint16_t* scratch) { return scratch; },
+        [&](int64_t) {  // dh_prev's rows stay in the thread's scratch (not written)
+          thread_local std::vector<uint16_t> dh0;
+          dh0.resize(kBlockRows * c0);
+          return dh0.data();
+        },
         [&](int64_t chunk, int64_t first, int64_t rows, const uint16_t* dh0) {
           thread_local std::vector<float> scratch;
           scratch.resize((k + 2) * c0);
