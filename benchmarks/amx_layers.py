@@ -171,8 +171,8 @@ def main(argv):
     tf.get_logger().setLevel("ERROR")  # one tf.function per case: the retracing warning does not apply
     from hsr_tf.ops import mlp_train
 
-    if not mlp_train.amx_available():
-        raise app.UsageError("needs the compiled ops and a CPU with AMX-BF16 (mlp_train.amx_available() is False)")
+    if not mlp_train.bf16_products_available():
+        raise app.UsageError("needs the compiled ops and a CPU with AMX-BF16 (mlp_train.bf16_products_available() is False)")
     print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; "
           f"rows x {FLAGS.scale}", flush=True)
     for name, rows, cin, c, pooled in SHAPES:

@@ -16,7 +16,7 @@ import tensorflow as tf
 from hsr_tf.layers import training_path
 from hsr_tf.ops import mlp_train
 
-pytestmark = pytest.mark.skipif(not mlp_train.amx_available(),
+pytestmark = pytest.mark.skipif(not mlp_train.bf16_products_available(),
                                 reason="needs the compiled ops and a CPU with AMX-BF16")
 
 

@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from hsr_tf.ops import mlp_pair, mlp_train
 
-pytestmark = pytest.mark.skipif(not mlp_train.amx_available(),
+pytestmark = pytest.mark.skipif(not mlp_train.bf16_products_available(),
                                 reason="needs the compiled ops and a CPU with AMX-BF16")
 
 
@@ -69,8 +69,12 @@ def test_pair_equals_two_fused_layers(rows, cin, c1, c2, groups, max_grad, rng, 
             np.testing.assert_array_equal(a, b, err_msg=name)
         else:
             # The hidden sums added per strip of 32 rows instead of per block: float32 order, and the bfloat16
-            # gradients of the rows may round the other way.
-            np.testing.assert_allclose(a, b, rtol=0, atol=2e-4 * np.abs(b).max(), err_msg=name)
+            # gradients of the rows may round the other way (dh: a rare element by one bfloat16 step, 2^-8 to
+            # 2^-7 of its value; seen with the AVX512-BF16 products).
+            close = np.isclose(a, b, rtol=0, atol=2e-4 * np.abs(b).max())
+            one_step = np.abs(a - b) <= 2.0 ** -7 * np.abs(b)
+            assert (close | one_step).all(), (name, np.abs(a - b).max())
+            assert np.mean(~close) < 1e-4, (name, np.mean(~close))
         assert np.isfinite(a).all() and np.abs(a).max() > 0, name
 
 

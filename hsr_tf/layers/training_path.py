@@ -235,7 +235,7 @@ def fused_product_on(dtype, in_channels, channels) -> bool:
     :func:`matmul_batch_norm_relu_train` (the ``fused_products`` switch; bfloat16, AMX, multiples of 32, at
     most ``fused_max_channels`` outputs)."""
     return (current().fused_products and dtype == tf.bfloat16 and kernels_on(dtype) and in_channels % 32 == 0
-            and channels % 32 == 0 and channels <= current().fused_max_channels and mlp_train.amx_available())
+            and channels % 32 == 0 and channels <= current().fused_max_channels and mlp_train.bf16_products_available())
 
 
 def matmul_batch_norm_relu_train(h, kernel, bn, row_splits=None, weights=None):

@@ -43,7 +43,7 @@ _PKG_LIB_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_lib")
 CPU_SOURCES = ("pointnet_ops.cc", "mlp_train_ops.cc", "gather_rows_ops.cc", "linear_relu_ops.cc",
                "matmul_moments_ops.cc", "product_grad_ops.cc")
 HEADERS = ("pointnet_cpu.h", "pointnet_cuda.cuh", "pointnet_ops_gpu.h", "mlp_train_cpu.h",
-           "mlp_train_support.h", "amx_matmul_cpu.h", "linear_relu_cpu.h", "max_grad_gram_cpu.h")
+           "mlp_train_support.h", "bf16_dot_cpu.h", "amx_matmul_cpu.h", "linear_relu_cpu.h", "max_grad_gram_cpu.h")
 CUDA_SOURCES = ("pointnet_cuda.cu",)
 EXTRA_CXXFLAGS = ["-O2", "-fPIC", "-shared", "-ffp-contract=off", "-Wno-deprecated-declarations"]
 NVCC_FLAGS = ["-O2", "-std=c++17", "--fmad=false", "-Xcompiler", "-fPIC"]

@@ -28,7 +28,7 @@ import tensorflow as tf
 
 from hsr_tf.ops import _checks
 
-__all__ = ["amx_available", "batch_norm_relu", "gather_rows_minus_centre", "kernels_available", "linear_relu",
+__all__ = ["amx_available", "batch_norm_relu", "bf16_products_available", "bf16_products_backend", "gather_rows_minus_centre", "kernels_available", "linear_relu",
            "matmul_batch_norm_relu", "product_gradients", "row_moments"]
 
 
@@ -129,7 +129,7 @@ tf.no_gradient("HsrLinearReluMatMulMoments")
 tf.no_gradient("HsrBatchNormReluGradProductFromSums")
 tf.no_gradient("HsrBatchNormReluGradProductLinear")
 tf.no_gradient("HsrBatchNormReluMaxGradProductPair")
-tf.no_gradient("HsrAmxAvailable")
+tf.no_gradient("HsrBf16ProductsBackend")
 tf.no_gradient("HsrLinearReluGrad")
 tf.no_gradient("HsrLinearReluInputGrad")
 tf.no_gradient("HsrGatherRowsMinusCentreGrad")
@@ -320,19 +320,34 @@ def linear_relu(u, kernel, bias, dtype=tf.float32, compiled=None):
     return tf.cast(tf.nn.relu(tf.matmul(u, kernel) + bias), dtype)
 
 
-_amx = {}
+_backend = {}
+# HsrBf16ProductsBackend's codes.
+_BACKENDS = {0: "", 1: "amx", 2: "avx512_bf16"}
+
+
+def bf16_products_backend() -> str:
+    """What runs the compiled bfloat16 block products here: ``"amx"`` (AMX-BF16 tiles that the OS grants),
+    ``"avx512_bf16"`` (AVX512-BF16 dot-product instructions, on CPUs without AMX such as AMD Zen 4), or ``""``
+    (neither, or no compiled kernels). Asked once per process (``HsrBf16ProductsBackend``); ``HSR_TF_OPS_AMX=0``
+    skips AMX and ``HSR_TF_OPS_BF16_DOT=0`` the dot products, when set before the first call."""
+    if not kernels_available():
+        return ""
+    if "name" not in _backend:
+        from hsr_tf.ops import compiled as lib  # noqa: PLC0415
+        with tf.init_scope():  # eager even while a function is traced
+            _backend["name"] = _BACKENDS[int(lib.load().hsr_bf16_products_backend().numpy())]
+    return _backend["name"]
+
+
+def bf16_products_available() -> bool:
+    """Whether :func:`matmul_batch_norm_relu` and the ops of :mod:`hsr_tf.ops.mlp_pair` can run here (on either
+    backend of :func:`bf16_products_backend`)."""
+    return bf16_products_backend() != ""
 
 
 def amx_available() -> bool:
-    """Whether :func:`matmul_batch_norm_relu` can run here: the compiled kernels can (:func:`kernels_available`)
-    and the CPU has AMX-BF16 tiles that the OS grants (``HsrAmxAvailable``, asked once per process)."""
-    if not kernels_available():
-        return False
-    if "on" not in _amx:
-        from hsr_tf.ops import compiled as lib  # noqa: PLC0415
-        with tf.init_scope():  # eager even while a function is traced
-            _amx["on"] = bool(lib.load().hsr_amx_available().numpy())
-    return _amx["on"]
+    """Whether the bfloat16 block products run on AMX tiles here (:func:`bf16_products_backend` is ``"amx"``)."""
+    return bf16_products_backend() == "amx"
 
 
 def product_gradients(h, kernel, dz, slabs: int = 0):
@@ -354,7 +369,7 @@ def matmul_batch_norm_relu(h, kernel, gamma, beta, epsilon: float, weights=None,
                            product_grad: bool = True):
     """``batch_norm_relu(h @ kernel, ...)`` with the product and the batch moments (and, with ``row_splits``, every
     group's extremes of each channel) computed in one pass on AMX tiles (``HsrMatMulMoments[Extremes]``): the
-    [R, C] product is written once and not read again by the forward pass. Needs :func:`amx_available`.
+    [R, C] product is written once and not read again by the forward pass. Needs :func:`bf16_products_available`.
 
     Args:
       h: bfloat16 [R, Cin] rows, Cin a multiple of 32.

@@ -1,5 +1,6 @@
 // AMX (Advanced Matrix Extensions) bfloat16 products of the shared MLPs' training pass, block by block
-// (matmul_moments_ops.cc). No TensorFlow.
+// (matmul_moments_ops.cc). No TensorFlow. On a CPU without AMX but with AVX512-BF16 the same functions run on
+// dot-product instructions (bf16_dot_cpu.h, the same packed layouts; Bf16ProductsBackend picks once per process).
 //
 // Legend: n rows of a block, Cin input channels, C output channels; bfloat16 values stored as uint16.
 //   z = h W     [n, C]: h [n, Cin] bfloat16 rows, W [Cin, C] bfloat16, products summed in float32 tiles and
@@ -22,11 +23,12 @@
 #include <string>
 #include <vector>
 
+#include "bf16_dot_cpu.h"
 #include "mlp_train_cpu.h"
 
 namespace hsr_ops {
 
-#define HSR_AMX_TARGET __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw")))
+#define HSR_AMX_TARGET __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512bf16")))
 
 // Whether this process can run AMX bfloat16 tiles: the CPU has AMX-TILE and AMX-BF16 (CPUID leaf 7), and the
 // kernel granted the tile data state (arch_prctl ARCH_REQ_XCOMP_PERM, Linux >= 5.16). Asked once.
@@ -46,6 +48,25 @@ inline bool AmxReady() {
   return ready;
 }
 
+// What runs the bfloat16 block products: AMX tiles where AmxReady, else AVX512-BF16 dot products where the CPU
+// has them (AVX512F/BW/VL and AVX512-BF16), else nothing (the ops that need them refuse to run and the training
+// path keeps TensorFlow's products). HSR_TF_OPS_AMX=0 skips the tiles (the dot products then run, e.g. to
+// compare both on one CPU); HSR_TF_OPS_BF16_DOT=0 skips the dot products; HSR_TF_OPS_MLP_ISA=avx2|baseline both.
+enum class Bf16Products { kNone = 0, kAmx = 1, kDot = 2 };
+inline Bf16Products Bf16ProductsBackend() {
+  static const Bf16Products backend = [] {
+    if (AmxReady()) return Bf16Products::kAmx;
+    const char* isa = std::getenv("HSR_TF_OPS_MLP_ISA");
+    const char* dot = std::getenv("HSR_TF_OPS_BF16_DOT");
+    if ((isa && std::string(isa) != "avx512") || (dot && std::string(dot) == "0")) return Bf16Products::kNone;
+    const bool cpu = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                     __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16");
+    return cpu ? Bf16Products::kDot : Bf16Products::kNone;
+  }();
+  return backend;
+}
+inline bool UseAmxTiles() { return Bf16ProductsBackend() == Bf16Products::kAmx; }
+
 // Every tile 16 rows x 64 bytes (palette 1).
 struct alignas(64) AmxTileConfig {
   uint8_t palette = 1, start_row = 0, reserved[14] = {};
@@ -59,28 +80,13 @@ struct alignas(64) AmxTileConfig {
   }
 };
 
+// Tile configuration of this thread, before its first tile instruction (nothing to do for the dot products).
 HSR_AMX_TARGET inline void AmxConfigure() {
   static const AmxTileConfig config;
-  _tile_loadconfig(&config);
+  if (UseAmxTiles()) _tile_loadconfig(&config);
 }
-HSR_AMX_TARGET inline void AmxRelease() { _tile_release(); }
-
-// out[k][2j + p] = rows[2k + p][j] for k < n/2 (n even), j < width (a multiple of 32); ld: elements per row.
-HSR_AMX_TARGET inline void PackVnni(const uint16_t* rows, int64_t ld, int n, int width, uint16_t* out) {
-  const __m512i lo = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8, 39, 7, 38, 6,
-                                      37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
-  const __m512i hi = _mm512_add_epi16(lo, _mm512_set1_epi16(16));
-  for (int k = 0; k < n / 2; ++k) {
-    const uint16_t* r0 = rows + (2 * k) * ld;
-    const uint16_t* r1 = r0 + ld;
-    uint16_t* o = out + static_cast<int64_t>(k) * 2 * width;
-    for (int j = 0; j < width; j += 32) {
-      const __m512i a = _mm512_loadu_si512(r0 + j);
-      const __m512i b = _mm512_loadu_si512(r1 + j);
-      _mm512_storeu_si512(o + 2 * j, _mm512_permutex2var_epi16(a, lo, b));
-      _mm512_storeu_si512(o + 2 * j + 32, _mm512_permutex2var_epi16(a, hi, b));
-    }
-  }
+HSR_AMX_TARGET inline void AmxRelease() {
+  if (UseAmxTiles()) _tile_release();
 }
 
 // W [K, C] bfloat16 packed once per call for AmxMatMulBlock's B tiles (K, C multiples of 32). The layout follows
@@ -227,7 +233,9 @@ HSR_AMX_TARGET inline void AmxMatMulStrips(const uint16_t* h, int64_t n, const A
   for (int64_t r0 = 0; r0 < n; r0 += 32) {
     const int64_t rows = n - r0 < 32 ? n - r0 : 32;
     const uint16_t* a = h + r0 * cin;
-    if (w.stage_rows) {
+    if (!UseAmxTiles()) {
+      DotStripProduct(StripRows(a, rows, cin, pad), cin, w.packed.data(), w.k, w.c, w.tiled, 1, strip);
+    } else if (w.stage_rows) {
       for (int64_t r = 0; r < 32; ++r)
         for (int k = 0; k < cin / 32; ++k) {
           const __m512i v = r < rows ? _mm512_loadu_si512(a + r * cin + 32 * k) : _mm512_setzero_si512();
@@ -331,6 +339,10 @@ HSR_AMX_TARGET inline void PackVnniTiles(const uint16_t* rows, int64_t ld, int n
 // thread. upper_only: only the 32 x 32 blocks of dw on and above the diagonal (for a symmetric hp^T dz).
 HSR_AMX_TARGET inline void AmxWeightGradBlock(const uint16_t* hpv, const uint16_t* dz, int n_pad, int cin, int c,
                                               float* dw, uint16_t* hpt, uint16_t* dzv, bool upper_only = false) {
+  if (!UseAmxTiles()) {
+    DotWeightGradBlock(hpv, dz, n_pad, cin, c, dw, dzv, upper_only);
+    return;
+  }
   PackVnniTiles(dz, c, n_pad, c, dzv);
   const int ksteps = n_pad / 32;
   for (int i = 0; i < cin / 16; ++i)

@@ -22,13 +22,13 @@
 // (h_prev and kernel, the product's operands, are not read: they are there for the gradient, which with
 // product_grad = true is the fused backward pass of product_grad_ops.cc and otherwise the gradient kernels of
 // mlp_train_ops.cc followed by the product's own gradient.)
-// The product runs on AMX tiles block by block (amx_matmul_cpu.h); while a block's z is still in cache its
+// The product runs on AMX tiles (or AVX512-BF16 dot products) block by block (amx_matmul_cpu.h); while a block's z is still in cache its
 // weighted moments (and, per group, the extremes of every channel) are taken from the bfloat16 values written,
 // so the [R, C] result is written once and never read back by the forward pass: the moments pass of
 // HsrBatchNormRelu and both passes of HsrBatchNormReluMax over z go away. The BatchNorm ops here produce what
 // HsrBatchNormRelu / HsrBatchNormReluMax produce from the same moments (their gradients are those ops' gradient
 // kernels; the max picks the group's largest y from the extremes of z, since y = z * scale + shift is monotone).
-// The products need a CPU with AMX-BF16 (HsrAmxAvailable); partial sums are reduced in block order.
+// The products need a CPU with AMX-BF16 or AVX512-BF16 (HsrBf16ProductsBackend); partial sums are reduced in block order.
 #include <algorithm>
 #include <cstdint>
 #include <memory>
@@ -78,7 +78,8 @@ static absl::Status ProductShapes(InferenceContext* c, bool extremes) {
   return absl::OkStatus();
 }
 
-REGISTER_OP("HsrAmxAvailable").Output("available: bool").SetShapeFn([](InferenceContext* c) {
+// 0: no bfloat16 block products on this CPU, 1: AMX tiles, 2: AVX512-BF16 dot products (Bf16ProductsBackend).
+REGISTER_OP("HsrBf16ProductsBackend").Output("backend: int32").SetShapeFn([](InferenceContext* c) {
   c->set_output(0, c->Scalar());
   return absl::OkStatus();
 });
@@ -183,13 +184,13 @@ REGISTER_OP("HsrBatchNormReluMaxFromExtremes")
       return absl::OkStatus();
     });
 
-class AmxAvailableCpu : public OpKernel {
+class Bf16ProductsBackendCpu : public OpKernel {
  public:
   using OpKernel::OpKernel;
   void Compute(OpKernelContext* ctx) override {
     Tensor* out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({}), &out));
-    out->scalar<bool>()() = AmxReady() && IsaLevel() == 2;
+    out->scalar<int32_t>()() = IsaLevel() == 2 ? static_cast<int32_t>(Bf16ProductsBackend()) : 0;
   }
 };
 
@@ -201,8 +202,8 @@ struct Product {
 
   // linear: input 0 is u [R, K] and inputs 3, 4 kernel0 [K, Cin] and bias0 [Cin] (HsrLinearReluMatMulMoments).
   absl::Status Prepare(OpKernelContext* ctx, const char* op, bool grouped, bool linear = false) {
-    if (!(AmxReady() && IsaLevel() == 2)) {
-      return errors::FailedPrecondition(op, ": needs a CPU with AMX-BF16 (HsrAmxAvailable is false here)");
+    if (!(Bf16ProductsBackend() != Bf16Products::kNone && IsaLevel() == 2)) {
+      return errors::FailedPrecondition(op, ": needs a CPU with AMX-BF16 or AVX512-BF16 (HsrBf16ProductsBackend is 0 here)");
     }
     const Tensor &h = ctx->input(0), &kernel = ctx->input(1);
     if (linear) {
@@ -459,7 +460,7 @@ class BatchNormReluMaxFromExtremesCpu : public FromMomentsBase {
   }
 };
 
-REGISTER_KERNEL_BUILDER(Name("HsrAmxAvailable").Device(DEVICE_CPU), AmxAvailableCpu);
+REGISTER_KERNEL_BUILDER(Name("HsrBf16ProductsBackend").Device(DEVICE_CPU), Bf16ProductsBackendCpu);
 REGISTER_KERNEL_BUILDER(Name("HsrMatMulMoments").Device(DEVICE_CPU), MatMulMomentsCpu<false>);
 REGISTER_KERNEL_BUILDER(Name("HsrLinearReluMatMulMoments").Device(DEVICE_CPU), MatMulMomentsCpu<true>);
 REGISTER_KERNEL_BUILDER(Name("HsrMatMulMomentsExtremes").Device(DEVICE_CPU), MatMulMomentsExtremesCpu<false>);

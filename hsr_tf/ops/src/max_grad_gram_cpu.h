@@ -149,7 +149,10 @@ HSR_AMX_TARGET inline void GramStrips(const uint16_t* h, int64_t n, int64_t cin,
   const bool k64 = cin == 64 && !mv.tiled && !mv.stage_rows;
   for (int64_t r0 = 0; r0 < n; r0 += 32) {
     const int64_t rows = n - r0 < 32 ? n - r0 : 32;
-    if (k64) {
+    if (!UseAmxTiles()) {  // the dot products read each row's pairs twice, as [h_r, h_r]
+      DotStripProduct(StripRows(h + r0 * cin, rows, cin, pad), cin, mv.packed.data(), mv.k, mv.c, mv.tiled, 2,
+                      strip);
+    } else if (k64) {
       AmxStripProductK64<2>(StripRows(h + r0 * cin, rows, cin, pad), cin, mv, strip);
     } else {
       for (int64_t r = 0; r < 32; ++r) {
