@@ -25,7 +25,9 @@ its 64 -> 64 -> 128 pair, the second level's 128 -> 128 -> 256 pair), one forwar
 * ``joined``: ``mlp_pair.linear_relu_pair_max`` / ``mlp_pair.matmul_batch_norm_relu_max_pair`` (the default).
 
 Prints the best of ``--repeats`` per case and each one's speed-up over ``two-step`` (``separate``) measured in the
-same run (cases interleaved per repeat). Needs the compiled ops and a CPU with AMX-BF16.
+same run (cases interleaved per repeat). Needs the compiled ops and a CPU with AMX-BF16 or AVX512-BF16 (the
+"amx" cases then run on its dot products, ``mlp_train.bf16_products_backend``; ``rows-packed`` reads the other
+packing there too).
 """
 import os
 import time
@@ -172,7 +174,8 @@ def main(argv):
     from hsr_tf.ops import mlp_train
 
     if not mlp_train.bf16_products_available():
-        raise app.UsageError("needs the compiled ops and a CPU with AMX-BF16 (mlp_train.bf16_products_available() is False)")
+        raise app.UsageError("needs the compiled ops and a CPU with AMX-BF16 or AVX512-BF16 "
+                             "(mlp_train.bf16_products_available() is False)")
     print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; "
           f"rows x {FLAGS.scale}", flush=True)
     for name, rows, cin, c, pooled in SHAPES:

@@ -236,6 +236,7 @@ def main(argv):
     tf.get_logger().setLevel("ERROR")
     from hsr_tf.hand_model import HandModel
     from hsr_tf.models import SHAPE_NETWORK_DEFAULTS
+    from hsr_tf.ops import mlp_train
 
     unknown = [v for v in FLAGS.variants if v not in VARIANTS]
     if unknown:
@@ -257,8 +258,8 @@ def main(argv):
     print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; network "
           f"{'paper-size' if not overrides else 'overrides ' + json.dumps(overrides)}, {FLAGS.num_stages} stage(s), "
           f"B = {bsz}, N = {n}; nominal training FLOPs per step {flops_step / 1e9:.1f} GFLOP; input {FLAGS.data} "
-          f"(padding copies among the ball-query slots: level 1 {dup[0]:.0%}, level 2 {dup[1]:.0%})",
-          flush=True)
+          f"(padding copies among the ball-query slots: level 1 {dup[0]:.0%}, level 2 {dup[1]:.0%}); compiled "
+          f"bfloat16 products: {mlp_train.bf16_products_backend() or 'none (TensorFlow products)'}", flush=True)
     dtypes = {"float32": tf.float32, "mixed_bfloat16": tf.bfloat16}
     mm = {p: matmul_gflops(d) for p, d in dtypes.items()}
     steps, results = {}, {}

@@ -47,9 +47,10 @@ The fast path computes the same function with fewer passes:
   whose gradient makes one pass over (dh, u) and writes no [R, C] gradient). Autodiff through the moments gives
   BatchNorm's full gradient. Computed in float32 from float32 rows (the other path rounds the rows and z to
   bfloat16 under a bfloat16 policy).
-* ``fused_products`` (bfloat16, compiled ops, a CPU with AMX; channel counts multiples of 32, at most
-  ``fused_max_channels`` outputs, 256: the first two levels): a layer's
-  product ``h W`` runs on AMX tiles block by block and, while a block is in cache, its BatchNorm moments and (last
+* ``fused_products`` (bfloat16, compiled ops, a CPU with AMX or AVX512-BF16; channel counts multiples of 32, at
+  most ``fused_max_channels`` outputs, 256: the first two levels): a layer's
+  product ``h W`` runs on AMX tiles (or AVX512-BF16 dot products, ``mlp_train.bf16_products_backend``) block
+  by block and, while a block is in cache, its BatchNorm moments and (last
   layer) every group's largest and smallest value per channel are taken (:func:`matmul_batch_norm_relu_train`):
   the moments pass of the BatchNorm kernel and both passes of the max kernel over the [R, C] product go away
   (the group's largest y = z * scale + shift is at its largest or smallest z, by the sign of scale). Same values
@@ -232,10 +233,11 @@ def rows_matmul(h, kernel):
 
 def fused_product_on(dtype, in_channels, channels) -> bool:
     """Whether a layer [R, in_channels] -> [R, channels] computing in ``dtype`` trains through
-    :func:`matmul_batch_norm_relu_train` (the ``fused_products`` switch; bfloat16, AMX, multiples of 32, at
-    most ``fused_max_channels`` outputs)."""
+    :func:`matmul_batch_norm_relu_train` (the ``fused_products`` switch; bfloat16, AMX or AVX512-BF16, multiples
+    of 32, at most ``fused_max_channels`` outputs)."""
     return (current().fused_products and dtype == tf.bfloat16 and kernels_on(dtype) and in_channels % 32 == 0
-            and channels % 32 == 0 and channels <= current().fused_max_channels and mlp_train.bf16_products_available())
+            and channels % 32 == 0 and channels <= current().fused_max_channels
+            and mlp_train.bf16_products_available())
 
 
 def matmul_batch_norm_relu_train(h, kernel, bn, row_splits=None, weights=None):

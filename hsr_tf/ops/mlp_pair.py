@@ -20,7 +20,8 @@ passes) and make two passes over (dh1, z1) backward. Here:
   (``input_grad``), which a graph prunes where u is data, as the training path's coordinates are.
 
 Forward values equal the separate layers' bit for bit; gradients equal them up to the order in which the moved
-sums are added (tests/test_mlp_pair.py). CPU with AMX or AVX512-BF16 only (``mlp_train.bf16_products_available``).
+sums are added (tests/test_mlp_pair.py). CPU with AMX or AVX512-BF16 only
+(``mlp_train.bf16_products_available``).
 """
 from __future__ import annotations
 

@@ -28,7 +28,8 @@ import tensorflow as tf
 
 from hsr_tf.ops import _checks
 
-__all__ = ["amx_available", "batch_norm_relu", "bf16_products_available", "bf16_products_backend", "gather_rows_minus_centre", "kernels_available", "linear_relu",
+__all__ = ["amx_available", "batch_norm_relu", "bf16_products_available", "bf16_products_backend",
+           "gather_rows_minus_centre", "kernels_available", "linear_relu",
            "matmul_batch_norm_relu", "product_gradients", "row_moments"]
 
 

@@ -22,13 +22,15 @@
 // (h_prev and kernel, the product's operands, are not read: they are there for the gradient, which with
 // product_grad = true is the fused backward pass of product_grad_ops.cc and otherwise the gradient kernels of
 // mlp_train_ops.cc followed by the product's own gradient.)
-// The product runs on AMX tiles (or AVX512-BF16 dot products) block by block (amx_matmul_cpu.h); while a block's z is still in cache its
-// weighted moments (and, per group, the extremes of every channel) are taken from the bfloat16 values written,
-// so the [R, C] result is written once and never read back by the forward pass: the moments pass of
-// HsrBatchNormRelu and both passes of HsrBatchNormReluMax over z go away. The BatchNorm ops here produce what
-// HsrBatchNormRelu / HsrBatchNormReluMax produce from the same moments (their gradients are those ops' gradient
-// kernels; the max picks the group's largest y from the extremes of z, since y = z * scale + shift is monotone).
-// The products need a CPU with AMX-BF16 or AVX512-BF16 (HsrBf16ProductsBackend); partial sums are reduced in block order.
+// The product runs on AMX tiles (or AVX512-BF16 dot products) block by block (amx_matmul_cpu.h); while a block's
+// z is still in cache its weighted moments (and, per group, the extremes of every channel) are taken from the
+// bfloat16 values written, so the [R, C] result is written once and never read back by the forward pass: the
+// moments pass of HsrBatchNormRelu and both passes of HsrBatchNormReluMax over z go away. The BatchNorm ops here
+// produce what HsrBatchNormRelu / HsrBatchNormReluMax produce from the same moments (their gradients are those
+// ops' gradient kernels; the max picks the group's largest y from the extremes of z, since y = z * scale + shift
+// is monotone).
+// The products need a CPU with AMX-BF16 or AVX512-BF16 (HsrBf16ProductsBackend); partial sums are reduced in
+// block order.
 #include <algorithm>
 #include <cstdint>
 #include <memory>
@@ -203,7 +205,8 @@ struct Product {
   // linear: input 0 is u [R, K] and inputs 3, 4 kernel0 [K, Cin] and bias0 [Cin] (HsrLinearReluMatMulMoments).
   absl::Status Prepare(OpKernelContext* ctx, const char* op, bool grouped, bool linear = false) {
     if (!(Bf16ProductsBackend() != Bf16Products::kNone && IsaLevel() == 2)) {
-      return errors::FailedPrecondition(op, ": needs a CPU with AMX-BF16 or AVX512-BF16 (HsrBf16ProductsBackend is 0 here)");
+      return errors::FailedPrecondition(
+          op, ": needs a CPU with AMX-BF16 or AVX512-BF16 (HsrBf16ProductsBackend is 0 here)");
     }
     const Tensor &h = ctx->input(0), &kernel = ctx->input(1);
     if (linear) {

@@ -202,7 +202,8 @@ class ProductGradBase : public EpsilonKernel {
   absl::Status CheckInputs(OpKernelContext* ctx, const char* op, int z_input, int weights_input, int h_prev_input,
                            const Tensor* splits, double* total, int64_t* largest) {
     if (!(Bf16ProductsBackend() != Bf16Products::kNone && IsaLevel() == 2)) {
-      return errors::FailedPrecondition(op, ": needs a CPU with AMX-BF16 or AVX512-BF16 (HsrBf16ProductsBackend is 0 here)");
+      return errors::FailedPrecondition(
+          op, ": needs a CPU with AMX-BF16 or AVX512-BF16 (HsrBf16ProductsBackend is 0 here)");
     }
     const Tensor &h = ctx->input(h_prev_input), &kernel = ctx->input(h_prev_input + 1);
     if (h.dims() != 2 || h.dim_size(1) % 32 != 0 || h.dim_size(1) == 0) {
@@ -418,7 +419,8 @@ class BatchNormReluGradProductCpu : public ProductGradBase {
   // bias0 [C0], the weights of the R rows.
   static absl::Status CheckLinear(OpKernelContext* ctx, const char* op, double* total) {
     if (!(Bf16ProductsBackend() != Bf16Products::kNone && IsaLevel() == 2)) {
-      return errors::FailedPrecondition(op, ": needs a CPU with AMX-BF16 or AVX512-BF16 (HsrBf16ProductsBackend is 0 here)");
+      return errors::FailedPrecondition(
+          op, ": needs a CPU with AMX-BF16 or AVX512-BF16 (HsrBf16ProductsBackend is 0 here)");
     }
     const Tensor &z = ctx->input(1), &u = ctx->input(7), &kernel = ctx->input(8), &kernel0 = ctx->input(11);
     if (z.dims() != 2 || z.dim_size(1) % 32 != 0 || z.dim_size(1) == 0) {
