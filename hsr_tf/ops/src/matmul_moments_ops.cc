@@ -291,11 +291,18 @@ struct Product {
                                                      : reinterpret_cast<uint16_t*>(acc + 34 * c_ + 16 * cin_);
                         const uint16_t* hb = BlockRows(ctx, first, rows, max_rows, prev, linear);
                         AmxConfigure();
-                        AmxMatMulBlock(hb, rows, wv_, zb, acc + 2 * c_,
-                                       reinterpret_cast<uint16_t*>(acc + 34 * c_), StoreBf16Rows());
+                        // Each 32-row strip's moments while its rows are in L1. MomentsBlock sums 32 rows in float
+                        // per step from its first row, so strips from the block's start add the same float sums
+                        // in the same order as one call over the block (same bits).
+                        static_assert(kRowsPerFloatSum == 32, "strips of 32 rows");
+                        AmxMatMulStrips(hb, rows, wv_, acc + 2 * c_, reinterpret_cast<uint16_t*>(acc + 34 * c_),
+                                        [&](const float* strip, int64_t r0, int64_t n) {
+                                          uint16_t* zr = zb + r0 * c;
+                                          StoreBf16Rows()(strip, zr, n * c);
+                                          mlp_train::Run<MomentsBlockOp>(zr, w ? w + first + r0 : nullptr, n, c,
+                                                                         partial, partial + c_, acc);
+                                        });
                         AmxRelease();
-                        mlp_train::Run<MomentsBlockOp>(zb, w ? w + first : nullptr, rows, c, partial, partial + c_,
-                                                       acc);
                         extra(i, zb, first);
                       },
                       sums.data());

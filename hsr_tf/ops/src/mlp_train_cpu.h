@@ -23,6 +23,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 namespace hsr_ops {
@@ -112,10 +113,63 @@ HSR_INLINE void MomentsBlock(const T* __restrict z, const float* __restrict w, i
   }
 }
 
+// Whether bfloat16 results are rounded by the native AVX512-BF16 conversion here (StoreBf16Rows); the
+// elementwise passes below then convert in registers (*Bf16Native: the same operations in the same order, the same
+// conversion, so the same bits) instead of through a float scratch row.
+inline bool NativeBf16Rows() { return StoreBf16Rows() == &StoreFloatsAvx512Bf16; }
+
+#define HSR_BF16_NATIVE __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"), noinline))
+
+HSR_BF16_NATIVE inline void StoreBf16x16(__m512 v, uint16_t* out) {
+  const __m256bh b = _mm512_cvtneps_pbh(v);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), reinterpret_cast<const __m256i&>(b));
+}
+
+// ApplyBlock for bfloat16 rows, C % 16 == 0.
+HSR_BF16_NATIVE inline void ApplyBf16Native(const uint16_t* z, int64_t rows, int c, const float* scale,
+                                            const float* shift, uint16_t* h) {
+  const __m512 zero = _mm512_setzero_ps();
+  for (int64_t r = 0; r < rows; ++r) {
+    const uint16_t* zr = z + r * c;
+    uint16_t* hr = h + r * c;
+    for (int k = 0; k < c; k += 16) {
+      const __m512 y = _mm512_add_ps(_mm512_mul_ps(LoadBf16x16(zr + k), _mm512_loadu_ps(scale + k)),
+                                     _mm512_loadu_ps(shift + k));
+      StoreBf16x16(_mm512_max_ps(y, zero), hr + k);  // max(y, +0) is +0 for y = -0 or NaN, as y > 0 ? y : 0
+    }
+  }
+}
+
+// GradApplyBlock for bfloat16 rows, C % 16 == 0.
+HSR_BF16_NATIVE inline void GradApplyBf16Native(const uint16_t* dh, const uint16_t* z, const float* w, int64_t rows,
+                                                int c, const float* scale, const float* shift, const float* mean,
+                                                const float* inv, const float* k1, const float* a, const float* b,
+                                                uint16_t* dz) {
+  const __m512 zero = _mm512_setzero_ps();
+  for (int64_t r = 0; r < rows; ++r) {
+    const uint16_t* zr = z + r * c;
+    const uint16_t* gr = dh + r * c;
+    uint16_t* out = dz + r * c;
+    const __m512 wr = _mm512_set1_ps(w ? w[r] : 1.0f);
+    for (int k = 0; k < c; k += 16) {
+      const __m512 zv = LoadBf16x16(zr + k);
+      const __m512 y = _mm512_add_ps(_mm512_mul_ps(zv, _mm512_loadu_ps(scale + k)), _mm512_loadu_ps(shift + k));
+      const __m512 dy = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(y, zero, _CMP_GT_OQ), LoadBf16x16(gr + k));
+      __m512 t = _mm512_mul_ps(_mm512_sub_ps(zv, _mm512_loadu_ps(mean + k)), _mm512_loadu_ps(inv + k));
+      t = _mm512_add_ps(_mm512_loadu_ps(a + k), _mm512_mul_ps(t, _mm512_loadu_ps(b + k)));
+      t = _mm512_sub_ps(dy, _mm512_mul_ps(wr, t));
+      StoreBf16x16(_mm512_mul_ps(_mm512_loadu_ps(k1 + k), t), out + k);
+    }
+  }
+}
+
 // h = max(z * scale + shift, 0) over rows [0, rows).
 template <typename T>
 HSR_INLINE void ApplyBlock(const T* __restrict z, int64_t rows, int c, const float* __restrict scale,
                            const float* __restrict shift, T* __restrict h, float* __restrict scratch) {
+  if constexpr (std::is_same<T, uint16_t>::value) {
+    if (c % 16 == 0 && NativeBf16Rows()) return ApplyBf16Native(z, rows, c, scale, shift, h);
+  }
   for (int64_t r = 0; r < rows; ++r) {
     const T* zr = z + r * c;
     float* __restrict out = RowTarget(h + r * c, scratch);
@@ -164,6 +218,11 @@ HSR_INLINE void GradApplyBlock(const T* __restrict dh, const T* __restrict z, co
                                const float* __restrict mean, const float* __restrict inv,
                                const float* __restrict k1, const float* __restrict a, const float* __restrict b,
                                T* __restrict dz, float* __restrict scratch) {
+  if constexpr (std::is_same<T, uint16_t>::value) {
+    if (c % 16 == 0 && NativeBf16Rows()) {
+      return GradApplyBf16Native(dh, z, w, rows, c, scale, shift, mean, inv, k1, a, b, dz);
+    }
+  }
   for (int64_t r = 0; r < rows; ++r) {
     const T* zr = z + r * c;
     const T* gr = dh + r * c;
