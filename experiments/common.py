@@ -204,7 +204,13 @@ def build_model(data_info: dict):
     from hsr_tf.hand_model import HandModel
     from hsr_tf.models import HandShapeNet
 
-    apply_precision()
+    if apply_precision() == "mixed_bfloat16":
+        from hsr_tf.ops import mlp_train
+
+        # What runs the shared MLPs' bfloat16 products when this model trains: the compiled block products (AMX
+        # tiles or AVX512-BF16 dot products) or TensorFlow's; the speed differs by 1.2x or more (docs/training.md).
+        logging.info("Training's bfloat16 block products: %s",
+                     mlp_train.bf16_products_backend() or "TensorFlow's (no AMX or AVX512-BF16, or no compiled ops)")
     overrides = json.loads(FLAGS.shape_network) if FLAGS.shape_network else None
     with distribution_strategy().scope():  # variables mirrored over the replicas of --distribution
         return HandShapeNet(hand_model=HandModel.load(FLAGS.hand_model), num_dataset_joints=data_info["num_joints"],
