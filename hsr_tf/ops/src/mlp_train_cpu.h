@@ -120,7 +120,7 @@ inline bool NativeBf16Rows() { return StoreBf16Rows() == &StoreFloatsAvx512Bf16;
 
 #define HSR_BF16_NATIVE __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"), noinline))
 
-HSR_BF16_NATIVE inline void StoreBf16x16(__m512 v, uint16_t* out) {
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) HSR_INLINE void StoreBf16x16(__m512 v, uint16_t* out) {
   const __m256bh b = _mm512_cvtneps_pbh(v);
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), reinterpret_cast<const __m256i&>(b));
 }
