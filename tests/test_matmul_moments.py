@@ -1,4 +1,5 @@
-"""A layer's AMX product with its BatchNorm statistics in the same pass (``mlp_train.matmul_batch_norm_relu``).
+"""A layer's compiled bfloat16 product (AMX tiles or AVX512-BF16 dot products) with its BatchNorm statistics in the
+same pass (``mlp_train.matmul_batch_norm_relu``).
 
 Compared with the two-step path it replaces (``tf.matmul`` in bfloat16, then the fused BatchNorm + ReLU (+ max)
 kernels): outputs, moments, gradients of h, kernel, gamma and beta; ragged weighted groups, negative and zero
@@ -7,6 +8,7 @@ gammas (the max is taken at the group's smallest z, or the first row), row count
 with the switch on and off.
 """
 import dataclasses
+import os
 
 import keras
 import numpy as np
@@ -17,7 +19,21 @@ from hsr_tf.layers import training_path
 from hsr_tf.ops import mlp_train
 
 pytestmark = pytest.mark.skipif(not mlp_train.bf16_products_available(),
-                                reason="needs the compiled ops and a CPU with AMX-BF16")
+                                reason="needs the compiled ops and a CPU with AMX-BF16 or AVX512-BF16")
+
+
+def _same_instructions_as_tensorflow():
+    """Whether our products run on the instructions TensorFlow's (oneDNN's) bfloat16 matmul uses here, so that
+    both give the same bits: yes, unless HSR_TF_OPS_AMX=0 forces the dot products on a CPU with AMX, which oneDNN
+    still uses (tests/test_bf16_products.py reruns this file that way): then the float32 sums of the same exact
+    products may be added in another order."""
+    if os.environ.get("HSR_TF_OPS_AMX") != "0":
+        return True
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return "amx_bf16" not in fh.read()
+    except OSError:
+        return False
 
 
 def _inputs(rng, rows, cin, c, groups=None):
@@ -32,6 +48,17 @@ def _inputs(rng, rows, cin, c, groups=None):
         cuts = np.sort(rng.choice(np.arange(1, rows), size=groups - 1, replace=False))
         splits = tf.constant(np.concatenate([[0], cuts, [rows]]).astype(np.int32))
     return h, kernel, tf.constant(gamma), tf.constant(beta), weights, splits
+
+
+def _assert_close(g, r, name, same_bits):
+    """Within bfloat16 roundings (rtol 8e-3). With other float32 sums of the products (not same_bits) a rare z
+    is one bfloat16 step off, which moves a small y = z * scale + shift by |scale| times that step: few such
+    elements, each within 2^-7 of the largest."""
+    tol = dict(rtol=8e-3, atol=1e-6 * np.abs(r).max())
+    if not same_bits:
+        assert np.mean(~np.isclose(g, r, **tol)) < 1e-3, name
+        tol["atol"] = 2.0 ** -7 * np.abs(r).max()
+    np.testing.assert_allclose(g, r, **tol, err_msg=name)
 
 
 def _run(fused, h, kernel, gamma, beta, weights, splits, upstream, slabs=0, product_grad=False):
@@ -69,11 +96,12 @@ def test_equals_the_two_step_path(rows, cin, c, groups, rng, monkeypatch):
     # the moments are summed over the same blocks, so everything downstream agrees too; group-aligned blocks
     # add the moments in another order (the last float32 bit of a variance), which can move a bfloat16 result
     # by one rounding step.
+    same_bits = _same_instructions_as_tensorflow()
     for name, g, r in zip(names, got, ref):
-        if groups is None:
+        if groups is None and same_bits:
             np.testing.assert_array_equal(g, r, err_msg=name)
         else:
-            np.testing.assert_allclose(g, r, rtol=8e-3, atol=1e-6 * np.abs(r).max(), err_msg=name)
+            _assert_close(g, r, name, same_bits)
             if g.size > 1000:  # most bfloat16 results do not move
                 assert np.mean(g == r) > 0.9, name
     assert np.abs(got[0]).max() > 0
@@ -86,9 +114,9 @@ def test_equals_the_two_step_path(rows, cin, c, groups, rng, monkeypatch):
     fused = _run(True, h, kernel, gamma, beta, weights, splits, upstream, product_grad=True)
     for name, g, r in zip(names, fused, ref):
         if name != "dkernel":
-            np.testing.assert_allclose(g, r, rtol=8e-3, atol=1e-6 * np.abs(r).max(), err_msg=name)
+            _assert_close(g, r, name, same_bits)
     exact = tf.cast(h, tf.float32).numpy().astype(np.float64).T @ ref[7].astype(np.float64)
-    np.testing.assert_allclose(fused[4], exact, rtol=0, atol=2e-5 * np.abs(exact).max())
+    np.testing.assert_allclose(fused[4], exact, rtol=0, atol=(2e-5 if same_bits else 2e-3) * np.abs(exact).max())
 
 
 def _exact_max_grads(h, kernel, gamma, beta, weights, splits, upstream, mean, variance, eps=1e-3):
@@ -212,7 +240,10 @@ def test_set_abstraction_levels_train_the_same_with_and_without_the_fused_produc
     assert {"HsrMatMulMoments", "HsrMatMulMomentsExtremes"} <= fused_types
     assert "HsrMatMulMoments" not in plain_types
     for a, b in zip(fused, plain):
-        np.testing.assert_array_equal(a, b)
+        if _same_instructions_as_tensorflow():
+            np.testing.assert_array_equal(a, b)
+        else:  # other float32 sums: a bfloat16 result may round the other way, and its effects flow on
+            np.testing.assert_allclose(a, b, rtol=2e-2, atol=2e-2 * max(1e-6, np.abs(b).max()))
     # With the fused backward pass too: the kernel gradients of the fused layers are float32 sums (within a
     # bfloat16 rounding of TensorFlow's bfloat16 products), and what flows on through dh stays within it.
     # (Max layers on both backward paths: without z and dz, the default, whose other roundings decorrelate it
