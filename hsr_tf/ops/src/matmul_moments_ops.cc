@@ -192,7 +192,7 @@ class Bf16ProductsBackendCpu : public OpKernel {
   void Compute(OpKernelContext* ctx) override {
     Tensor* out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({}), &out));
-    out->scalar<int32_t>()() = IsaLevel() == 2 ? static_cast<int32_t>(Bf16ProductsBackend()) : 0;
+    out->scalar<int32_t>()() = Bf16ProductsReady() ? static_cast<int32_t>(Bf16ProductsBackend()) : 0;
   }
 };
 
@@ -204,10 +204,7 @@ struct Product {
 
   // linear: input 0 is u [R, K] and inputs 3, 4 kernel0 [K, Cin] and bias0 [Cin] (HsrLinearReluMatMulMoments).
   absl::Status Prepare(OpKernelContext* ctx, const char* op, bool grouped, bool linear = false) {
-    if (!(Bf16ProductsBackend() != Bf16Products::kNone && IsaLevel() == 2)) {
-      return errors::FailedPrecondition(
-          op, ": needs a CPU with AMX-BF16 or AVX512-BF16 (HsrBf16ProductsBackend is 0 here)");
-    }
+    TF_RETURN_IF_ERROR(CheckBf16Products(op));
     const Tensor &h = ctx->input(0), &kernel = ctx->input(1);
     if (linear) {
       const Tensor &kernel0 = ctx->input(3), &bias0 = ctx->input(4);

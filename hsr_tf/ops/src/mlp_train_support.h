@@ -16,6 +16,7 @@
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/util/work_sharder.h"
 
+#include "amx_matmul_cpu.h"
 #include "linear_relu_cpu.h"
 #include "mlp_train_cpu.h"
 
@@ -70,6 +71,15 @@ inline int IsaLevel() {
     return chosen;
   }();
   return level;
+}
+
+// Whether the ops built on the compiled bfloat16 block products (amx_matmul_cpu.h) can run here; they refuse
+// otherwise, naming themselves.
+inline bool Bf16ProductsReady() { return Bf16ProductsBackend() != Bf16Products::kNone && IsaLevel() == 2; }
+inline absl::Status CheckBf16Products(const char* op) {
+  if (Bf16ProductsReady()) return absl::OkStatus();
+  return errors::FailedPrecondition(op,
+                                    ": needs a CPU with AMX-BF16 or AVX512-BF16 (HsrBf16ProductsBackend is 0 here)");
 }
 
 template <typename F, typename... A>

@@ -201,10 +201,7 @@ class ProductGradBase : public EpsilonKernel {
   // rows; row splits; and, for z_input >= 0, z [R, C].
   absl::Status CheckInputs(OpKernelContext* ctx, const char* op, int z_input, int weights_input, int h_prev_input,
                            const Tensor* splits, double* total, int64_t* largest) {
-    if (!(Bf16ProductsBackend() != Bf16Products::kNone && IsaLevel() == 2)) {
-      return errors::FailedPrecondition(
-          op, ": needs a CPU with AMX-BF16 or AVX512-BF16 (HsrBf16ProductsBackend is 0 here)");
-    }
+    TF_RETURN_IF_ERROR(CheckBf16Products(op));
     const Tensor &h = ctx->input(h_prev_input), &kernel = ctx->input(h_prev_input + 1);
     if (h.dims() != 2 || h.dim_size(1) % 32 != 0 || h.dim_size(1) == 0) {
       return errors::InvalidArgument(op, ": h_prev must have shape [R, Cin] with Cin a positive multiple of 32, "
@@ -418,10 +415,7 @@ class BatchNormReluGradProductCpu : public ProductGradBase {
   // kLinear's inputs: z [R, C] and kernel [C0, C] (multiples of 32), u [R, K] with 1 <= K <= 16, kernel0 [K, C0],
   // bias0 [C0], the weights of the R rows.
   static absl::Status CheckLinear(OpKernelContext* ctx, const char* op, double* total) {
-    if (!(Bf16ProductsBackend() != Bf16Products::kNone && IsaLevel() == 2)) {
-      return errors::FailedPrecondition(
-          op, ": needs a CPU with AMX-BF16 or AVX512-BF16 (HsrBf16ProductsBackend is 0 here)");
-    }
+    TF_RETURN_IF_ERROR(CheckBf16Products(op));
     const Tensor &z = ctx->input(1), &u = ctx->input(7), &kernel = ctx->input(8), &kernel0 = ctx->input(11);
     if (z.dims() != 2 || z.dim_size(1) % 32 != 0 || z.dim_size(1) == 0) {
       return errors::InvalidArgument(op, ": z must have shape [R, C] with C a positive multiple of 32, found ",
